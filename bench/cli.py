@@ -1,0 +1,175 @@
+"""Command line: a thin argparse layer over the typed functions (``bench.run_sweep`` ...)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from bench.config import PRESETS, ConfigError
+from bench.datasets import DATASETS
+from bench.methods import METHODS
+from bench.report import comparison_table
+from bench.store import RunStore
+from bench.sweep import SweepSpec, job_states, plan, run_sweep
+
+log = logging.getLogger("bench")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", type=_names, default=(),
+                        help="comma-separated methods (default: all registered; see `list`)")
+    parser.add_argument("--datasets", type=_names, default=("synthetic",),
+                        help="comma-separated datasets (default: synthetic)")
+    parser.add_argument("--fractions", type=_floats, default=(0.01, 0.1),
+                        help="label fractions in (0, 1] (default: 0.01,0.1)")
+    parser.add_argument("--seeds", type=_ints, default=None,
+                        help="comma-separated seeds (default: the preset's)")
+    parser.add_argument("--preset", default="quick", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="override a setting, e.g. --set pretrain.epochs=10 (repeatable)")
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="results folder (default: ./results)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="data folder (default: $BENCH_DATA_ROOT, then ./data)")
+
+
+def _spec(args: argparse.Namespace) -> SweepSpec:
+    return SweepSpec(methods=args.methods, datasets=args.datasets, fractions=args.fractions,
+                     seeds=args.seeds, preset=args.preset, overrides=tuple(args.overrides))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    result = run_sweep(_spec(args), args.results, args.data_root)
+    print()
+    print(comparison_table(result.finetune_records(), tuple(args.metric)))
+    failed, skipped = result.by_status("failed"), result.by_status("skipped")
+    print(f"\n{len(result.jobs)} jobs in {time.perf_counter() - start:.1f}s; results in {args.results}")
+    for record in failed:
+        print(f"FAILED  {record['job_id']}: {record['error']}")
+    for record in skipped:
+        print(f"SKIPPED {record['job_id']}: {record['error']}")
+    return 0 if result.ok else 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    jobs = plan(_spec(args))
+    states = job_states(jobs, args.results)
+    rows = []
+    for job in jobs:
+        after = ",".join(job.depends_on) or "-"
+        rows.append(f"{states[job.job_id]:<8} {job.kind:<9} {job.job_id:<58} after {after}")
+    print("\n".join(rows))
+    counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
+    print(f"\n{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("methods:")
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        kind = "pretraining" if cls.pretrains else "baseline"
+        print(f"  {name:<12} {kind:<12} {cls.summary}")
+    print("datasets:")
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        print(f"  {name:<12} {len(cls.class_names)} classes: {', '.join(cls.class_names)}")
+    print("presets:")
+    for preset in PRESETS.values():
+        print(f"  {preset.name:<12} {preset.description}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    if not args.results.is_dir():
+        raise ConfigError(f"results folder {args.results} does not exist")
+    print(comparison_table(list(RunStore(args.results).records()), tuple(args.metric)))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if not args.results.is_dir():
+        raise ConfigError(f"results folder {args.results} does not exist")
+    records = list(RunStore(args.results).records())
+    for record in records:
+        line = f"{record.get('status', '?'):<8} {record.get('job_id')}"
+        if record.get("status") != "ok":
+            line += f"  {record.get('error', '')}"
+        print(line)
+    ok = sum(r.get("status") == "ok" for r in records)
+    print(f"\n{len(records)} records: {ok} ok, {len(records) - ok} not ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark self-supervised pretraining for remote-sensing segmentation.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the table")
+    sub = parser.add_subparsers(dest="command", required=True)
+    metric = {"type": _names, "default": ("miou", "kappa"),
+              "help": "metrics in the table: miou, kappa, oa, mean_f1 (default: miou,kappa)"}
+
+    run = sub.add_parser("run", help="plan and run a sweep, then print its table")
+    _add_sweep_arguments(run)
+    run.add_argument("--metric", **metric)
+    run.set_defaults(func=cmd_run)
+
+    plan_parser = sub.add_parser("plan", help="print the planned jobs without running them")
+    _add_sweep_arguments(plan_parser)
+    plan_parser.set_defaults(func=cmd_plan)
+
+    sub.add_parser("list", help="registered methods, datasets and presets").set_defaults(
+        func=cmd_list)
+
+    table = sub.add_parser("table", help="print the table of the records in a results folder")
+    table.add_argument("--results", type=Path, default=Path("results"))
+    table.add_argument("--metric", **metric)
+    table.set_defaults(func=cmd_table)
+
+    status = sub.add_parser("status", help="list the records in a results folder")
+    status.add_argument("--results", type=Path, default=Path("results"))
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

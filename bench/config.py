@@ -1,0 +1,296 @@
+"""Configuration schema: frozen dataclasses, presets, ``--set key=value`` overrides, hashing.
+
+Every setting lives in a frozen dataclass *section*: ``data``, ``pretrain``, ``finetune``, one
+section per method (``simclr``, ...) and one per dataset (``synthetic``, ...). A preset fills
+sections with values; the user's ``--set section.field=value`` overrides win. A field whose
+metadata says ``identity=False`` (logging cadence, worker counts) does not change the result,
+so it is left out of the job's hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+NOT_IDENTITY = {"identity": False}
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message says which key and what is valid."""
+
+
+# ----------------------------------------------------------------------------------------
+# Sections shared by every method and dataset
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """What the harness reads from any dataset."""
+
+    bands: Literal["rgb", "rgbir"] = "rgb"  # rgbir adds the near-infrared band (4 channels)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """The method-agnostic pretraining loop (optimiser, schedule, sizes)."""
+
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    epochs: int = 4
+    batch_size: int = 64  # images per step; each gives two views
+    view_size: int = 48  # side of the augmented views fed to the network
+    optimizer: Literal["adam", "adamw", "sgd", "lars"] = "adam"
+    lr: float = 1e-3  # peak learning rate, used as given (paper presets pre-scale it)
+    weight_decay: float = 1e-6  # not applied to BN and bias parameters (VISSL, BYOL)
+    momentum: float = 0.9
+    warmup_fraction: float = 0.1  # linear warm-up over this fraction of all steps
+    warmup_start_factor: float = 0.125  # warm-up starts at lr * this (VISSL: 0.6 -> 4.8)
+    final_lr_factor: float = 0.001  # cosine ends at lr * this (VISSL: 4.8 -> 0.0048)
+    lars_trust: float = 0.001  # LARC trust coefficient (VISSL SimCLR config)
+    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    log_every: int = field(default=10, metadata=NOT_IDENTITY)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "pretrain.epochs must be >= 1")
+        _require(self.batch_size >= 2, "pretrain.batch_size must be >= 2 (contrastive pairs)")
+        _require(self.lr > 0, "pretrain.lr must be > 0")
+        _require(0 <= self.warmup_fraction < 1, "pretrain.warmup_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Downstream protocol: smp DeepLabV3+ fine-tuned on the labelled subset."""
+
+    protocol: Literal["full", "frozen"] = "full"  # frozen: encoder fixed, BN in eval (FALSE)
+    steps: int = 150
+    batch_size: int = 16
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    poly_power: float = 0.9  # MMSegmentation's poly schedule (FALSE protocol)
+    output_stride: Literal[8, 16] = 16
+    amp: bool = True
+    eval_batch_size: int = field(default=64, metadata=NOT_IDENTITY)
+    log_every: int = field(default=25, metadata=NOT_IDENTITY)
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "finetune.steps must be >= 1")
+        _require(self.batch_size >= 1, "finetune.batch_size must be >= 1")
+        _require(self.lr > 0, "finetune.lr must be > 0")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+# ----------------------------------------------------------------------------------------
+# Presets
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    """Named values for sections; a method may add its own per-preset values on top."""
+
+    name: str
+    description: str
+    caption: str  # printed under tables made from this preset
+    values: dict[str, dict[str, Any]]
+    seeds: tuple[int, ...] = (0,)
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="quick",
+            description="CPU smoke test: ResNet-18, 64 px synthetic patches, minutes in all",
+            caption=(
+                "quick preset: a smoke test of the pipeline (tiny budgets); "
+                "differences between methods are within seed noise and rank nothing"
+            ),
+            values={},
+        ),
+        Preset(
+            name="cpu",
+            description="CPU study: ~10 min pretraining per method, 600 fine-tuning steps, 2 seeds",
+            caption=(
+                "cpu preset: small CPU budgets; expect small, noisy gaps between methods"
+            ),
+            values={
+                "pretrain": {"epochs": 40},
+                "finetune": {"steps": 600},
+                "synthetic": {"n_train": 2048, "n_test": 512},
+            },
+            seeds=(0, 1),
+        ),
+        Preset(
+            name="paper",
+            description="the papers' settings: ResNet-50, 256 px patches, batch 256 (GPU)",
+            caption="paper preset: the papers' pretraining and fine-tuning settings",
+            values={
+                # VISSL SimCLR template of FALSE/GraSS (METHODS.md); methods refine it.
+                "pretrain": {
+                    "backbone": "resnet50",
+                    "epochs": 200,
+                    "batch_size": 256,
+                    "view_size": 224,
+                    "optimizer": "lars",
+                    "lr": 4.8,
+                    "weight_decay": 1e-6,
+                    "momentum": 0.9,
+                    "warmup_fraction": 0.1,
+                    "warmup_start_factor": 0.125,
+                    "final_lr_factor": 0.001,
+                },
+                # GLCNet protocol: full fine-tuning, Adam 1e-4, wd 1e-5, batch 16;
+                # 1,300 steps = 150 epochs of the 1% Potsdam list (138 patches / 16).
+                "finetune": {
+                    "protocol": "full",
+                    "steps": 1300,
+                    "batch_size": 16,
+                    "optimizer": "adam",
+                    "lr": 1e-4,
+                    "weight_decay": 1e-5,
+                    "schedule": "poly",
+                },
+                "synthetic": {"patch_size": 256, "n_train": 13824, "n_test": 2048},
+            },
+            seeds=(0, 1, 2),
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+# ----------------------------------------------------------------------------------------
+# Building sections from layered values
+# ----------------------------------------------------------------------------------------
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``["pretrain.lr=0.1", ...]`` -> ``{"pretrain": {"lr": "0.1"}}`` (values still text)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"bad --set {item!r}: expected section.field=value, e.g. pretrain.lr=0.1")
+        out.setdefault(section, {})[name] = value.strip()
+    return out
+
+
+def build_section(cls: type, section: str, *layers: dict[str, Any] | None) -> Any:
+    """Instantiate ``cls`` from defaults overlaid by ``layers`` (later wins).
+
+    String values (from the command line) are parsed to the field's type; unknown fields
+    fail listing the valid ones.
+    """
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if key not in names:
+                raise ConfigError(
+                    f"unknown setting {section}.{key}; valid keys for {section}: "
+                    + ", ".join(f"{section}.{n}" for n in names)
+                )
+            kwargs[key] = parse_value(value, hints[key], f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def parse_value(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (text from the CLI, or a Python value from a preset) to ``annotation``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return parse_value(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: cannot read {value!r} as {annotation}")
+    if origin is Literal:
+        for choice in args:
+            try:
+                if parse_value(value, type(choice), key) == choice:
+                    return choice
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(parse_value(v, args[0], key) for v in items)
+        if len(items) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
+        return tuple(parse_value(v, a, key) for v, a in zip(items, args))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation in (int, float, str):
+        try:
+            if annotation is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            converted = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
+        if annotation is float and not math.isfinite(converted):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return converted
+    raise ConfigError(f"{key}: unsupported setting type {annotation}")  # pragma: no cover
+
+
+# ----------------------------------------------------------------------------------------
+# Identity
+# ----------------------------------------------------------------------------------------
+def identity_dict(obj: Any) -> Any:
+    """The fields of ``obj`` that change the result, as plain JSON-able values."""
+    if dataclasses.is_dataclass(obj):
+        return {
+            f.name: identity_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.metadata.get("identity", True)
+        }
+    if isinstance(obj, (tuple, list)):
+        return [identity_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): identity_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def full_dict(obj: Any) -> Any:
+    """Every field of ``obj`` as plain JSON-able values (for spec.json)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: full_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [full_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): full_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(identity_dict(obj), sort_keys=True, separators=(",", ":"))
+
+
+def stable_hash(obj: Any, length: int = 10) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]

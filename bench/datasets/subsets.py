@@ -1,0 +1,55 @@
+"""Label-fraction subsets: seeded, nested, written next to the prepared data.
+
+A fraction ``f`` of the training patches gets labels. One seeded permutation of the training
+patches is drawn per (dataset, seed) and its first ``ceil(f * n)`` entries are labelled, so
+the subsets are nested (1% in 10% in 100%) and identical for every method (DATASETS.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+_SUBSET_STREAM = 7919  # separates this RNG stream from the data generator's streams
+
+
+def check_fraction(fraction: float) -> float:
+    if not (0.0 < fraction <= 1.0) or not math.isfinite(fraction):
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    return float(fraction)
+
+
+def subset_size(n: int, fraction: float) -> int:
+    """``ceil(fraction * n)``, robust to binary rounding (0.07 * 100 is 7, not 8)."""
+    return max(1, math.ceil(round(check_fraction(fraction) * n, 9)))
+
+
+def labelled_indices(n: int, fraction: float, seed: int) -> list[int]:
+    """Indices of the labelled training patches, in the order of the seeded permutation."""
+    order = np.random.default_rng([seed, _SUBSET_STREAM]).permutation(n)
+    return order[: subset_size(n, fraction)].tolist()
+
+
+def subset_file(prepared_dir: Path, fraction: float, seed: int) -> Path:
+    return Path(prepared_dir) / "subsets" / f"train_seed{seed}_frac{fraction:g}.txt"
+
+
+def write_subset(prepared_dir: Path, ids: list[str], fraction: float, seed: int) -> Path:
+    """Write the subset's patch ids (one per line), or check an existing file matches."""
+    path = subset_file(prepared_dir, fraction, seed)
+    text = "".join(f"{i}\n" for i in ids)
+    if path.exists():
+        if path.read_text() != text:
+            raise RuntimeError(
+                f"{path} exists but lists other patches than this run would label; the prepared "
+                "data changed since it was written. Delete it only if that change was intended."
+            )
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path

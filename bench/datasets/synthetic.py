@@ -1,0 +1,90 @@
+"""The built-in synthetic land-cover dataset (no files, no downloads).
+
+Patches come from :mod:`bench.datasets.synthetic_scene`, deterministic per
+(data seed, split, index). The rendered arrays are cached once under the data root so later
+jobs (and cluster tasks) load them instantly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.config import canonical_json, stable_hash
+from bench.datasets import synthetic_scene
+from bench.datasets.base import PatchSet, SegmentationDataset, register_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    patch_size: int = 64
+    n_train: int = 1024  # unlabelled pool for pretraining; label fractions are drawn from it
+    n_test: int = 256
+    data_seed: int = 0  # fixes the dataset itself; run seeds do not change it
+
+
+@register_dataset("synthetic")
+class SyntheticLandCover(SegmentationDataset):
+    """Procedural aerial scenes with 7 land-cover classes (see synthetic_scene)."""
+
+    Params = SyntheticParams
+    class_names = synthetic_scene.CLASS_NAMES
+    class_colours = synthetic_scene.CLASS_COLOURS
+
+    @property
+    def prepared_dir(self) -> Path:
+        key = {"params": self.params, "bands": self.data.bands, "generator": GENERATOR_VERSION}
+        return self.data_root / "synthetic" / stable_hash(key)
+
+    def load_split(self, split: str) -> PatchSet:
+        if split not in ("train", "test"):
+            raise ValueError(f"unknown split {split!r}; valid splits: train, test")
+        count = self.params.n_train if split == "train" else self.params.n_test
+        path = self.prepared_dir / f"{split}.npz"
+        if path.exists():
+            with np.load(path) as arrays:
+                images, masks = arrays["images"], arrays["masks"]
+        else:
+            images, masks = self._render(split, count)
+            _save_npz(path, images=images, masks=masks)
+            (self.prepared_dir / "params.json").write_text(
+                canonical_json({"params": self.params, "bands": self.data.bands}) + "\n"
+            )
+        ids = [f"{split}_{i:06d}" for i in range(count)]
+        return PatchSet(images, masks, ids)
+
+    def band_stats(self) -> tuple[list[float], list[float]]:
+        images = self.load_split("train").images[:256].float() / 255.0
+        return images.mean(dim=(0, 2, 3)).tolist(), images.std(dim=(0, 2, 3)).tolist()
+
+    def _render(self, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+        start = time.perf_counter()
+        size, ir = self.params.patch_size, self.data.bands == "rgbir"
+        images = np.empty((count, 4 if ir else 3, size, size), dtype=np.uint8)
+        masks = np.empty((count, size, size), dtype=np.uint8)
+        for i in range(count):
+            images[i], masks[i] = synthetic_scene.render_patch(
+                self.params.data_seed, split, i, size=size, ir_band=ir
+            )
+        log.info(
+            "rendered %d synthetic %s patches of %dpx in %.1fs",
+            count, split, size, time.perf_counter() - start,
+        )
+        return images, masks
+
+
+GENERATOR_VERSION = 1  # bump when synthetic_scene changes its output
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

@@ -1,0 +1,203 @@
+"""Fine-tuning of smp DeepLabV3+ on a labelled fraction, and evaluation on the test split.
+
+The encoder starts from the method's backbone (loaded strictly) or, for baselines, from what
+the baseline says; decoder and head start fresh. Protocols: ``full`` fine-tunes everything
+(GLCNet's protocol); ``frozen`` keeps the encoder fixed with BN in eval mode (FALSE's
+MMSegmentation protocol). The model is trained for a fixed number of steps on batches drawn
+from seeded permutations of the labelled patches, with random flips and 90-degree rotations.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.config import FinetuneConfig
+from bench.datasets import DATASETS, PatchSet
+from bench.datasets.subsets import labelled_indices, write_subset
+from bench.methods import METHODS
+from bench.metrics import METRIC_NOTE, ConfusionMatrix
+from bench.models import build_segmentation_model, load_backbone_strict
+from bench.pretrain import (
+    NonFiniteLossError,
+    autocast_for,
+    build_optimizer,
+    parameter_groups,
+    resolve_device,
+    seed_for,
+)
+from bench.store import BACKBONE, RunStore, append_log, now_iso, provenance
+
+log = logging.getLogger(__name__)
+
+
+def lr_at(cfg: FinetuneConfig, step: int) -> float:
+    """Learning rate of ``step`` (0-based) under the configured schedule."""
+    t = step / cfg.steps
+    if cfg.schedule == "poly":
+        return cfg.lr * (1 - t) ** cfg.poly_power
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    return cfg.lr
+
+
+def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """``[steps, batch_size]`` indices from consecutive seeded permutations of ``range(n)``."""
+    rng = np.random.default_rng([seed, 0xF1])
+    needed = steps * batch_size
+    stream = np.concatenate([rng.permutation(n) for _ in range(-(-needed // n))])
+    return stream[:needed].reshape(steps, batch_size)
+
+
+def random_dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random flip and 90-degree rotation for each image and its mask."""
+    out_images, out_masks = [], []
+    for image, mask in zip(images, masks):
+        k = int(torch.randint(4, ()))
+        flip = bool(torch.randint(2, ()))
+        image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (0, 1))
+        if flip:
+            image, mask = image.flip(2), mask.flip(1)
+        out_images.append(image)
+        out_masks.append(mask)
+    return torch.stack(out_images), torch.stack(out_masks)
+
+
+def initial_backbone(job, store: RunStore, in_channels: int) -> dict[str, torch.Tensor] | None:
+    """The encoder weights the fine-tuning starts from (None: random initialisation)."""
+    if job.pretrain_job is not None:
+        path = store.run_dir(job.pretrain_job.job_id) / BACKBONE
+        if not path.exists():
+            raise FileNotFoundError(
+                f"pretrained backbone {path} is missing: pretraining job "
+                f"{job.pretrain_job.job_id} has not finished"
+            )
+        return torch.load(path, map_location="cpu", weights_only=True)
+    method = METHODS.get(job.method)
+    return method.initial_backbone(job.method_params, job.backbone, in_channels, store.root)
+
+
+class Normalizer:
+    def __init__(self, mean: list[float], std: list[float], device: torch.device) -> None:
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return (images_uint8.float() / 255.0 - self.mean) / self.std
+
+
+@torch.no_grad()
+def evaluate(model, patches: PatchSet, normalize, num_classes, ignore_index, batch_size, device,
+             amp: bool) -> dict[str, Any]:
+    model.eval()
+    confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
+    for start in range(0, len(patches), batch_size):
+        images = patches.images[start : start + batch_size].to(device, non_blocking=True)
+        masks = patches.masks[start : start + batch_size].to(device, non_blocking=True)
+        with autocast_for(device, amp):
+            logits = model(normalize(images))
+        confusion.update(logits.argmax(dim=1), masks)
+    return confusion.compute()
+
+
+def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[str, Any]:
+    cfg: FinetuneConfig = job.finetune
+    device = resolve_device()
+    dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
+    train, test = dataset.load_split("train"), dataset.load_split("test")
+    chosen = labelled_indices(len(train), job.fraction, job.seed)
+    labelled = train.subset(chosen)
+    subset_path = write_subset(dataset.prepared_dir, labelled.ids, job.fraction, job.seed)
+    normalize = Normalizer(*dataset.band_stats(), device)
+
+    torch.manual_seed(seed_for(job.seed, 0xF7))
+    model = build_segmentation_model(
+        job.backbone, dataset.in_channels, dataset.num_classes, cfg.output_stride
+    )
+    weights = initial_backbone(job, store, dataset.in_channels)
+    if weights is not None:
+        load_backbone_strict(model.encoder, weights)
+    if cfg.protocol == "frozen":
+        model.encoder.requires_grad_(False)
+    model.to(device)
+    optimizer = build_optimizer(
+        parameter_groups(model, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.momentum
+    )
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
+    )
+
+    log.info("  finetune %s | %d labelled of %d training patches (%s)",
+             job.method, len(labelled), len(train), subset_path)
+    started = time.perf_counter()
+    order = batch_indices(len(labelled), cfg.batch_size, cfg.steps, job.seed)
+    running = 0.0
+    for step in range(cfg.steps):
+        model.train()
+        if cfg.protocol == "frozen":
+            model.encoder.eval()  # BN statistics stay those of the pretrained backbone
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        images, masks = labelled[order[step]]
+        images, masks = random_dihedral(images, masks)
+        images = normalize(images.to(device, non_blocking=True))
+        masks = masks.to(device, non_blocking=True).long()
+        with autocast_for(device, cfg.amp):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=dataset.ignore_index)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite fine-tuning loss at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        running += float(loss.detach())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            count = (step % cfg.log_every) + 1
+            log.info("  finetune %s f=%g | step %d/%d | loss %.4f | %.2f s/step",
+                     job.method, job.fraction, step + 1, cfg.steps, running / count,
+                     (time.perf_counter() - started) / (step + 1))
+            append_log(run_dir, {"step": step + 1, "loss": running / count, "lr": lr_at(cfg, step)})
+            running = 0.0
+    train_seconds = time.perf_counter() - started
+
+    eval_start = time.perf_counter()
+    scores = evaluate(model, test, normalize, dataset.num_classes, dataset.ignore_index,
+                      cfg.eval_batch_size, device, cfg.amp)
+    eval_seconds = time.perf_counter() - eval_start
+    log.info("  finetune %s f=%g | test mIoU %.2f Kappa %.2f OA %.2f",
+             job.method, job.fraction, 100 * scores["miou"], 100 * scores["kappa"],
+             100 * scores["oa"])
+    return {
+        "status": "ok",
+        "kind": "finetune",
+        "job_id": job.job_id,
+        "pretrain_id": job.pretrain_job.job_id if job.pretrain_job is not None else None,
+        "method": job.method,
+        "dataset": job.dataset,
+        "fraction": job.fraction,
+        "seed": job.seed,
+        "preset": job.preset,
+        "protocol": cfg.protocol,
+        "backbone": job.backbone,
+        "bands": job.data.bands,
+        "n_labelled": len(labelled),
+        "n_train": len(train),
+        "n_test": len(test),
+        "class_names": list(dataset.class_names),
+        "ignore_index": dataset.ignore_index,
+        "metric_note": METRIC_NOTE,
+        **scores,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "device": str(device),
+        "finished_at": now_iso(),
+        **provenance(),
+    }

@@ -1,0 +1,115 @@
+"""Job specs (frozen dataclasses with a stable id) and the one function that runs a job.
+
+``execute(job, results_root, data_root)`` is the same call for the local executor and for a
+cluster task: a job needs only its spec and the two paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import DataConfig, FinetuneConfig, PretrainConfig, full_dict, stable_hash
+from bench.store import RunStore, failed_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    """Pretrain ``method`` on ``dataset``: one per (method, data, seed, hyperparameters)."""
+
+    method: str
+    method_params: Any
+    dataset: str
+    dataset_params: Any
+    data: DataConfig
+    pretrain: PretrainConfig
+    seed: int
+    preset: str = field(default="quick", metadata={"identity": False})
+
+    kind = "pretrain"
+
+    @property
+    def job_id(self) -> str:
+        return f"pretrain-{self.method}-{self.dataset}-s{self.seed}-{stable_hash(self)}"
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        return ()
+
+    def describe(self) -> str:
+        return f"pretrain {self.method} on {self.dataset} seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    """Fine-tune DeepLabV3+ from ``method``'s backbone on a ``fraction`` of the labels."""
+
+    method: str
+    method_params: Any
+    pretrain_job: PretrainJob | None  # None for baselines without pretraining
+    dataset: str
+    dataset_params: Any
+    data: DataConfig
+    finetune: FinetuneConfig
+    backbone: str
+    fraction: float
+    seed: int
+    preset: str = field(default="quick", metadata={"identity": False})
+
+    kind = "finetune"
+
+    @property
+    def job_id(self) -> str:
+        return (
+            f"finetune-{self.method}-{self.dataset}-f{self.fraction:g}-s{self.seed}-"
+            f"{stable_hash(self)}"
+        )
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        return (self.pretrain_job.job_id,) if self.pretrain_job is not None else ()
+
+    def describe(self) -> str:
+        return f"finetune {self.method} on {self.dataset} fraction {self.fraction:g} seed {self.seed}"
+
+
+Job = PretrainJob | FinetuneJob
+
+
+def job_spec(job: Job) -> dict[str, Any]:
+    """Everything about a job as JSON (spec.json); ``identity`` marks what the id hashes."""
+    return {"job_id": job.job_id, "kind": job.kind, **full_dict(job)}
+
+
+def execute(job: Job, results_root: Path | str, data_root: Path | str | None = None) -> dict:
+    """Run ``job`` unless its record says it is done; always return its record.
+
+    An exception inside the job becomes a failed record (with the traceback) instead of
+    propagating, so a sweep reports what failed and goes on.
+    """
+    store = RunStore(results_root)
+    done = store.read_record(job.job_id)
+    if done is not None and done.get("status") == "ok":
+        return done
+    run_dir = store.prepare_run(job, job_spec(job))
+    try:
+        if isinstance(job, PretrainJob):
+            from bench.pretrain import run_pretraining
+
+            record = run_pretraining(job, run_dir, data_root)
+        else:
+            from bench.finetune import run_finetuning
+
+            record = run_finetuning(job, run_dir, store, data_root)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # noqa: BLE001  (reported in the record)
+        log.error("%s failed: %s: %s", job.job_id, type(error).__name__, error)
+        record = failed_record(job, error, traceback.format_exc())
+    store.write_record(job.job_id, record)
+    return record

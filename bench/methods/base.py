@@ -1,0 +1,113 @@
+"""The method interface: what the generic pretraining loop and fine-tuning need to know.
+
+A method is one file in ``bench/methods/`` registered with ``@register_method("name")``. It
+declares its hyperparameters as a frozen dataclass ``Params`` (a ``--set name.field=value``
+section) and, per preset, values for the pretraining loop (``preset_pretrain``).
+
+* A :class:`PretrainingMethod` makes views from a batch, returns the loss of one step and
+  hands back the backbone's weights in smp/torchvision ResNet key naming. The loop in
+  ``bench.pretrain`` owns optimisation, schedules, checkpoints and logging.
+* A :class:`BaselineMethod` needs no pretraining and says how the encoder starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.config import PretrainConfig
+from bench.models import build_backbone
+from bench.registry import Registry
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without hyperparameters of its own."""
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where the loop is: the method may use it for schedules (e.g. EMA momentum)."""
+
+    step: int  # global optimisation step, 0-based
+    total_steps: int
+    epoch: int
+
+    @property
+    def progress(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+
+class Method:
+    """Attributes shared by every registry entry."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    pretrains: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
+    # preset name -> PretrainConfig values this method's paper uses (over the preset's own)
+    preset_pretrain: ClassVar[dict[str, dict[str, Any]]] = {}
+    # preset name -> values of this method's own Params
+    preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
+
+
+class PretrainingMethod(Method, nn.Module):
+    """A self-supervised method: subclasses build heads in ``__init__`` and define a step."""
+
+    def __init__(
+        self,
+        params: Any,
+        config: PretrainConfig,
+        in_channels: int,
+        band_mean: list[float],
+        band_std: list[float],
+    ) -> None:
+        nn.Module.__init__(self)
+        self.params = params
+        self.config = config
+        self.in_channels = in_channels
+        self.backbone = build_backbone(config.backbone, in_channels)
+        self.register_buffer("band_mean", torch.tensor(band_mean).view(1, -1, 1, 1))
+        self.register_buffer("band_std", torch.tensor(band_std).view(1, -1, 1, 1))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-band standardisation of [0, 1] images with the training set's statistics."""
+        return (images - self.band_mean) / self.band_std
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled last-stage features of normalised images."""
+        return self.backbone(images)[-1].mean(dim=(2, 3))
+
+    def training_step(
+        self, images: torch.Tensor, ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss for one batch of [0, 1] images ``[B, C, H, W]`` and scalars to log."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """Hook after each optimiser step (EMA updates, queues)."""
+
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """Backbone weights in smp/torchvision ResNet key naming, on CPU."""
+        return {k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()}
+
+
+class BaselineMethod(Method):
+    """A method without pretraining: it only says how the encoder starts."""
+
+    pretrains: ClassVar[bool] = False
+
+    @classmethod
+    def initial_backbone(
+        cls, params: Any, backbone: str, in_channels: int, results_root: Path
+    ) -> dict[str, torch.Tensor] | None:
+        """Weights for the encoder, or None to keep smp's random initialisation."""
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+register_method = METHODS.register

@@ -1,0 +1,70 @@
+"""SimCLR (Chen et al., "A Simple Framework for Contrastive Learning of Visual
+Representations", ICML 2020), in the VISSL template that FALSE and GraSS build on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.augment import ViewAugmentation, ViewRecipe
+from bench.losses import nt_xent
+from bench.methods.base import PretrainingMethod, StepContext, register_method
+from bench.models import BACKBONE_WIDTH, mlp_projector
+
+
+@dataclass(frozen=True)
+class SimCLRParams:
+    # tau = 0.5 in the VISSL config of FALSE/GraSS; Chen et al. use 0.1-0.5 (Table 5).
+    temperature: float = 0.5
+    # Projector Linear(w, w) - ReLU - Linear(w, 128), no BN (VISSL SimCLR head);
+    # 0 means the backbone width w (2048 for ResNet-50, 512 for ResNet-18).
+    projector_hidden_dim: int = 0
+    projector_dim: int = 128
+    # Views (Chen et al., appendix A): crop scale 0.08-1, h-flip, ColorJitter(0.8, 0.8, 0.8,
+    # 0.2) with p 0.8, grayscale p 0.2, Gaussian blur p 0.5 with sigma in [0.1, 2].
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    jitter_strength: float = 0.8  # brightness = contrast = saturation; hue = strength / 4
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("simclr.temperature must be > 0")
+
+
+@register_method("simclr")
+class SimCLR(PretrainingMethod):
+    """Two augmented views per image; NT-Xent over the 2N projected embeddings."""
+
+    Params = SimCLRParams
+    summary = "SimCLR: NT-Xent between two augmented views (Chen et al. 2020)"
+    preset_params = {"quick": {"crop_scale": (0.2, 1.0)}}  # 64 px patches: keep crops >= 29 px
+
+    def __init__(self, params: SimCLRParams, *args, **kwargs) -> None:
+        super().__init__(params, *args, **kwargs)
+        width = BACKBONE_WIDTH[self.config.backbone]
+        self.projector = mlp_projector(
+            width, params.projector_hidden_dim or width, params.projector_dim
+        )
+        s = params.jitter_strength
+        self.views = ViewAugmentation(
+            ViewRecipe(
+                size=self.config.view_size,
+                crop_scale=params.crop_scale,
+                jitter=(s, s, s, s / 4),
+                jitter_prob=params.jitter_prob,
+                grayscale_prob=params.grayscale_prob,
+                blur_prob=params.blur_prob,
+            )
+        )
+
+    def two_view_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """``z`` = [projections of all first views; of all second views], ``[2N, D]``."""
+        views = torch.cat([self.views(images), self.views(images)], dim=0)
+        return self.projector(self.embed(self.normalize(views)))
+
+    def training_step(self, images: torch.Tensor, ctx: StepContext):
+        loss = nt_xent(self.two_view_embeddings(images), self.params.temperature)
+        return loss, {}

@@ -1,0 +1,75 @@
+"""Segmentation metrics from one dataset-level int64 confusion matrix.
+
+Rows are targets, columns predictions. Pixels whose target is the ignore index are left out.
+mIoU and mean F1 are macro means over the classes present in the targets or the
+predictions (a class absent from both has no defined IoU and is skipped, as scikit-learn's
+``jaccard_score(average="macro")`` does without ``labels``). Kappa is Cohen's kappa of the
+pixel labels, OA the pixel accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+METRIC_NOTE = (
+    "dataset-level confusion matrix over all test pixels; ignore index excluded; "
+    "mIoU and mean F1 are macro means over classes present in targets or predictions"
+)
+
+
+class ConfusionMatrix:
+    """Accumulates an int64 ``[K, K]`` confusion matrix on the predictions' device."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255, device=None) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add integer ``predictions`` and ``targets`` of the same shape."""
+        if predictions.shape != targets.shape:
+            raise ValueError(f"shape mismatch: {tuple(predictions.shape)} vs {tuple(targets.shape)}")
+        k = self.num_classes
+        pred = predictions.reshape(-1).to(self.matrix.device, torch.int64)
+        true = targets.reshape(-1).to(self.matrix.device, torch.int64)
+        if self.ignore_index is not None:
+            keep = true != self.ignore_index
+            pred, true = pred[keep], true[keep]
+        if true.numel() and (int(true.min()) < 0 or int(true.max()) >= k):
+            raise ValueError(f"target labels must be in 0..{k - 1} or the ignore index")
+        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= k):
+            raise ValueError(f"predicted labels must be in 0..{k - 1}")
+        self.matrix += torch.bincount(true * k + pred, minlength=k * k).view(k, k)
+
+    def compute(self) -> dict:
+        return metrics_from_confusion(self.matrix)
+
+
+def metrics_from_confusion(matrix: torch.Tensor) -> dict:
+    """mIoU, Kappa, OA, mean F1 and per-class IoU/F1 (NaN for classes with no support)."""
+    cm = matrix.detach().to("cpu", torch.float64)
+    total = cm.sum()
+    tp = cm.diag()
+    fp = cm.sum(dim=0) - tp
+    fn = cm.sum(dim=1) - tp
+    union = tp + fp + fn
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
+    f1 = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.full_like(tp, math.nan))
+    if total == 0:
+        raise ValueError("the confusion matrix is empty: no labelled pixels were evaluated")
+    oa = tp.sum() / total
+    expected = (cm.sum(dim=0) * cm.sum(dim=1)).sum() / total**2
+    kappa = (oa - expected) / (1 - expected) if expected < 1 else torch.tensor(math.nan)
+    return {
+        "miou": float(iou[present].mean()),
+        "kappa": float(kappa),
+        "oa": float(oa),
+        "mean_f1": float(f1[present].mean()),
+        "per_class_iou": [float(v) for v in iou],
+        "per_class_f1": [float(v) for v in f1],
+        "pixels": int(total),
+    }

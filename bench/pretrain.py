@@ -1,0 +1,247 @@
+"""The method-agnostic pretraining loop: optimiser, schedule, AMP, checkpoints, resume.
+
+One readable loop (the DINO / nanoGPT habit): a precomputed per-step learning-rate schedule,
+a guard that stops on a non-finite loss, the run's settings inside every checkpoint, one JSON
+line of metrics per epoch in log.jsonl. A checkpoint is written atomically after every epoch;
+a rerun of the same job resumes from it. Each epoch reseeds torch's generator from
+(seed, epoch), so a resumed run computes the same weights as an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm.optim
+import torch
+from torch.utils.data import DataLoader
+
+from bench.config import PretrainConfig
+from bench.datasets import DATASETS
+from bench.methods import METHODS, PretrainingMethod, StepContext
+from bench.store import BACKBONE, CHECKPOINT, append_log, atomic_write_bytes, now_iso, provenance
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stops instead of wasting the budget."""
+
+
+# ----------------------------------------------------------------------------------------
+# Devices and numerics
+# ----------------------------------------------------------------------------------------
+def resolve_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when asked (fp16 if bf16 is unsupported); nothing on CPU."""
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed derived from integers (run seed, epoch, ...)."""
+    return int(np.random.default_rng(list(parts)).integers(2**63 - 1))
+
+
+# ----------------------------------------------------------------------------------------
+# Optimiser and schedule
+# ----------------------------------------------------------------------------------------
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay (and, with LARS, no adaptation) on BN and bias parameters."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]], name: str, lr: float, momentum: float, lars_trust: float = 0.001
+) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "lars":
+        # timm's LARS adapts only groups with weight decay, like VISSL's LARC exclusions.
+        return timm.optim.Lars(groups, lr=lr, momentum=momentum, trust_coeff=lars_trust)
+    raise ValueError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd, lars")
+
+
+def warmup_cosine_schedule(cfg: PretrainConfig, total_steps: int) -> np.ndarray:
+    """Per-step LR: linear warm-up from ``lr * warmup_start_factor`` to ``lr`` over the first
+    ``warmup_fraction`` of steps, then cosine to ``lr * final_lr_factor`` (VISSL SimCLR)."""
+    warmup = int(round(cfg.warmup_fraction * total_steps))
+    start, peak, final = cfg.lr * cfg.warmup_start_factor, cfg.lr, cfg.lr * cfg.final_lr_factor
+    ramp = np.linspace(start, peak, warmup, endpoint=False) if warmup else np.empty(0)
+    rest = total_steps - warmup
+    t = np.arange(rest) / max(1, rest - 1)
+    cosine = final + 0.5 * (peak - final) * (1 + np.cos(np.pi * t))
+    return np.concatenate([ramp, cosine])
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or None if there is none or it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (a damaged file means: start again)
+        log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, error)
+        return None
+
+
+# ----------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------
+def build_method(job, in_channels: int, band_mean, band_std) -> PretrainingMethod:
+    cls = METHODS.get(job.method)
+    return cls(job.method_params, job.pretrain, in_channels, band_mean, band_std)
+
+
+def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> dict[str, Any]:
+    """Pretrain ``job.method``; write checkpoint.pt each epoch and backbone.pt at the end."""
+    cfg: PretrainConfig = job.pretrain
+    device = resolve_device()
+    dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
+    train = dataset.load_split("train")
+    steps_per_epoch = len(train) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"pretrain.batch_size={cfg.batch_size} exceeds the {len(train)} training patches"
+        )
+    total_steps = cfg.epochs * steps_per_epoch
+    schedule = warmup_cosine_schedule(cfg, total_steps)
+
+    torch.manual_seed(seed_for(job.seed, 0xB0))
+    mean, std = dataset.band_stats()
+    method = build_method(job, dataset.in_channels, mean, std).to(device)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(
+        parameter_groups(method, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.momentum,
+        cfg.lars_trust,
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
+                                  and not torch.cuda.is_bf16_supported())
+
+    checkpoint_path = run_dir / CHECKPOINT
+    start_epoch = 0
+    state = load_checkpoint(checkpoint_path)
+    if state is not None and state.get("job_id") == job.job_id:
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        log.info("%s: resumed from checkpoint after epoch %d/%d", job.job_id, start_epoch, cfg.epochs)
+
+    started = time.perf_counter()
+    images_seen, loss_value = 0, math.nan
+    for epoch in range(start_epoch, cfg.epochs):
+        method.train()
+        torch.manual_seed(seed_for(job.seed, epoch))
+        loader = DataLoader(
+            train,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed_for(job.seed, epoch, 1)),
+            pin_memory=device.type == "cuda",
+        )
+        epoch_loss, epoch_start = 0.0, time.perf_counter()
+        for batch_index, (images, _) in enumerate(loader):
+            step = epoch * steps_per_epoch + batch_index
+            for group in optimizer.param_groups:
+                group["lr"] = float(schedule[step])
+            images = images.to(device, non_blocking=True).float().div_(255.0)
+            ctx = StepContext(step=step, total_steps=total_steps, epoch=epoch)
+            with autocast_for(device, cfg.amp):
+                loss, extras = method.training_step(images, ctx)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"non-finite loss {loss_value} at epoch {epoch} step {step}; "
+                    f"lower pretrain.lr (now {schedule[step]:.3g}) or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            method.after_optimizer_step(ctx)
+            epoch_loss += loss_value
+            images_seen += images.shape[0]
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+                rate = images_seen / max(time.perf_counter() - started, 1e-9)
+                extra = "".join(f" {k} {v:.4g}" for k, v in extras.items())
+                log.info(
+                    "  pretrain %s | epoch %d/%d step %d/%d | loss %.4f | lr %.3g | %.1f img/s%s",
+                    job.method, epoch + 1, cfg.epochs, step + 1, total_steps, loss_value,
+                    schedule[step], rate, extra,
+                )
+        append_log(
+            run_dir,
+            {
+                "epoch": epoch + 1,
+                "step": (epoch + 1) * steps_per_epoch,
+                "loss": epoch_loss / steps_per_epoch,
+                "lr": float(schedule[(epoch + 1) * steps_per_epoch - 1]),
+                "epoch_seconds": time.perf_counter() - epoch_start,
+            },
+        )
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "job_id": job.job_id,
+                "epoch": epoch + 1,
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+            },
+        )
+
+    train_seconds = time.perf_counter() - started
+    buffer = io.BytesIO()
+    torch.save(method.backbone_state_dict(), buffer)
+    atomic_write_bytes(run_dir / BACKBONE, buffer.getvalue())
+    return {
+        "status": "ok",
+        "kind": "pretrain",
+        "job_id": job.job_id,
+        "method": job.method,
+        "dataset": job.dataset,
+        "seed": job.seed,
+        "preset": job.preset,
+        "backbone": cfg.backbone,
+        "epochs": cfg.epochs,
+        "steps": total_steps,
+        "resumed_from_epoch": start_epoch,
+        "final_loss": loss_value,
+        "train_seconds": train_seconds,
+        "images_per_second": images_seen / train_seconds if images_seen else None,
+        "device": str(device),
+        "finished_at": now_iso(),
+        **provenance(),
+    }

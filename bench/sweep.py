@@ -1,0 +1,173 @@
+"""Sweeps: from a :class:`SweepSpec` to planned jobs, and the typed entry point ``run_sweep``.
+
+Pretrain once, fine-tune many: a pretraining job depends on (method, data, seed,
+hyperparameters) but not on the label fraction, so M methods x D datasets x F fractions x S
+seeds cost M*D*S pretrainings and M*D*F*S fine-tunings; baselines need no pretraining.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import (
+    ConfigError,
+    DataConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    build_section,
+    get_preset,
+    parse_overrides,
+)
+from bench.datasets import DATASETS
+from bench.datasets.subsets import check_fraction
+from bench.jobs import FinetuneJob, Job, PretrainJob
+from bench.methods import METHODS
+from bench.registry import UnknownNameError
+from bench.store import RunStore
+
+log = logging.getLogger(__name__)
+
+GENERIC_SECTIONS = ("data", "pretrain", "finetune")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What to run. Empty ``methods`` means every registered method; ``seeds=None`` means the
+    preset's seeds; ``overrides`` are ``section.field=value`` strings (``--set``)."""
+
+    methods: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ("synthetic",)
+    fractions: tuple[float, ...] = (0.01, 0.1)
+    seeds: tuple[int, ...] | None = None
+    preset: str = "quick"
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _section(cls: type, name: str, *layers: dict[str, Any] | None) -> Any:
+    try:
+        return build_section(cls, name, *layers)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{name}: {error}") from None
+
+
+def plan(spec: SweepSpec) -> list[Job]:
+    """The sweep's jobs in an order that respects dependencies (pretraining before its
+    fine-tunings). Unknown names or settings raise ConfigError listing the valid ones."""
+    preset = get_preset(spec.preset)
+    methods = spec.methods or tuple(METHODS.names())
+    try:
+        method_classes = {m: METHODS.get(m) for m in methods}
+        dataset_classes = {d: DATASETS.get(d) for d in spec.datasets}
+    except UnknownNameError as error:
+        raise ConfigError(str(error)) from None
+    if len(set(methods)) != len(methods) or len(set(spec.datasets)) != len(spec.datasets):
+        raise ConfigError("a method or dataset is named twice")
+    try:
+        fractions = tuple(check_fraction(f) for f in spec.fractions)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not fractions:
+        raise ConfigError("no label fractions given")
+    seeds = preset.seeds if spec.seeds is None else spec.seeds
+    if not seeds:
+        raise ConfigError("no seeds given")
+
+    user = parse_overrides(spec.overrides)
+    known = set(GENERIC_SECTIONS) | set(METHODS.names()) | set(DATASETS.names())
+    for section in user:
+        if section not in known:
+            raise ConfigError(
+                f"unknown settings section {section!r} in --set; valid sections: "
+                + ", ".join([*GENERIC_SECTIONS, *METHODS.names(), *DATASETS.names()])
+            )
+    # Validate every override once, also for sections this sweep does not use.
+    for name in user:
+        if name in METHODS:
+            _section(METHODS.get(name).Params, name, user[name])
+        elif name in DATASETS:
+            _section(DATASETS.get(name).Params, name, user[name])
+    data = _section(DataConfig, "data", preset.values.get("data"), user.get("data"))
+    finetune = _section(FinetuneConfig, "finetune", preset.values.get("finetune"),
+                        user.get("finetune"))
+
+    jobs: list[Job] = []
+    for dataset, dataset_cls in dataset_classes.items():
+        dataset_params = _section(
+            dataset_cls.Params, dataset, preset.values.get(dataset), user.get(dataset)
+        )
+        for method, method_cls in method_classes.items():
+            method_params = _section(
+                method_cls.Params, method, method_cls.preset_params.get(preset.name), user.get(method)
+            )
+            pretrain = _section(
+                PretrainConfig, "pretrain", preset.values.get("pretrain"),
+                method_cls.preset_pretrain.get(preset.name), user.get("pretrain"),
+            )
+            for seed in seeds:
+                pretrain_job = None
+                if method_cls.pretrains:
+                    pretrain_job = PretrainJob(
+                        method=method, method_params=method_params, dataset=dataset,
+                        dataset_params=dataset_params, data=data, pretrain=pretrain, seed=seed,
+                        preset=preset.name,
+                    )
+                    jobs.append(pretrain_job)
+                for fraction in fractions:
+                    jobs.append(
+                        FinetuneJob(
+                            method=method, method_params=method_params,
+                            pretrain_job=pretrain_job, dataset=dataset,
+                            dataset_params=dataset_params, data=data, finetune=finetune,
+                            backbone=pretrain.backbone, fraction=fraction, seed=seed,
+                            preset=preset.name,
+                        )
+                    )
+    return jobs
+
+
+@dataclass
+class SweepResult:
+    jobs: list[Job]
+    records: dict[str, dict[str, Any]]  # job id -> record ("skipped" ones have no file)
+
+    def by_status(self, status: str) -> list[dict[str, Any]]:
+        return [r for r in self.records.values() if r.get("status") == status]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.get("status") == "ok" for r in self.records.values())
+
+    def finetune_records(self) -> list[dict[str, Any]]:
+        return [self.records[j.job_id] for j in self.jobs
+                if j.kind == "finetune" and j.job_id in self.records]
+
+
+def run_sweep(
+    spec: SweepSpec,
+    results_dir: Path | str = "results",
+    data_root: Path | str | None = None,
+    executor: str = "local",
+) -> SweepResult:
+    """Plan ``spec`` and run every job not already done; return all records."""
+    from bench.executors import get_executor
+
+    jobs = plan(spec)
+    records = get_executor(executor).run(jobs, Path(results_dir), data_root)
+    return SweepResult(jobs=jobs, records=records)
+
+
+def job_states(jobs: list[Job], results_dir: Path | str) -> dict[str, str]:
+    """``done``, ``failed`` or ``pending`` for each planned job, from the run store."""
+    store = RunStore(results_dir)
+    states = {}
+    for job in jobs:
+        record = store.read_record(job.job_id)
+        states[job.job_id] = "pending" if record is None else (
+            "done" if record.get("status") == "ok" else str(record.get("status"))
+        )
+    return states

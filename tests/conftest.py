@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny sweeps on tiny synthetic data, on CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+# Settings that make a whole sweep take seconds: 32 px patches, a few dozen of them.
+TINY = (
+    "synthetic.n_train=48",
+    "synthetic.n_test=8",
+    "synthetic.patch_size=32",
+    "pretrain.batch_size=16",
+    "pretrain.view_size=32",
+    "pretrain.epochs=2",
+    "finetune.steps=3",
+    "finetune.batch_size=4",
+)
+
+
+@pytest.fixture
+def tiny_overrides() -> tuple[str, ...]:
+    return TINY
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    """Results and data folders of one test; the data root also through the env variable."""
+    results, data = tmp_path / "results", tmp_path / "data"
+    monkeypatch.setenv("BENCH_DATA_ROOT", str(data))
+    return results, data

@@ -1,0 +1,45 @@
+"""The CLI is a thin layer: it parses, calls the typed functions and reports errors cleanly."""
+
+import subprocess
+import sys
+
+from bench.cli import main
+
+
+def test_list_shows_registries(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "simclr" in out and "random" in out and "synthetic" in out and "quick" in out
+
+
+def test_plan_then_run_then_table(dirs, tiny_overrides, capsys):
+    results, data = dirs
+    common = ["--methods", "simclr,random", "--fractions", "0.5", "--results", str(results)]
+    for item in tiny_overrides:
+        common += ["--set", item]
+    assert main(["plan", *common]) == 0
+    out = capsys.readouterr().out
+    assert "3 jobs: 3 pending" in out and "pretrain-simclr-synthetic-s0-" in out
+    assert main(["-q", "run", *common]) == 0
+    out = capsys.readouterr().out
+    assert "| simclr" in out and "50% mIoU" in out
+    assert main(["plan", *common]) == 0
+    assert "3 jobs: 3 done" in capsys.readouterr().out
+    assert main(["table", "--results", str(results), "--metric", "oa"]) == 0
+    assert "50% OA" in capsys.readouterr().out
+    assert main(["status", "--results", str(results)]) == 0
+    assert "3 records: 3 ok" in capsys.readouterr().out
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    assert main(["plan", "--methods", "simclr,byoll"]) == 2
+    assert "error: unknown method 'byoll'; valid methods:" in capsys.readouterr().err
+    assert main(["plan", "--set", "pretrain.lrr=1"]) == 2
+    assert "valid keys for pretrain" in capsys.readouterr().err
+    assert main(["table", "--results", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "bench", "list"], capture_output=True, text=True)
+    assert done.returncode == 0 and "methods:" in done.stdout

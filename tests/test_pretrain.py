@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+
+from bench.config import PretrainConfig
+from bench.pretrain import (
+    build_optimizer,
+    load_checkpoint,
+    parameter_groups,
+    save_checkpoint,
+    warmup_cosine_schedule,
+)
+
+
+def test_warmup_then_cosine_matches_vissl_recipe():
+    cfg = PretrainConfig(lr=4.8, warmup_fraction=0.1, warmup_start_factor=0.125,
+                         final_lr_factor=0.001)
+    lr = warmup_cosine_schedule(cfg, 1000)
+    assert lr.shape == (1000,)
+    assert lr[0] == pytest.approx(0.6)  # VISSL: warm-up 0.6 -> 4.8
+    assert lr[100] == pytest.approx(4.8) and lr.max() == pytest.approx(4.8)
+    assert lr[-1] == pytest.approx(0.0048)
+    assert np.all(np.diff(lr[:100]) > 0) and np.all(np.diff(lr[100:]) < 0)
+    no_warmup = warmup_cosine_schedule(PretrainConfig(warmup_fraction=0.0, lr=1.0), 5)
+    assert no_warmup[0] == 1.0 and len(no_warmup) == 5
+
+
+def test_no_weight_decay_on_bn_and_bias():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [p.ndim for p in decay["params"]] == [4]
+    assert len(no_decay["params"]) == 3  # conv bias, BN weight and bias
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "lars"])
+def test_optimizers_step(name):
+    model = torch.nn.Linear(3, 2)
+    opt = build_optimizer(parameter_groups(model, 1e-4), name, lr=0.1, momentum=0.9)
+    before = model.weight.detach().clone()
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, model.weight)
+
+
+def test_checkpoint_round_trip_and_damaged_file(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 3, "model": {"w": torch.ones(2)}, "job_id": "x"})
+    state = load_checkpoint(path)
+    assert state["epoch"] == 3 and torch.equal(state["model"]["w"], torch.ones(2))
+    path.write_bytes(b"not a checkpoint")
+    assert load_checkpoint(path) is None
+    assert load_checkpoint(tmp_path / "missing.pt") is None
