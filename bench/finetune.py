@@ -70,8 +70,10 @@ def random_dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Te
     return torch.stack(out_images), torch.stack(out_masks)
 
 
-def initial_backbone(job, store: RunStore, in_channels: int) -> dict[str, torch.Tensor] | None:
-    """The encoder weights the fine-tuning starts from (None: random initialisation)."""
+def initial_backbone(
+    job, store: RunStore, in_channels: int
+) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """The encoder weights the fine-tuning starts from (None: random) and their source."""
     if job.pretrain_job is not None:
         path = store.run_dir(job.pretrain_job.job_id) / BACKBONE
         if not path.exists():
@@ -79,9 +81,10 @@ def initial_backbone(job, store: RunStore, in_channels: int) -> dict[str, torch.
                 f"pretrained backbone {path} is missing: pretraining job "
                 f"{job.pretrain_job.job_id} has not finished"
             )
-        return torch.load(path, map_location="cpu", weights_only=True)
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        return weights, f"pretrained backbone of {job.pretrain_job.job_id}"
     method = METHODS.get(job.method)
-    return method.initial_backbone(job.method_params, job.backbone, in_channels, store.root)
+    return method.initial_backbone(job.method_params, job.backbone, in_channels)
 
 
 class Normalizer:
@@ -121,7 +124,7 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
     model = build_segmentation_model(
         job.backbone, dataset.in_channels, dataset.num_classes, cfg.output_stride
     )
-    weights = initial_backbone(job, store, dataset.in_channels)
+    weights, init_source = initial_backbone(job, store, dataset.in_channels)
     if weights is not None:
         load_backbone_strict(model.encoder, weights)
     if cfg.protocol == "frozen":
@@ -186,6 +189,7 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
         "seed": job.seed,
         "preset": job.preset,
         "protocol": cfg.protocol,
+        "init": init_source,
         "backbone": job.backbone,
         "bands": job.data.bands,
         "n_labelled": len(labelled),

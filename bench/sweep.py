@@ -108,6 +108,12 @@ def plan(spec: SweepSpec) -> list[Job]:
                 PretrainConfig, "pretrain", preset.values.get("pretrain"),
                 method_cls.preset_pretrain.get(preset.name), user.get("pretrain"),
             )
+            reason = method_cls.unavailable_reason(method_params, pretrain.backbone)
+            if reason and spec.methods:
+                raise ConfigError(f"method {method!r} cannot run here: {reason}")
+            if reason:
+                log.warning("leaving %s out of the default sweep: %s", method, reason)
+                continue
             for seed in seeds:
                 pretrain_job = None
                 if method_cls.pretrains:

@@ -159,3 +159,17 @@ def test_failed_pretraining_writes_record_and_skips_its_finetunes(dirs, tiny_ove
     assert [r["method"] for r in result.by_status("ok")] == ["random"]
     table = comparison_table(result.finetune_records())
     assert "n/a" in table and "failed or skipped runs: 1" in table
+
+
+def test_imagenet_needs_its_file_when_named_and_is_left_out_of_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("BENCH_IMAGENET_WEIGHTS", raising=False)
+    with pytest.raises(ConfigError, match="method 'imagenet' cannot run here: no ImageNet weights"):
+        plan(SweepSpec(methods=("imagenet",)))
+    default_methods = {j.method for j in plan(SweepSpec())}
+    assert "imagenet" not in default_methods and {"random", "simclr"} <= default_methods
+    weights = tmp_path / "r18.pth"
+    weights.write_bytes(b"")
+    monkeypatch.setenv("BENCH_IMAGENET_WEIGHTS", str(weights))
+    assert "imagenet" in {j.method for j in plan(SweepSpec())}

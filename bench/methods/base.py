@@ -13,7 +13,6 @@ section) and, per preset, values for the pretraining loop (``preset_pretrain``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -53,6 +52,15 @@ class Method:
     preset_pretrain: ClassVar[dict[str, dict[str, Any]]] = {}
     # preset name -> values of this method's own Params
     preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def unavailable_reason(cls, params: Any, backbone: str) -> str | None:
+        """Why this method cannot run on this machine (e.g. a missing weights file), or None.
+
+        A sweep that names the method fails at once with this reason; the default sweep
+        (all methods) leaves it out with a warning.
+        """
+        return None
 
 
 class PretrainingMethod(Method, nn.Module):
@@ -103,9 +111,10 @@ class BaselineMethod(Method):
 
     @classmethod
     def initial_backbone(
-        cls, params: Any, backbone: str, in_channels: int, results_root: Path
-    ) -> dict[str, torch.Tensor] | None:
-        """Weights for the encoder, or None to keep smp's random initialisation."""
+        cls, params: Any, backbone: str, in_channels: int
+    ) -> tuple[dict[str, torch.Tensor] | None, str]:
+        """Weights for the encoder (None keeps smp's random initialisation) and a line that
+        says where they came from, for the result record."""
         raise NotImplementedError
 
 

@@ -10,5 +10,5 @@ class RandomInit(BaselineMethod):
     summary = "random initialisation, no pretraining (lower bound)"
 
     @classmethod
-    def initial_backbone(cls, params, backbone, in_channels, results_root):
-        return None
+    def initial_backbone(cls, params, backbone, in_channels):
+        return None, "random initialisation (smp defaults, seeded by the run seed)"

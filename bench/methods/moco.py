@@ -1,0 +1,116 @@
+"""MoCo v2 (He et al., "Momentum Contrast for Unsupervised Visual Representation Learning",
+CVPR 2020; Chen et al., "Improved Baselines with Momentum Contrastive Learning",
+arXiv:2003.04297).
+
+A query encoder (backbone + MLP projector) is trained; the key encoder is its momentum (EMA)
+copy and gets no gradient. Negatives come from a queue of the last K keys, enqueued after
+every step. Loss: cross-entropy over ``[q.k+, q.queue] / tau`` with the positive at index 0.
+Shuffle-BN exists to stop BN leaking information across GPUs; a single-process run has one
+BN batch for queries and one for keys and omits it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.augment import ViewAugmentation, ViewRecipe
+from bench.methods.base import PretrainingMethod, StepContext, register_method
+from bench.methods.ema import ema_update, frozen_copy
+from bench.models import BACKBONE_WIDTH, mlp_projector
+
+
+@dataclass(frozen=True)
+class MoCoParams:
+    temperature: float = 0.2  # MoCo v2 (Chen et al. 2020, sec. 3); G-RSIM used 0.07
+    momentum: float = 0.999  # key-encoder EMA m (He et al. 2020, sec. 3.2)
+    queue_size: int = 65536  # K negatives (He et al. 2020); 2,048 in G-RSIM
+    projector_hidden_dim: int = 0  # MLP head w -> w -> 128 (MoCo v2); 0 = backbone width w
+    projector_dim: int = 128
+    # MoCo v2 augmentation: crop 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2,
+    # blur p 0.5, h-flip.
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    jitter_prob: float = 0.8
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("moco.temperature must be > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError("moco.momentum must be in [0, 1)")
+        if self.queue_size < 1:
+            raise ValueError("moco.queue_size must be >= 1")
+
+
+@register_method("moco")
+class MoCo(PretrainingMethod):
+    """Query/key encoders with a queue of negatives (MoCo v2)."""
+
+    Params = MoCoParams
+    summary = "MoCo v2: momentum key encoder and a queue of negatives (He/Chen et al. 2020)"
+    preset_params = {"quick": {"queue_size": 1024}, "cpu": {"queue_size": 4096}}
+    # SGD, LR 0.03 x batch/256, wd 1e-4, cosine, no warm-up, 200 epochs (MoCo v2).
+    preset_pretrain = {
+        "paper": {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9,
+                  "warmup_fraction": 0.0, "final_lr_factor": 0.0}
+    }
+
+    def __init__(self, params: MoCoParams, *args, **kwargs) -> None:
+        super().__init__(params, *args, **kwargs)
+        if params.queue_size <= self.config.batch_size:
+            raise ValueError(
+                f"moco.queue_size ({params.queue_size}) must exceed pretrain.batch_size "
+                f"({self.config.batch_size})"
+            )
+        width = BACKBONE_WIDTH[self.config.backbone]
+        self.projector = mlp_projector(width, params.projector_hidden_dim or width,
+                                       params.projector_dim)
+        self.key_backbone = frozen_copy(self.backbone)
+        self.key_projector = frozen_copy(self.projector)
+        queue = F.normalize(torch.randn(params.queue_size, params.projector_dim), dim=1)
+        self.register_buffer("queue", queue)
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self._pending_keys: torch.Tensor | None = None
+        self.views = ViewAugmentation(
+            ViewRecipe(size=self.config.view_size, crop_scale=params.crop_scale,
+                       jitter=(0.4, 0.4, 0.4, 0.1), jitter_prob=params.jitter_prob,
+                       grayscale_prob=params.grayscale_prob, blur_prob=params.blur_prob)
+        )
+
+    def training_step(self, images: torch.Tensor, ctx: StepContext):
+        query_views = self.normalize(self.views(images))
+        key_views = self.normalize(self.views(images))
+        q = F.normalize(self.projector(self.embed(query_views)).float(), dim=1)
+        with torch.no_grad():
+            k = self.key_projector(self.key_backbone(key_views)[-1].mean(dim=(2, 3)))
+            k = F.normalize(k.float(), dim=1)
+        loss = moco_loss(q, k, self.queue, self.params.temperature)
+        self._pending_keys = k
+        return loss, {}
+
+    @torch.no_grad()
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        ema_update(self.key_backbone, self.backbone, self.params.momentum)
+        ema_update(self.key_projector, self.projector, self.params.momentum)
+        if self._pending_keys is not None:
+            self.enqueue(self._pending_keys)
+            self._pending_keys = None
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Replace the oldest entries by ``keys`` (a ring buffer of the last K keys)."""
+        size = self.queue.shape[0]
+        positions = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[positions] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+
+
+def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float):
+    """Cross-entropy over ``[q.k+, q.queue] / tau``, the positive at index 0 (InfoNCE)."""
+    positive = (q * k).sum(dim=1, keepdim=True)
+    negatives = q @ queue.detach().T
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
