@@ -26,38 +26,71 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(part) for part in _names(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
 
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in _names(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
 
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", type=_names, default=(),
-                        help="comma-separated methods (default: all registered; see `list`)")
-    parser.add_argument("--datasets", type=_names, default=("synthetic",),
-                        help="comma-separated datasets (default: synthetic)")
-    parser.add_argument("--fractions", type=_floats, default=(0.01, 0.1),
-                        help="label fractions in (0, 1] (default: 0.01,0.1)")
-    parser.add_argument("--seeds", type=_ints, default=None,
-                        help="comma-separated seeds (default: the preset's)")
+    parser.add_argument(
+        "--methods",
+        type=_names,
+        default=(),
+        help="comma-separated methods (default: all registered; see `list`)",
+    )
+    parser.add_argument(
+        "--datasets",
+        type=_names,
+        default=("synthetic",),
+        help="comma-separated datasets (default: synthetic)",
+    )
+    parser.add_argument(
+        "--fractions",
+        type=_floats,
+        default=(0.01, 0.1),
+        help="label fractions in (0, 1] (default: 0.01,0.1)",
+    )
+    parser.add_argument(
+        "--seeds", type=_ints, default=None, help="comma-separated seeds (default: the preset's)"
+    )
     parser.add_argument("--preset", default="quick", help=f"one of: {', '.join(PRESETS)}")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE",
-                        help="override a setting, e.g. --set pretrain.epochs=10 (repeatable)")
-    parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="results folder (default: ./results)")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="data folder (default: $BENCH_DATA_ROOT, then ./data)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting, e.g. --set pretrain.epochs=10 (repeatable)",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=Path("results"), help="results folder (default: ./results)"
+    )
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="data folder (default: $BENCH_DATA_ROOT, then ./data)",
+    )
 
 
 def _spec(args: argparse.Namespace) -> SweepSpec:
-    return SweepSpec(methods=args.methods, datasets=args.datasets, fractions=args.fractions,
-                     seeds=args.seeds, preset=args.preset, overrides=tuple(args.overrides))
+    return SweepSpec(
+        methods=args.methods,
+        datasets=args.datasets,
+        fractions=args.fractions,
+        seeds=args.seeds,
+        preset=args.preset,
+        overrides=tuple(args.overrides),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -66,7 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print()
     print(comparison_table(result.finetune_records(), tuple(args.metric)))
     failed, skipped = result.by_status("failed"), result.by_status("skipped")
-    print(f"\n{len(result.jobs)} jobs in {time.perf_counter() - start:.1f}s; results in {args.results}")
+    elapsed = time.perf_counter() - start
+    print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {args.results}")
     for record in failed:
         print(f"FAILED  {record['job_id']}: {record['error']}")
     for record in skipped:
@@ -131,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the table")
     sub = parser.add_subparsers(dest="command", required=True)
-    metric = {"type": _names, "default": ("miou", "kappa"),
-              "help": "metrics in the table: miou, kappa, oa, mean_f1 (default: miou,kappa)"}
+    metric = {
+        "type": _names,
+        "default": ("miou", "kappa"),
+        "help": "metrics in the table: miou, kappa, oa, mean_f1 (default: miou,kappa)",
+    }
 
     run = sub.add_parser("run", help="plan and run a sweep, then print its table")
     _add_sweep_arguments(run)
@@ -144,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.set_defaults(func=cmd_plan)
 
     sub.add_parser("list", help="registered methods, datasets and presets").set_defaults(
-        func=cmd_list)
+        func=cmd_list
+    )
 
     table = sub.add_parser("table", help="print the table of the records in a results folder")
     table.add_argument("--results", type=Path, default=Path("results"))

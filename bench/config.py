@@ -119,9 +119,7 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="cpu",
             description="CPU study: ~10 min pretraining per method, 600 fine-tuning steps, 2 seeds",
-            caption=(
-                "cpu preset: small CPU budgets; expect small, noisy gaps between methods"
-            ),
+            caption=("cpu preset: small CPU budgets; expect small, noisy gaps between methods"),
             values={
                 "pretrain": {"epochs": 40},
                 "finetune": {"steps": 600},
@@ -183,7 +181,9 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, s
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not section or not name:
-            raise ConfigError(f"bad --set {item!r}: expected section.field=value, e.g. pretrain.lr=0.1")
+            raise ConfigError(
+                f"bad --set {item!r}: expected section.field=value, e.g. pretrain.lr=0.1"
+            )
         out.setdefault(section, {})[name] = value.strip()
     return out
 
@@ -236,7 +236,7 @@ def parse_value(value: Any, annotation: Any, key: str) -> Any:
             return tuple(parse_value(v, args[0], key) for v in items)
         if len(items) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} comma-separated values, got {value!r}")
-        return tuple(parse_value(v, a, key) for v, a in zip(items, args))
+        return tuple(parse_value(v, a, key) for v, a in zip(items, args, strict=True))
     if annotation is bool:
         if isinstance(value, bool):
             return value

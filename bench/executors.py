@@ -32,11 +32,19 @@ class LocalExecutor:
                 continue
             blocked = [d for d in job.depends_on if records.get(d, {}).get("status") != "ok"]
             if blocked:
-                log.warning("%s skipped: %s, because %s did not finish", prefix,
-                            job.describe(), ", ".join(blocked))
+                log.warning(
+                    "%s skipped: %s, because %s did not finish",
+                    prefix,
+                    job.describe(),
+                    ", ".join(blocked),
+                )
                 records[job.job_id] = {
-                    "status": "skipped", "kind": job.kind, "job_id": job.job_id,
-                    "method": job.method, "dataset": job.dataset, "seed": job.seed,
+                    "status": "skipped",
+                    "kind": job.kind,
+                    "job_id": job.job_id,
+                    "method": job.method,
+                    "dataset": job.dataset,
+                    "seed": job.seed,
                     "fraction": getattr(job, "fraction", None),
                     "error": f"dependency {', '.join(blocked)} did not finish",
                 }
@@ -46,8 +54,9 @@ class LocalExecutor:
             log.info("%s %s (%s)", prefix, job.describe(), job.job_id)
             start = time.perf_counter()
             records[job.job_id] = execute(job, results_root, data_root)
-            log.info("%s %s in %.1fs", prefix, records[job.job_id]["status"],
-                     time.perf_counter() - start)
+            log.info(
+                "%s %s in %.1fs", prefix, records[job.job_id]["status"], time.perf_counter() - start
+            )
         return records
 
 

@@ -59,7 +59,7 @@ def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
 def random_dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random flip and 90-degree rotation for each image and its mask."""
     out_images, out_masks = [], []
-    for image, mask in zip(images, masks):
+    for image, mask in zip(images, masks, strict=True):
         k = int(torch.randint(4, ()))
         flip = bool(torch.randint(2, ()))
         image, mask = torch.rot90(image, k, (1, 2)), torch.rot90(mask, k, (0, 1))
@@ -97,8 +97,9 @@ class Normalizer:
 
 
 @torch.no_grad()
-def evaluate(model, patches: PatchSet, normalize, num_classes, ignore_index, batch_size, device,
-             amp: bool) -> dict[str, Any]:
+def evaluate(
+    model, patches: PatchSet, normalize, num_classes, ignore_index, batch_size, device, amp: bool
+) -> dict[str, Any]:
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
     for start in range(0, len(patches), batch_size):
@@ -137,8 +138,13 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
         "cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     )
 
-    log.info("  finetune %s | %d labelled of %d training patches (%s)",
-             job.method, len(labelled), len(train), subset_path)
+    log.info(
+        "  finetune %s | %d labelled of %d training patches (%s)",
+        job.method,
+        len(labelled),
+        len(train),
+        subset_path,
+    )
     started = time.perf_counter()
     order = batch_indices(len(labelled), cfg.batch_size, cfg.steps, job.seed)
     running = 0.0
@@ -164,20 +170,39 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
         running += float(loss.detach())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             count = (step % cfg.log_every) + 1
-            log.info("  finetune %s f=%g | step %d/%d | loss %.4f | %.2f s/step",
-                     job.method, job.fraction, step + 1, cfg.steps, running / count,
-                     (time.perf_counter() - started) / (step + 1))
+            log.info(
+                "  finetune %s f=%g | step %d/%d | loss %.4f | %.2f s/step",
+                job.method,
+                job.fraction,
+                step + 1,
+                cfg.steps,
+                running / count,
+                (time.perf_counter() - started) / (step + 1),
+            )
             append_log(run_dir, {"step": step + 1, "loss": running / count, "lr": lr_at(cfg, step)})
             running = 0.0
     train_seconds = time.perf_counter() - started
 
     eval_start = time.perf_counter()
-    scores = evaluate(model, test, normalize, dataset.num_classes, dataset.ignore_index,
-                      cfg.eval_batch_size, device, cfg.amp)
+    scores = evaluate(
+        model,
+        test,
+        normalize,
+        dataset.num_classes,
+        dataset.ignore_index,
+        cfg.eval_batch_size,
+        device,
+        cfg.amp,
+    )
     eval_seconds = time.perf_counter() - eval_start
-    log.info("  finetune %s f=%g | test mIoU %.2f Kappa %.2f OA %.2f",
-             job.method, job.fraction, 100 * scores["miou"], 100 * scores["kappa"],
-             100 * scores["oa"])
+    log.info(
+        "  finetune %s f=%g | test mIoU %.2f Kappa %.2f OA %.2f",
+        job.method,
+        job.fraction,
+        100 * scores["miou"],
+        100 * scores["kappa"],
+        100 * scores["oa"],
+    )
     return {
         "status": "ok",
         "kind": "finetune",

@@ -75,7 +75,9 @@ class FinetuneJob:
         return (self.pretrain_job.job_id,) if self.pretrain_job is not None else ()
 
     def describe(self) -> str:
-        return f"finetune {self.method} on {self.dataset} fraction {self.fraction:g} seed {self.seed}"
+        return (
+            f"finetune {self.method} on {self.dataset} fraction {self.fraction:g} seed {self.seed}"
+        )
 
 
 Job = PretrainJob | FinetuneJob

@@ -31,7 +31,9 @@ class ConfusionMatrix:
     def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
         """Add integer ``predictions`` and ``targets`` of the same shape."""
         if predictions.shape != targets.shape:
-            raise ValueError(f"shape mismatch: {tuple(predictions.shape)} vs {tuple(targets.shape)}")
+            raise ValueError(
+                f"shape mismatch: {tuple(predictions.shape)} vs {tuple(targets.shape)}"
+            )
         k = self.num_classes
         pred = predictions.reshape(-1).to(self.matrix.device, torch.int64)
         true = targets.reshape(-1).to(self.matrix.device, torch.int64)
@@ -58,7 +60,9 @@ def metrics_from_confusion(matrix: torch.Tensor) -> dict:
     union = tp + fp + fn
     present = union > 0
     iou = torch.where(present, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
-    f1 = torch.where(present, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.full_like(tp, math.nan))
+    f1 = torch.where(
+        present, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.full_like(tp, math.nan)
+    )
     if total == 0:
         raise ValueError("the confusion matrix is empty: no labelled pixels were evaluated")
     oa = tp.sum() / total

@@ -49,11 +49,15 @@ def load_backbone_strict(encoder: nn.Module, state_dict: dict[str, torch.Tensor]
         )
     for key, value in state_dict.items():
         if value.shape != encoder.state_dict()[key].shape:
-            raise ValueError(f"backbone weight {key}: shape {tuple(value.shape)} != "
-                             f"{tuple(encoder.state_dict()[key].shape)}")
+            raise ValueError(
+                f"backbone weight {key}: shape {tuple(value.shape)} != "
+                f"{tuple(encoder.state_dict()[key].shape)}"
+            )
     nn.Module.load_state_dict(encoder, dict(state_dict), strict=True)
 
 
 def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear -> ReLU -> Linear, no BN: the VISSL SimCLR head used by FALSE and GraSS."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+    )

@@ -144,11 +144,15 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(
-        parameter_groups(method, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.momentum,
+        parameter_groups(method, cfg.weight_decay),
+        cfg.optimizer,
+        cfg.lr,
+        cfg.momentum,
         cfg.lars_trust,
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
-                                  and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
+    )
 
     checkpoint_path = run_dir / CHECKPOINT
     start_epoch = 0
@@ -157,7 +161,9 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
-        log.info("%s: resumed from checkpoint after epoch %d/%d", job.job_id, start_epoch, cfg.epochs)
+        log.info(
+            "%s: resumed from checkpoint after epoch %d/%d", job.job_id, start_epoch, cfg.epochs
+        )
 
     started = time.perf_counter()
     images_seen, loss_value = 0, math.nan
@@ -199,8 +205,15 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
                 extra = "".join(f" {k} {v:.4g}" for k, v in extras.items())
                 log.info(
                     "  pretrain %s | epoch %d/%d step %d/%d | loss %.4f | lr %.3g | %.1f img/s%s",
-                    job.method, epoch + 1, cfg.epochs, step + 1, total_steps, loss_value,
-                    schedule[step], rate, extra,
+                    job.method,
+                    epoch + 1,
+                    cfg.epochs,
+                    step + 1,
+                    total_steps,
+                    loss_value,
+                    schedule[step],
+                    rate,
+                    extra,
                 )
         append_log(
             run_dir,

@@ -31,7 +31,9 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
-                warnings.warn(f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2)
+                warnings.warn(
+                    f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2
+                )
             self._entries[name] = obj
             obj.name = name  # type: ignore[attr-defined]
             return obj

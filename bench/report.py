@@ -46,7 +46,9 @@ def comparison_table(
     """A Markdown table of mean (± std, n seeds) per method and dataset x fraction x metric."""
     unknown = [m for m in metrics if m not in METRIC_LABELS]
     if unknown:
-        raise ValueError(f"unknown metric {unknown[0]!r}; valid metrics: {', '.join(METRIC_LABELS)}")
+        raise ValueError(
+            f"unknown metric {unknown[0]!r}; valid metrics: {', '.join(METRIC_LABELS)}"
+        )
     frame = records_frame(records)
     if frame.empty:
         return "no fine-tuning results yet"
@@ -59,8 +61,11 @@ def comparison_table(
         row = {"method": method}
         for dataset in datasets:
             for fraction in fractions:
-                runs = ok[(ok["method"] == method) & (ok["dataset"] == dataset)
-                          & (ok["fraction"] == fraction)]
+                runs = ok[
+                    (ok["method"] == method)
+                    & (ok["dataset"] == dataset)
+                    & (ok["fraction"] == fraction)
+                ]
                 for metric in metrics:
                     header = _column(dataset, fraction, metric, len(datasets) > 1)
                     row[header] = _cell(runs[metric].astype(float) * 100)

@@ -92,8 +92,9 @@ def plan(spec: SweepSpec) -> list[Job]:
         elif name in DATASETS:
             _section(DATASETS.get(name).Params, name, user[name])
     data = _section(DataConfig, "data", preset.values.get("data"), user.get("data"))
-    finetune = _section(FinetuneConfig, "finetune", preset.values.get("finetune"),
-                        user.get("finetune"))
+    finetune = _section(
+        FinetuneConfig, "finetune", preset.values.get("finetune"), user.get("finetune")
+    )
 
     jobs: list[Job] = []
     for dataset, dataset_cls in dataset_classes.items():
@@ -102,11 +103,17 @@ def plan(spec: SweepSpec) -> list[Job]:
         )
         for method, method_cls in method_classes.items():
             method_params = _section(
-                method_cls.Params, method, method_cls.preset_params.get(preset.name), user.get(method)
+                method_cls.Params,
+                method,
+                method_cls.preset_params.get(preset.name),
+                user.get(method),
             )
             pretrain = _section(
-                PretrainConfig, "pretrain", preset.values.get("pretrain"),
-                method_cls.preset_pretrain.get(preset.name), user.get("pretrain"),
+                PretrainConfig,
+                "pretrain",
+                preset.values.get("pretrain"),
+                method_cls.preset_pretrain.get(preset.name),
+                user.get("pretrain"),
             )
             reason = method_cls.unavailable_reason(method_params, pretrain.backbone)
             if reason and spec.methods:
@@ -118,18 +125,29 @@ def plan(spec: SweepSpec) -> list[Job]:
                 pretrain_job = None
                 if method_cls.pretrains:
                     pretrain_job = PretrainJob(
-                        method=method, method_params=method_params, dataset=dataset,
-                        dataset_params=dataset_params, data=data, pretrain=pretrain, seed=seed,
+                        method=method,
+                        method_params=method_params,
+                        dataset=dataset,
+                        dataset_params=dataset_params,
+                        data=data,
+                        pretrain=pretrain,
+                        seed=seed,
                         preset=preset.name,
                     )
                     jobs.append(pretrain_job)
                 for fraction in fractions:
                     jobs.append(
                         FinetuneJob(
-                            method=method, method_params=method_params,
-                            pretrain_job=pretrain_job, dataset=dataset,
-                            dataset_params=dataset_params, data=data, finetune=finetune,
-                            backbone=pretrain.backbone, fraction=fraction, seed=seed,
+                            method=method,
+                            method_params=method_params,
+                            pretrain_job=pretrain_job,
+                            dataset=dataset,
+                            dataset_params=dataset_params,
+                            data=data,
+                            finetune=finetune,
+                            backbone=pretrain.backbone,
+                            fraction=fraction,
+                            seed=seed,
                             preset=preset.name,
                         )
                     )
@@ -149,8 +167,11 @@ class SweepResult:
         return all(r.get("status") == "ok" for r in self.records.values())
 
     def finetune_records(self) -> list[dict[str, Any]]:
-        return [self.records[j.job_id] for j in self.jobs
-                if j.kind == "finetune" and j.job_id in self.records]
+        return [
+            self.records[j.job_id]
+            for j in self.jobs
+            if j.kind == "finetune" and j.job_id in self.records
+        ]
 
 
 def run_sweep(
@@ -173,7 +194,9 @@ def job_states(jobs: list[Job], results_dir: Path | str) -> dict[str, str]:
     states = {}
     for job in jobs:
         record = store.read_record(job.job_id)
-        states[job.job_id] = "pending" if record is None else (
-            "done" if record.get("status") == "ok" else str(record.get("status"))
+        states[job.job_id] = (
+            "pending"
+            if record is None
+            else ("done" if record.get("status") == "ok" else str(record.get("status")))
         )
     return states

@@ -27,8 +27,20 @@ SMALL = (
 
 
 def _cli(results: Path, data: Path) -> list[str]:
-    args = [sys.executable, "-m", "bench", "run", "--methods", "simclr,random",
-            "--fractions", "0.1,1", "--results", str(results), "--data-root", str(data)]
+    args = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        "--methods",
+        "simclr,random",
+        "--fractions",
+        "0.1,1",
+        "--results",
+        str(results),
+        "--data-root",
+        str(data),
+    ]
     for item in SMALL:
         args += ["--set", item]
     return args
@@ -36,13 +48,19 @@ def _cli(results: Path, data: Path) -> list[str]:
 
 def test_sigkill_during_pretraining_then_rerun_gives_the_same_table(tmp_path):
     data = tmp_path / "data"
-    reference = subprocess.run(_cli(tmp_path / "reference", data), capture_output=True,
-                               text=True, timeout=900)
+    reference = subprocess.run(
+        _cli(tmp_path / "reference", data), capture_output=True, text=True, timeout=900
+    )
     assert reference.returncode == 0, reference.stderr[-2000:]
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(_cli(killed_dir, data), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        _cli(killed_dir, data),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 600
     while time.time() < deadline and not list(killed_dir.glob("pretrain-*/checkpoint.pt")):
         time.sleep(0.2)
@@ -56,7 +74,7 @@ def test_sigkill_during_pretraining_then_rerun_gives_the_same_table(tmp_path):
     assert "resumed from checkpoint after epoch" in rerun.stderr
     record = json.loads(next(killed_dir.glob("pretrain-*/result.json")).read_text())
     assert record["resumed_from_epoch"] >= 1
-    table = lambda out: out[out.index("| method"):out.index("jobs in")]  # noqa: E731
+    table = lambda out: out[out.index("| method") : out.index("jobs in")]  # noqa: E731
     assert table(rerun.stdout) == table(reference.stdout)  # bit-exact on CPU
 
 
@@ -78,6 +96,8 @@ def test_synthetic_is_a_real_segmentation_task(tmp_path):
     most_common = int(torch.bincount(test.masks.reshape(-1).long()).argmax())
     majority.update(torch.full_like(test.masks, most_common), test.masks)
     majority_miou = majority.compute()["miou"]
-    print(f"synthetic mIoU: 1% {miou[0.01]:.3f}, 100% {miou[1.0]:.3f}, majority {majority_miou:.3f}")
+    print(
+        f"synthetic mIoU: 1% {miou[0.01]:.3f}, 100% {miou[1.0]:.3f}, majority {majority_miou:.3f}"
+    )
     assert miou[1.0] > miou[0.01] + 0.03
     assert miou[0.01] > majority_miou + 0.05

@@ -72,7 +72,9 @@ def test_strict_load_rejects_mismatched_weights():
     weights = method.backbone_state_dict()
     model = build_segmentation_model("resnet18", 3, num_classes=5)
     with pytest.raises(ValueError, match="1 missing"):
-        load_backbone_strict(model.encoder, {k: v for k, v in weights.items() if k != "conv1.weight"})
+        load_backbone_strict(
+            model.encoder, {k: v for k, v in weights.items() if k != "conv1.weight"}
+        )
     with pytest.raises(ValueError, match="1 unexpected"):
         load_backbone_strict(model.encoder, {**weights, "fc.weight": torch.zeros(2, 2)})
     wrong = build_segmentation_model("resnet18", 4, num_classes=5)

@@ -50,7 +50,9 @@ def test_weighted_masks_follow_formula():
         num = (pos[i] * s[i]).sum()
         per_anchor.append(-torch.log(num / (num + (neg[i] * s[i]).sum())))
     expected = torch.stack(per_anchor).mean()
-    assert masked_contrastive_loss(logits, pos, neg).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert masked_contrastive_loss(logits, pos, neg).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
 
 
 def test_positive_out_of_denominator_variant():

@@ -13,8 +13,9 @@ from bench.pretrain import (
 
 
 def test_warmup_then_cosine_matches_vissl_recipe():
-    cfg = PretrainConfig(lr=4.8, warmup_fraction=0.1, warmup_start_factor=0.125,
-                         final_lr_factor=0.001)
+    cfg = PretrainConfig(
+        lr=4.8, warmup_fraction=0.1, warmup_start_factor=0.125, final_lr_factor=0.001
+    )
     lr = warmup_cosine_schedule(cfg, 1000)
     assert lr.shape == (1000,)
     assert lr[0] == pytest.approx(0.6)  # VISSL: warm-up 0.6 -> 4.8

@@ -13,8 +13,12 @@ from bench.store import BACKBONE, CHECKPOINT, LOG, RECORD, SPEC, RunStore
 
 
 def test_plan_counts_pretrain_once_finetune_per_fraction(tiny_overrides):
-    spec = SweepSpec(methods=("simclr", "random"), fractions=(0.01, 0.1, 1.0), seeds=(0, 1),
-                     overrides=tiny_overrides)
+    spec = SweepSpec(
+        methods=("simclr", "random"),
+        fractions=(0.01, 0.1, 1.0),
+        seeds=(0, 1),
+        overrides=tiny_overrides,
+    )
     jobs = plan(spec)
     pretrain = [j for j in jobs if j.kind == "pretrain"]
     finetune = [j for j in jobs if j.kind == "finetune"]
@@ -30,14 +34,20 @@ def test_plan_counts_pretrain_once_finetune_per_fraction(tiny_overrides):
 def test_ids_are_stable_and_track_hyperparameters(tiny_overrides):
     spec = SweepSpec(methods=("simclr",), overrides=tiny_overrides)
     assert [j.job_id for j in plan(spec)] == [j.job_id for j in plan(spec)]
-    changed = plan(SweepSpec(methods=("simclr",), overrides=(*tiny_overrides, "simclr.temperature=0.2")))
+    changed = plan(
+        SweepSpec(methods=("simclr",), overrides=(*tiny_overrides, "simclr.temperature=0.2"))
+    )
     assert {j.job_id for j in plan(spec)}.isdisjoint({j.job_id for j in changed})
     # a fine-tuning setting leaves the pretraining id alone
-    ft_changed = plan(SweepSpec(methods=("simclr",), overrides=(*tiny_overrides, "finetune.steps=4")))
+    ft_changed = plan(
+        SweepSpec(methods=("simclr",), overrides=(*tiny_overrides, "finetune.steps=4"))
+    )
     assert ft_changed[0].job_id == plan(spec)[0].job_id
     assert ft_changed[1].job_id != plan(spec)[1].job_id
     # logging cadence does not change any id
-    quiet = plan(SweepSpec(methods=("simclr",), overrides=(*tiny_overrides, "pretrain.log_every=1")))
+    quiet = plan(
+        SweepSpec(methods=("simclr",), overrides=(*tiny_overrides, "pretrain.log_every=1"))
+    )
     assert [j.job_id for j in quiet] == [j.job_id for j in plan(spec)]
 
 
@@ -110,8 +120,9 @@ def test_killed_pretraining_resumes_from_checkpoint_bit_exact(dirs, tiny_overrid
     # Uninterrupted reference run in its own folder.
     reference = run_sweep(spec, results / "reference", data)
     assert reference.ok
-    expected = torch.load(RunStore(results / "reference").run_dir(job.job_id) / BACKBONE,
-                          weights_only=True)
+    expected = torch.load(
+        RunStore(results / "reference").run_dir(job.job_id) / BACKBONE, weights_only=True
+    )
 
     # A run that dies right after writing the checkpoint of epoch 2.
     real_save = bench.pretrain.save_checkpoint
@@ -139,7 +150,9 @@ def test_killed_pretraining_resumes_from_checkpoint_bit_exact(dirs, tiny_overrid
     assert [json.loads(line)["epoch"] for line in log_lines] == [1, 2, 3]
 
 
-def test_failed_pretraining_writes_record_and_skips_its_finetunes(dirs, tiny_overrides, monkeypatch):
+def test_failed_pretraining_writes_record_and_skips_its_finetunes(
+    dirs, tiny_overrides, monkeypatch
+):
     results, data = dirs
 
     def explode(self, images, ctx):

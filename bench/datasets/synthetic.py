@@ -75,7 +75,10 @@ class SyntheticLandCover(SegmentationDataset):
             )
         log.info(
             "rendered %d synthetic %s patches of %dpx in %.1fs",
-            count, split, size, time.perf_counter() - start,
+            count,
+            split,
+            size,
+            time.perf_counter() - start,
         )
         return images, masks
 

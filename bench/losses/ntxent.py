@@ -28,7 +28,9 @@ def partner_index(two_n: int, device: torch.device | None = None) -> torch.Tenso
     return (torch.arange(two_n, device=device) + two_n // 2) % two_n
 
 
-def nt_xent_masks(two_n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def nt_xent_masks(
+    two_n: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SimCLR's masks: ``P`` one-hot on the partner view, ``Q`` on every other view."""
     eye = torch.eye(two_n, device=device)
     pos = torch.zeros(two_n, two_n, device=device)

@@ -55,9 +55,15 @@ class BYOL(PretrainingMethod):
     preset_params = {"quick": {"crop_scale": (0.2, 1.0)}}
     # LARS, LR 0.2 x batch/256, wd 1.5e-6, 10 warm-up epochs of 300, cosine (sec. 3.3).
     preset_pretrain = {
-        "paper": {"optimizer": "lars", "lr": 0.2, "weight_decay": 1.5e-6, "epochs": 300,
-                  "warmup_fraction": 10 / 300, "warmup_start_factor": 0.0,
-                  "final_lr_factor": 0.0}
+        "paper": {
+            "optimizer": "lars",
+            "lr": 0.2,
+            "weight_decay": 1.5e-6,
+            "epochs": 300,
+            "warmup_fraction": 10 / 300,
+            "warmup_start_factor": 0.0,
+            "final_lr_factor": 0.0,
+        }
     }
 
     def __init__(self, params: BYOLParams, *args, **kwargs) -> None:
@@ -69,11 +75,17 @@ class BYOL(PretrainingMethod):
         self.target_projector = frozen_copy(self.projector)
         self.views = nn.ModuleList(
             ViewAugmentation(
-                ViewRecipe(size=self.config.view_size, crop_scale=params.crop_scale,
-                           jitter=(0.4, 0.4, 0.2, 0.1), jitter_prob=0.8, grayscale_prob=0.2,
-                           blur_prob=blur, solarize_prob=solarize)
+                ViewRecipe(
+                    size=self.config.view_size,
+                    crop_scale=params.crop_scale,
+                    jitter=(0.4, 0.4, 0.2, 0.1),
+                    jitter_prob=0.8,
+                    grayscale_prob=0.2,
+                    blur_prob=blur,
+                    solarize_prob=solarize,
+                )
             )
-            for blur, solarize in zip(params.blur_probs, params.solarize_probs)
+            for blur, solarize in zip(params.blur_probs, params.solarize_probs, strict=True)
         )
 
     def training_step(self, images: torch.Tensor, ctx: StepContext):
@@ -81,8 +93,9 @@ class BYOL(PretrainingMethod):
         # Each view is its own forward pass (own BN batch), as in the BYOL release.
         p1, p2 = (self.predictor(self.projector(self.embed(v))) for v in views)
         with torch.no_grad():
-            t1, t2 = (self.target_projector(self.target_backbone(v)[-1].mean(dim=(2, 3)))
-                      for v in views)
+            t1, t2 = (
+                self.target_projector(self.target_backbone(v)[-1].mean(dim=(2, 3))) for v in views
+            )
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         return loss, {}
 

@@ -68,7 +68,7 @@ def find_weights(params: ImageNetParams, backbone: str) -> Path:
     raise FileNotFoundError(
         f"no ImageNet weights for {backbone} on this machine (nothing is downloaded at run "
         f"time). Looked in:\n  {searched}\n  and timm's cache. Fix: on a machine with "
-        f"internet run\n  python -c \"import torchvision; torchvision.models.{backbone}"
+        f'internet run\n  python -c "import torchvision; torchvision.models.{backbone}'
         f"(weights='IMAGENET1K_V1')\"\nthen copy ~/.cache/torch/hub/checkpoints/"
         f"{TORCHVISION_FILES[backbone][0]} to the same folder here, or pass "
         f"--set imagenet.weights=/path/to/{TORCHVISION_FILES[backbone][0]} "

@@ -54,8 +54,14 @@ class MoCo(PretrainingMethod):
     preset_params = {"quick": {"queue_size": 1024}, "cpu": {"queue_size": 4096}}
     # SGD, LR 0.03 x batch/256, wd 1e-4, cosine, no warm-up, 200 epochs (MoCo v2).
     preset_pretrain = {
-        "paper": {"optimizer": "sgd", "lr": 0.03, "weight_decay": 1e-4, "momentum": 0.9,
-                  "warmup_fraction": 0.0, "final_lr_factor": 0.0}
+        "paper": {
+            "optimizer": "sgd",
+            "lr": 0.03,
+            "weight_decay": 1e-4,
+            "momentum": 0.9,
+            "warmup_fraction": 0.0,
+            "final_lr_factor": 0.0,
+        }
     }
 
     def __init__(self, params: MoCoParams, *args, **kwargs) -> None:
@@ -66,8 +72,9 @@ class MoCo(PretrainingMethod):
                 f"({self.config.batch_size})"
             )
         width = BACKBONE_WIDTH[self.config.backbone]
-        self.projector = mlp_projector(width, params.projector_hidden_dim or width,
-                                       params.projector_dim)
+        self.projector = mlp_projector(
+            width, params.projector_hidden_dim or width, params.projector_dim
+        )
         self.key_backbone = frozen_copy(self.backbone)
         self.key_projector = frozen_copy(self.projector)
         queue = F.normalize(torch.randn(params.queue_size, params.projector_dim), dim=1)
@@ -75,9 +82,14 @@ class MoCo(PretrainingMethod):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending_keys: torch.Tensor | None = None
         self.views = ViewAugmentation(
-            ViewRecipe(size=self.config.view_size, crop_scale=params.crop_scale,
-                       jitter=(0.4, 0.4, 0.4, 0.1), jitter_prob=params.jitter_prob,
-                       grayscale_prob=params.grayscale_prob, blur_prob=params.blur_prob)
+            ViewRecipe(
+                size=self.config.view_size,
+                crop_scale=params.crop_scale,
+                jitter=(0.4, 0.4, 0.4, 0.1),
+                jitter_prob=params.jitter_prob,
+                grayscale_prob=params.grayscale_prob,
+                blur_prob=params.blur_prob,
+            )
         )
 
     def training_step(self, images: torch.Tensor, ctx: StepContext):

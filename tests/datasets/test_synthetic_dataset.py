@@ -9,8 +9,11 @@ from bench.datasets.synthetic import SyntheticParams
 
 def make(tmp_path, bands="rgb", **params):
     cls = DATASETS.get("synthetic")
-    return cls(SyntheticParams(patch_size=32, n_train=12, n_test=4, **params),
-               DataConfig(bands=bands), tmp_path)
+    return cls(
+        SyntheticParams(patch_size=32, n_train=12, n_test=4, **params),
+        DataConfig(bands=bands),
+        tmp_path,
+    )
 
 
 def test_splits_are_cached_and_identical_on_reload(tmp_path):

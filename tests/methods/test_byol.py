@@ -10,8 +10,13 @@ from bench.methods.ema import cosine_momentum
 
 def make():
     torch.manual_seed(0)
-    return BYOL(BYOLParams(hidden_dim=32, projection_dim=16),
-                PretrainConfig(batch_size=4, view_size=32), 3, [0.5] * 3, [0.25] * 3)
+    return BYOL(
+        BYOLParams(hidden_dim=32, projection_dim=16),
+        PretrainConfig(batch_size=4, view_size=32),
+        3,
+        [0.5] * 3,
+        [0.25] * 3,
+    )
 
 
 def test_loss_is_two_minus_two_cosine():
@@ -42,7 +47,9 @@ def test_target_gets_no_gradient_and_moves_by_the_schedule():
     online = [p.detach().clone() for p in method.projector.parameters()]
     method.after_optimizer_step(StepContext(3, 10, 0))
     tau = cosine_momentum(0.996, 3, 10)
-    for target, old, new in zip(method.target_projector.parameters(), target_before, online):
+    for target, old, new in zip(
+        method.target_projector.parameters(), target_before, online, strict=True
+    ):
         assert torch.allclose(target, tau * old + (1 - tau) * new, atol=1e-7)
 
 

@@ -67,6 +67,8 @@ def test_four_band_first_conv_follows_smp_rule(tv_weights):
     rgb = state["conv1.weight"]
     conv = weights["conv1.weight"]
     assert conv.shape == (64, 4, 7, 7)
-    assert torch.allclose(conv[:, 1], rgb[:, 1] * 0.75) and torch.allclose(conv[:, 3], rgb[:, 0] * 0.75)
+    assert torch.allclose(conv[:, 1], rgb[:, 1] * 0.75) and torch.allclose(
+        conv[:, 3], rgb[:, 0] * 0.75
+    )
     load_backbone_strict(build_segmentation_model("resnet18", 4, 6).encoder, weights)
     assert torch.equal(extend_first_conv(rgb, 3), rgb)

@@ -9,8 +9,13 @@ from bench.methods.moco import MoCo, MoCoParams, moco_loss
 
 def make(queue_size=16, momentum=0.9, batch_size=4):
     torch.manual_seed(0)
-    return MoCo(MoCoParams(queue_size=queue_size, momentum=momentum, projector_dim=8),
-                PretrainConfig(batch_size=batch_size, view_size=32), 3, [0.5] * 3, [0.25] * 3)
+    return MoCo(
+        MoCoParams(queue_size=queue_size, momentum=momentum, projector_dim=8),
+        PretrainConfig(batch_size=batch_size, view_size=32),
+        3,
+        [0.5] * 3,
+        [0.25] * 3,
+    )
 
 
 def test_loss_matches_infonce_formula():
@@ -18,11 +23,15 @@ def test_loss_matches_infonce_formula():
     q, k, queue = (rng.normal(size=s) for s in [(4, 6), (4, 6), (10, 6)])
     q, k, queue = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, k, queue))
     tau = 0.2
-    expected = np.mean([
-        -np.log(np.exp(q[i] @ k[i] / tau)
-                / (np.exp(q[i] @ k[i] / tau) + np.exp(queue @ q[i] / tau).sum()))
-        for i in range(4)
-    ])
+    expected = np.mean(
+        [
+            -np.log(
+                np.exp(q[i] @ k[i] / tau)
+                / (np.exp(q[i] @ k[i] / tau) + np.exp(queue @ q[i] / tau).sum())
+            )
+            for i in range(4)
+        ]
+    )
     got = moco_loss(*(torch.from_numpy(x) for x in (q, k, queue)), tau)
     assert got.item() == pytest.approx(expected, rel=1e-9)
 
@@ -41,7 +50,7 @@ def test_key_encoder_gets_no_gradient_and_follows_momentum_rule():
             p.add_(0.01)
     online = [p.detach().clone() for p in method.backbone.parameters()]
     method.after_optimizer_step(StepContext(0, 10, 0))
-    for key, old, new in zip(method.key_backbone.parameters(), before_key, online):
+    for key, old, new in zip(method.key_backbone.parameters(), before_key, online, strict=True):
         assert torch.allclose(key, 0.9 * old + 0.1 * new, atol=1e-7)
 
 
