@@ -40,7 +40,7 @@ class PretrainConfig:
     """The method-agnostic pretraining loop (optimiser, schedule, sizes)."""
 
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 64  # images per step; each gives two views
     view_size: int = 48  # side of the augmented views fed to the network
     optimizer: Literal["adam", "adamw", "sgd", "lars"] = "adam"
@@ -66,8 +66,8 @@ class FinetuneConfig:
     """Downstream protocol: smp DeepLabV3+ fine-tuned on the labelled subset."""
 
     protocol: Literal["full", "frozen"] = "full"  # frozen: encoder fixed, BN in eval (FALSE)
-    steps: int = 150
-    batch_size: int = 16
+    steps: int = 100
+    batch_size: int = 8
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 1e-5
@@ -122,7 +122,7 @@ PRESETS: dict[str, Preset] = {
             caption=("cpu preset: small CPU budgets; expect small, noisy gaps between methods"),
             values={
                 "pretrain": {"epochs": 40},
-                "finetune": {"steps": 600},
+                "finetune": {"steps": 600, "batch_size": 16},
                 "synthetic": {"n_train": 2048, "n_test": 512},
             },
             seeds=(0, 1),

@@ -23,6 +23,16 @@ class LocalExecutor:
         store = RunStore(results_root)
         records: dict[str, dict[str, Any]] = {}
         total = len(jobs)
+        done = sum(store.is_done(job.job_id) for job in jobs)
+        pretraining = sum(job.kind == "pretrain" for job in jobs)
+        log.info(
+            "%d jobs (%d pretraining, %d fine-tuning), %d done already; results in %s",
+            total,
+            pretraining,
+            total - pretraining,
+            done,
+            results_root,
+        )
         for number, job in enumerate(jobs, start=1):
             prefix = f"[{number}/{total}]"
             record = store.read_record(job.job_id)

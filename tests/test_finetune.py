@@ -32,3 +32,40 @@ def test_dihedral_moves_image_and_mask_together():
     assert torch.equal(out_images[:, 0], out_masks * 10)
     assert torch.equal(out_images[:, 1], out_masks * 20 + 1)
     assert not torch.equal(out_masks, masks)  # something was transformed
+
+
+def test_frozen_protocol_keeps_the_pretrained_encoder_and_its_bn_statistics(
+    dirs, tiny_overrides, monkeypatch
+):
+    import bench.finetune
+    from bench import SweepSpec, run_sweep
+    from bench.store import BACKBONE, RunStore
+
+    results, data = dirs
+    seen = {}
+    real_evaluate = bench.finetune.evaluate
+
+    def capture(model, *args, **kwargs):
+        seen["encoder"] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+        seen["decoder"] = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+        return real_evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(bench.finetune, "evaluate", capture)
+    overrides = (*tiny_overrides, "finetune.protocol=frozen")
+    result = run_sweep(
+        SweepSpec(methods=("simclr",), fractions=(1.0,), overrides=overrides), results, data
+    )
+    assert result.ok
+    record = result.finetune_records()[0]
+    assert record["protocol"] == "frozen" and record["init"].startswith("pretrained backbone")
+    pretrained = torch.load(
+        RunStore(results).run_dir(record["pretrain_id"]) / BACKBONE, weights_only=True
+    )
+    assert all(torch.equal(seen["encoder"][k], v) for k, v in pretrained.items())
+
+    # With full fine-tuning the same start moves the encoder.
+    seen.clear()
+    run_sweep(
+        SweepSpec(methods=("simclr",), fractions=(1.0,), overrides=tiny_overrides), results, data
+    )
+    assert not all(torch.equal(seen["encoder"][k], v) for k, v in pretrained.items())
