@@ -38,6 +38,10 @@ class SyntheticLandCover(SegmentationDataset):
     class_names = synthetic_scene.CLASS_NAMES
     class_colours = synthetic_scene.CLASS_COLOURS
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: dict[str, PatchSet] = {}  # split -> patches, read once per instance
+
     @property
     def prepared_dir(self) -> Path:
         key = {"params": self.params, "bands": self.data.bands, "generator": GENERATOR_VERSION}
@@ -46,6 +50,11 @@ class SyntheticLandCover(SegmentationDataset):
     def load_split(self, split: str) -> PatchSet:
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}; valid splits: train, test")
+        if split not in self._loaded:
+            self._loaded[split] = self._load(split)
+        return self._loaded[split]
+
+    def _load(self, split: str) -> PatchSet:
         count = self.params.n_train if split == "train" else self.params.n_test
         path = self.prepared_dir / f"{split}.npz"
         if path.exists():
