@@ -179,6 +179,9 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
             pin_memory=device.type == "cuda",
         )
         epoch_loss, epoch_start = 0.0, time.perf_counter()
+        extra_sums: dict[str, float] = {}
+        extra_counts: dict[str, int] = {}
+        extra_means: dict[str, float] = {}
         for batch_index, (images, _) in enumerate(loader):
             step = epoch * steps_per_epoch + batch_index
             for group in optimizer.param_groups:
@@ -200,9 +203,24 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
             method.after_optimizer_step(ctx)
             epoch_loss += loss_value
             images_seen += images.shape[0]
+            if extras:  # method-specific scalars: one JSON line per step, epoch means
+                append_log(
+                    run_dir,
+                    {
+                        "kind": "step",
+                        "epoch": epoch + 1,
+                        "step": step + 1,
+                        "loss": loss_value,
+                        **extras,
+                    },
+                )
+                for key, value in extras.items():
+                    extra_sums[key] = extra_sums.get(key, 0.0) + value
+                    extra_counts[key] = extra_counts.get(key, 0) + 1
+                extra_means = {k: extra_sums[k] / extra_counts[k] for k in extra_sums}
             if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
                 rate = images_seen / max(time.perf_counter() - started, 1e-9)
-                extra = "".join(f" {k} {v:.4g}" for k, v in extras.items())
+                extra = "".join(f" | {k} {v:.3g}" for k, v in extra_means.items())
                 log.info(
                     "  pretrain %s | epoch %d/%d step %d/%d | loss %.4f | lr %.3g | %.1f img/s%s",
                     job.method,
@@ -218,11 +236,13 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         append_log(
             run_dir,
             {
+                "kind": "epoch",
                 "epoch": epoch + 1,
                 "step": (epoch + 1) * steps_per_epoch,
                 "loss": epoch_loss / steps_per_epoch,
                 "lr": float(schedule[(epoch + 1) * steps_per_epoch - 1]),
                 "epoch_seconds": time.perf_counter() - epoch_start,
+                **{f"mean_{k}": v for k, v in extra_means.items()},
             },
         )
         save_checkpoint(
