@@ -63,8 +63,13 @@ class ViewAugmentation(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.geometric(images)
         if self.colour is not None:
-            rgb = self.colour(x[:, :3].contiguous())
-            x = torch.cat([rgb, x[:, 3:]], dim=1) if x.shape[1] > 3 else rgb
+            x = on_rgb(self.colour, x)
         if self.blur is not None:
             x = self.blur(x)
         return x.clamp_(0.0, 1.0)
+
+
+def on_rgb(colour: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Apply a colour augmentation to the first three bands; other bands pass unchanged."""
+    rgb = colour(images[:, :3].contiguous())
+    return torch.cat([rgb, images[:, 3:]], dim=1) if images.shape[1] > 3 else rgb

@@ -47,6 +47,11 @@ class PretrainConfig:
     lr: float = 1e-3  # peak learning rate, used as given (paper presets pre-scale it)
     weight_decay: float = 1e-6  # not applied to BN and bias parameters (VISSL, BYOL)
     momentum: float = 0.9
+    # warmup_cosine: linear warm-up then cosine (SimCLR/VISSL); step: lr * gamma every
+    # step_epochs epochs (StepLR of the multitask method)
+    schedule: Literal["warmup_cosine", "step"] = "warmup_cosine"
+    step_epochs: int = 2
+    step_gamma: float = 0.95
     warmup_fraction: float = 0.1  # linear warm-up over this fraction of all steps
     warmup_start_factor: float = 0.125  # warm-up starts at lr * this (VISSL: 0.6 -> 4.8)
     final_lr_factor: float = 0.001  # cosine ends at lr * this (VISSL: 4.8 -> 0.0048)

@@ -84,6 +84,14 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd, lars")
 
 
+def lr_schedule(cfg: PretrainConfig, total_steps: int, steps_per_epoch: int) -> np.ndarray:
+    """The per-step learning rates of ``cfg.schedule``."""
+    if cfg.schedule == "step":
+        epochs = np.arange(total_steps) // steps_per_epoch
+        return cfg.lr * cfg.step_gamma ** (epochs // cfg.step_epochs)
+    return warmup_cosine_schedule(cfg, total_steps)
+
+
 def warmup_cosine_schedule(cfg: PretrainConfig, total_steps: int) -> np.ndarray:
     """Per-step LR: linear warm-up from ``lr * warmup_start_factor`` to ``lr`` over the first
     ``warmup_fraction`` of steps, then cosine to ``lr * final_lr_factor`` (VISSL SimCLR)."""
@@ -136,7 +144,7 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
             f"pretrain.batch_size={cfg.batch_size} exceeds the {len(train)} training patches"
         )
     total_steps = cfg.epochs * steps_per_epoch
-    schedule = warmup_cosine_schedule(cfg, total_steps)
+    schedule = lr_schedule(cfg, total_steps, steps_per_epoch)
 
     torch.manual_seed(seed_for(job.seed, 0xB0))
     mean, std = dataset.band_stats()

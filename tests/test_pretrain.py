@@ -52,3 +52,12 @@ def test_checkpoint_round_trip_and_damaged_file(tmp_path):
     path.write_bytes(b"not a checkpoint")
     assert load_checkpoint(path) is None
     assert load_checkpoint(tmp_path / "missing.pt") is None
+
+
+def test_step_schedule_decays_every_step_epochs():
+    from bench.pretrain import lr_schedule
+
+    cfg = PretrainConfig(lr=5e-4, schedule="step", step_epochs=2, step_gamma=0.95)
+    lr = lr_schedule(cfg, total_steps=50, steps_per_epoch=10)
+    assert lr[0] == lr[19] == pytest.approx(5e-4)
+    assert lr[20] == pytest.approx(5e-4 * 0.95) and lr[49] == pytest.approx(5e-4 * 0.95**2)
