@@ -80,3 +80,24 @@ def test_strict_load_rejects_mismatched_weights():
     wrong = build_segmentation_model("resnet18", 4, num_classes=5)
     with pytest.raises(ValueError, match="shape"):
         load_backbone_strict(wrong.encoder, weights)
+
+
+@pytest.mark.parametrize("name", ["grass", "multitask"])
+def test_methods_that_reach_into_the_backbone_work_with_resnet50(name):
+    cls = METHODS.get(name)
+    params = build_section(cls.Params, name, cls.preset_params.get("quick"))
+    if name == "grass":
+        params = dataclasses.replace(params, warmup_epochs=0)  # the Grad-CAM stage
+    torch.manual_seed(0)
+    method = cls(
+        params,
+        PretrainConfig(backbone="resnet50", batch_size=2, view_size=32),
+        3,
+        [0.5] * 3,
+        [0.25] * 3,
+    )
+    loss, _ = method.training_step(torch.rand(2, 3, 32, 32), StepContext(0, 1, 0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    model = build_segmentation_model("resnet50", 3, num_classes=4)
+    load_backbone_strict(model.encoder, method.backbone_state_dict())
