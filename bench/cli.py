@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.config import PRESETS, ConfigError
 from bench.datasets import DATASETS
 from bench.methods import METHODS
+from bench.preemption import Preempted
 from bench.report import comparison_table
 from bench.store import RunStore
 from bench.sweep import SweepSpec, job_states, plan, run_sweep
@@ -44,8 +45,8 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         type=_names,
-        default=(),
-        help="comma-separated methods (default: all registered; see `list`)",
+        default=None,
+        help="comma-separated methods (default: all registered that can run here; see `list`)",
     )
     parser.add_argument(
         "--datasets",
@@ -211,3 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Preempted as stop:
+        print(f"preempted: {stop}; rerun the same command to resume", file=sys.stderr)
+        return 143

@@ -83,6 +83,7 @@ class FinetuneConfig:
     amp: bool = True
     eval_batch_size: int = field(default=64, metadata=NOT_IDENTITY)
     log_every: int = field(default=25, metadata=NOT_IDENTITY)
+    checkpoint_every: int = field(default=50, metadata=NOT_IDENTITY)  # steps; 0 = only on signal
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "finetune.steps must be >= 1")

@@ -19,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench import checkpoint
 from bench.config import FinetuneConfig
 from bench.datasets import DATASETS, PatchSet
 from bench.datasets.subsets import labelled_indices, write_subset
 from bench.methods import METHODS
 from bench.metrics import METRIC_NOTE, ConfusionMatrix
 from bench.models import build_segmentation_model, load_backbone_strict
+from bench.preemption import StopSignals
 from bench.pretrain import (
     NonFiniteLossError,
     autocast_for,
@@ -33,7 +35,7 @@ from bench.pretrain import (
     resolve_device,
     seed_for,
 )
-from bench.store import BACKBONE, RunStore, append_log, now_iso, provenance
+from bench.store import BACKBONE, CHECKPOINT, RunStore, append_log, now_iso, provenance
 
 log = logging.getLogger(__name__)
 
@@ -145,42 +147,68 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
         len(train),
         subset_path,
     )
+    checkpoint_path = run_dir / CHECKPOINT
+    start_step, running = 0, 0.0
+    state = checkpoint.load(checkpoint_path, job.job_id)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, running = int(state["step"]), float(state["running"])
+        checkpoint.set_rng_state(state["rng"])
+        log.info("%s: resumed from checkpoint at step %d/%d", job.job_id, start_step, cfg.steps)
+
     started = time.perf_counter()
     order = batch_indices(len(labelled), cfg.batch_size, cfg.steps, job.seed)
-    running = 0.0
-    for step in range(cfg.steps):
-        model.train()
-        if cfg.protocol == "frozen":
-            model.encoder.eval()  # BN statistics stay those of the pretrained backbone
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        images, masks = labelled[order[step]]
-        images, masks = random_dihedral(images, masks)
-        images = normalize(images.to(device, non_blocking=True))
-        masks = masks.to(device, non_blocking=True).long()
-        with autocast_for(device, cfg.amp):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), masks, ignore_index=dataset.ignore_index)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite fine-tuning loss at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        running += float(loss.detach())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            count = (step % cfg.log_every) + 1
-            log.info(
-                "  finetune %s f=%g | step %d/%d | loss %.4f | %.2f s/step",
-                job.method,
-                job.fraction,
-                step + 1,
-                cfg.steps,
-                running / count,
-                (time.perf_counter() - started) / (step + 1),
-            )
-            append_log(run_dir, {"step": step + 1, "loss": running / count, "lr": lr_at(cfg, step)})
-            running = 0.0
+    with StopSignals() as stop:
+        for step in range(start_step, cfg.steps):
+            model.train()
+            if cfg.protocol == "frozen":
+                model.encoder.eval()  # BN statistics stay those of the pretrained backbone
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            images, masks = labelled[order[step]]
+            images, masks = random_dihedral(images, masks)
+            images = normalize(images.to(device, non_blocking=True))
+            masks = masks.to(device, non_blocking=True).long()
+            with autocast_for(device, cfg.amp):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), masks, ignore_index=dataset.ignore_index)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"non-finite fine-tuning loss at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            running += float(loss.detach())
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                count = (step % cfg.log_every) + 1
+                log.info(
+                    "  finetune %s f=%g | step %d/%d | loss %.4f | %.2f s/step",
+                    job.method,
+                    job.fraction,
+                    step + 1,
+                    cfg.steps,
+                    running / count,
+                    (time.perf_counter() - started) / (step + 1 - start_step),
+                )
+                append_log(
+                    run_dir, {"step": step + 1, "loss": running / count, "lr": lr_at(cfg, step)}
+                )
+                running = 0.0
+            periodic = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
+            if (stop.requested or periodic) and step + 1 < cfg.steps:
+                checkpoint.save(
+                    checkpoint_path,
+                    {
+                        "job_id": job.job_id,
+                        "step": step + 1,
+                        "running": running,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": checkpoint.rng_state(),
+                    },
+                )
+                stop.check(f"at fine-tuning step {step + 1}")
     train_seconds = time.perf_counter() - started
 
     eval_start = time.perf_counter()
@@ -217,6 +245,7 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
         "init": init_source,
         "backbone": job.backbone,
         "bands": job.data.bands,
+        "resumed_from_step": start_step,
         "n_labelled": len(labelled),
         "n_train": len(train),
         "n_test": len(test),

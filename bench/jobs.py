@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import DataConfig, FinetuneConfig, PretrainConfig, full_dict, stable_hash
+from bench.preemption import Preempted
 from bench.store import RunStore, failed_record
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,8 @@ def execute(job: Job, results_root: Path | str, data_root: Path | str | None = N
             from bench.finetune import run_finetuning
 
             record = run_finetuning(job, run_dir, store, data_root)
-    except KeyboardInterrupt:
-        raise
+    except (KeyboardInterrupt, Preempted):
+        raise  # not a failure: the checkpoint is written, a rerun resumes
     except Exception as error:  # noqa: BLE001  (reported in the record)
         log.error("%s failed: %s: %s", job.job_id, type(error).__name__, error)
         record = failed_record(job, error, traceback.format_exc())

@@ -22,9 +22,11 @@ import timm.optim
 import torch
 from torch.utils.data import DataLoader
 
+from bench import checkpoint
 from bench.config import PretrainConfig
 from bench.datasets import DATASETS
 from bench.methods import METHODS, PretrainingMethod, StepContext
+from bench.preemption import StopSignals
 from bench.store import BACKBONE, CHECKPOINT, append_log, atomic_write_bytes, now_iso, provenance
 
 log = logging.getLogger(__name__)
@@ -105,26 +107,6 @@ def warmup_cosine_schedule(cfg: PretrainConfig, total_steps: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------
-# Checkpoints
-# ----------------------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at ``path``, or None if there is none or it cannot be read."""
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001  (a damaged file means: start again)
-        log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, error)
-        return None
-
-
-# ----------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------
 def build_method(job, in_channels: int, band_mean, band_std) -> PretrainingMethod:
@@ -163,105 +145,125 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
     )
 
     checkpoint_path = run_dir / CHECKPOINT
-    start_epoch = 0
-    state = load_checkpoint(checkpoint_path)
-    if state is not None and state.get("job_id") == job.job_id:
+    start_epoch, start_batch = 0, 0
+    state = checkpoint.load(checkpoint_path, job.job_id)
+    if state is not None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
+        start_epoch, start_batch = int(state["epoch"]), int(state.get("batch", 0))
         log.info(
-            "%s: resumed from checkpoint after epoch %d/%d", job.job_id, start_epoch, cfg.epochs
+            "%s: resumed from checkpoint at epoch %d/%d, batch %d/%d",
+            job.job_id,
+            start_epoch + 1,
+            cfg.epochs,
+            start_batch,
+            steps_per_epoch,
         )
+
+    def snapshot(epoch: int, batch: int, totals: dict[str, Any]) -> dict[str, Any]:
+        """Everything needed to continue at ``batch`` of ``epoch`` exactly."""
+        return {
+            "job_id": job.job_id,
+            "epoch": epoch,
+            "batch": batch,
+            "model": method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "totals": totals,
+        }
 
     started = time.perf_counter()
     images_seen, loss_value = 0, math.nan
-    for epoch in range(start_epoch, cfg.epochs):
-        method.train()
-        torch.manual_seed(seed_for(job.seed, epoch))
-        loader = DataLoader(
-            train,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=torch.Generator().manual_seed(seed_for(job.seed, epoch, 1)),
-            pin_memory=device.type == "cuda",
-        )
-        epoch_loss, epoch_start = 0.0, time.perf_counter()
-        extra_sums: dict[str, float] = {}
-        extra_counts: dict[str, int] = {}
-        extra_means: dict[str, float] = {}
-        for batch_index, (images, _) in enumerate(loader):
-            step = epoch * steps_per_epoch + batch_index
-            for group in optimizer.param_groups:
-                group["lr"] = float(schedule[step])
-            images = images.to(device, non_blocking=True).float().div_(255.0)
-            ctx = StepContext(step=step, total_steps=total_steps, epoch=epoch)
-            with autocast_for(device, cfg.amp):
-                loss, extras = method.training_step(images, ctx)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise NonFiniteLossError(
-                    f"non-finite loss {loss_value} at epoch {epoch} step {step}; "
-                    f"lower pretrain.lr (now {schedule[step]:.3g}) or check the data"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_optimizer_step(ctx)
-            epoch_loss += loss_value
-            images_seen += images.shape[0]
-            if extras:  # method-specific scalars: one JSON line per step, epoch means
-                append_log(
-                    run_dir,
-                    {
-                        "kind": "step",
-                        "epoch": epoch + 1,
-                        "step": step + 1,
-                        "loss": loss_value,
-                        **extras,
-                    },
-                )
-                for key, value in extras.items():
-                    extra_sums[key] = extra_sums.get(key, 0.0) + value
-                    extra_counts[key] = extra_counts.get(key, 0) + 1
-                extra_means = {k: extra_sums[k] / extra_counts[k] for k in extra_sums}
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
-                rate = images_seen / max(time.perf_counter() - started, 1e-9)
-                extra = "".join(f" | {k} {v:.3g}" for k, v in extra_means.items())
-                log.info(
-                    "  pretrain %s | epoch %d/%d step %d/%d | loss %.4f | lr %.3g | %.1f img/s%s",
-                    job.method,
-                    epoch + 1,
-                    cfg.epochs,
-                    step + 1,
-                    total_steps,
-                    loss_value,
-                    schedule[step],
-                    rate,
-                    extra,
-                )
-        append_log(
-            run_dir,
-            {
-                "kind": "epoch",
-                "epoch": epoch + 1,
-                "step": (epoch + 1) * steps_per_epoch,
-                "loss": epoch_loss / steps_per_epoch,
-                "lr": float(schedule[(epoch + 1) * steps_per_epoch - 1]),
-                "epoch_seconds": time.perf_counter() - epoch_start,
-                **{f"mean_{k}": v for k, v in extra_means.items()},
-            },
-        )
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "job_id": job.job_id,
-                "epoch": epoch + 1,
-                "model": method.state_dict(),
-                "optimizer": optimizer.state_dict(),
-            },
-        )
+    with StopSignals() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            method.train()
+            torch.manual_seed(seed_for(job.seed, epoch))
+            loader = DataLoader(
+                train,
+                batch_size=cfg.batch_size,
+                shuffle=True,
+                drop_last=True,
+                generator=torch.Generator().manual_seed(seed_for(job.seed, epoch, 1)),
+                pin_memory=device.type == "cuda",
+            )
+            epoch_start = time.perf_counter()
+            skip = start_batch if epoch == start_epoch else 0
+            # loss sum and method scalars of this epoch (carried over by a mid-epoch resume)
+            totals = state["totals"] if skip else {"loss": 0.0, "sums": {}, "counts": {}}
+            extra_means = {k: v / totals["counts"][k] for k, v in totals["sums"].items()}
+            for batch_index, (images, _) in enumerate(loader):
+                if batch_index < skip:
+                    continue  # the same seeded order: these batches were trained on already
+                if batch_index == skip and skip:
+                    checkpoint.set_rng_state(state["rng"])
+                step = epoch * steps_per_epoch + batch_index
+                for group in optimizer.param_groups:
+                    group["lr"] = float(schedule[step])
+                images = images.to(device, non_blocking=True).float().div_(255.0)
+                ctx = StepContext(step=step, total_steps=total_steps, epoch=epoch)
+                with autocast_for(device, cfg.amp):
+                    loss, extras = method.training_step(images, ctx)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(
+                        f"non-finite loss {loss_value} at epoch {epoch} step {step}; "
+                        f"lower pretrain.lr (now {schedule[step]:.3g}) or check the data"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                method.after_optimizer_step(ctx)
+                totals["loss"] += loss_value
+                images_seen += images.shape[0]
+                if extras:  # method-specific scalars: one JSON line per step, epoch means
+                    append_log(
+                        run_dir,
+                        {
+                            "kind": "step",
+                            "epoch": epoch + 1,
+                            "step": step + 1,
+                            "loss": loss_value,
+                            **extras,
+                        },
+                    )
+                    for key, value in extras.items():
+                        totals["sums"][key] = totals["sums"].get(key, 0.0) + value
+                        totals["counts"][key] = totals["counts"].get(key, 0) + 1
+                    extra_means = {k: v / totals["counts"][k] for k, v in totals["sums"].items()}
+                if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+                    rate = images_seen / max(time.perf_counter() - started, 1e-9)
+                    extra = "".join(f" | {k} {v:.3g}" for k, v in extra_means.items())
+                    log.info(
+                        "  pretrain %s | epoch %d/%d step %d/%d | loss %.4f | lr %.3g | "
+                        "%.1f img/s%s",
+                        job.method,
+                        epoch + 1,
+                        cfg.epochs,
+                        step + 1,
+                        total_steps,
+                        loss_value,
+                        schedule[step],
+                        rate,
+                        extra,
+                    )
+                if stop.requested:
+                    checkpoint.save(checkpoint_path, snapshot(epoch, batch_index + 1, totals))
+                    stop.check(f"at epoch {epoch + 1}, step {step + 1}")
+            append_log(
+                run_dir,
+                {
+                    "kind": "epoch",
+                    "epoch": epoch + 1,
+                    "step": (epoch + 1) * steps_per_epoch,
+                    "loss": totals["loss"] / steps_per_epoch,
+                    "lr": float(schedule[(epoch + 1) * steps_per_epoch - 1]),
+                    "epoch_seconds": time.perf_counter() - epoch_start,
+                    **{f"mean_{k}": v for k, v in extra_means.items()},
+                },
+            )
+            checkpoint.save(checkpoint_path, snapshot(epoch + 1, 0, {}))
+            stop.check(f"after epoch {epoch + 1}")
 
     train_seconds = time.perf_counter() - started
     buffer = io.BytesIO()
@@ -279,6 +281,7 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         "epochs": cfg.epochs,
         "steps": total_steps,
         "resumed_from_epoch": start_epoch,
+        "resumed_from_batch": start_batch,
         "final_loss": loss_value,
         "train_seconds": train_seconds,
         "images_per_second": images_seen / train_seconds if images_seen else None,

@@ -41,11 +41,41 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+STORE_VERSION = 1  # layout of results folders; bump when old records cannot be read
+MARKER = "bench-store.json"
+
+
 class RunStore:
-    """One folder per run under ``root``."""
+    """One folder per run under ``root``; ``bench-store.json`` names the layout version."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+
+    def open_for_writing(self) -> None:
+        """Check the folder is writable and of this layout version (ConfigError if not), and
+        mark it as a results folder."""
+        from bench.config import ConfigError
+
+        marker = self.root / MARKER
+        if marker.exists():
+            try:
+                version = json.loads(marker.read_text()).get("store_version")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                version = None
+            if version != STORE_VERSION:
+                raise ConfigError(
+                    f"results folder {self.root} has layout version {version!r}, this harness "
+                    f"reads version {STORE_VERSION}; use another --results folder"
+                )
+            if not os.access(self.root, os.W_OK):
+                raise ConfigError(f"results folder {self.root} is not writable")
+            return
+        try:
+            atomic_write_json(marker, {"store_version": STORE_VERSION})
+        except OSError as error:
+            raise ConfigError(
+                f"results folder {self.root} is not writable ({error.strerror})"
+            ) from None
 
     def run_dir(self, job_id: str) -> Path:
         return self.root / job_id

@@ -35,10 +35,11 @@ GENERIC_SECTIONS = ("data", "pretrain", "finetune")
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """What to run. Empty ``methods`` means every registered method; ``seeds=None`` means the
-    preset's seeds; ``overrides`` are ``section.field=value`` strings (``--set``)."""
+    """What to run. ``methods=None`` means every registered method that can run here;
+    ``seeds=None`` means the preset's seeds; ``overrides`` are ``section.field=value``
+    strings (``--set``). An explicitly empty list is an error."""
 
-    methods: tuple[str, ...] = ()
+    methods: tuple[str, ...] | None = None
     datasets: tuple[str, ...] = ("synthetic",)
     fractions: tuple[float, ...] = (0.01, 0.1)
     seeds: tuple[int, ...] | None = None
@@ -59,7 +60,11 @@ def plan(spec: SweepSpec) -> list[Job]:
     """The sweep's jobs in an order that respects dependencies (pretraining before its
     fine-tunings). Unknown names or settings raise ConfigError listing the valid ones."""
     preset = get_preset(spec.preset)
-    methods = spec.methods or tuple(METHODS.names())
+    if spec.methods is not None and not spec.methods:
+        raise ConfigError(f"no methods given; valid methods: {', '.join(METHODS.names())}")
+    if not spec.datasets:
+        raise ConfigError(f"no datasets given; valid datasets: {', '.join(DATASETS.names())}")
+    methods = spec.methods if spec.methods is not None else tuple(METHODS.names())
     try:
         method_classes = {m: METHODS.get(m) for m in methods}
         dataset_classes = {d: DATASETS.get(d) for d in spec.datasets}
@@ -116,7 +121,7 @@ def plan(spec: SweepSpec) -> list[Job]:
                 user.get("pretrain"),
             )
             reason = method_cls.unavailable_reason(method_params, pretrain.backbone)
-            if reason and spec.methods:
+            if reason and spec.methods is not None:
                 raise ConfigError(f"method {method!r} cannot run here: {reason}")
             if reason:
                 log.warning("leaving %s out of the default sweep: %s", method, reason)
@@ -184,7 +189,9 @@ def run_sweep(
     from bench.executors import get_executor
 
     jobs = plan(spec)
-    records = get_executor(executor).run(jobs, Path(results_dir), data_root)
+    executor_ = get_executor(executor)
+    RunStore(results_dir).open_for_writing()
+    records = executor_.run(jobs, Path(results_dir), data_root)
     return SweepResult(jobs=jobs, records=records)
 
 

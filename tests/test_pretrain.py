@@ -2,12 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from bench import checkpoint
 from bench.config import PretrainConfig
 from bench.pretrain import (
     build_optimizer,
-    load_checkpoint,
     parameter_groups,
-    save_checkpoint,
     warmup_cosine_schedule,
 )
 
@@ -44,14 +43,27 @@ def test_optimizers_step(name):
     assert not torch.equal(before, model.weight)
 
 
-def test_checkpoint_round_trip_and_damaged_file(tmp_path):
+def test_checkpoint_round_trip_previous_generation_and_damage(tmp_path, caplog):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"epoch": 3, "model": {"w": torch.ones(2)}, "job_id": "x"})
-    state = load_checkpoint(path)
-    assert state["epoch"] == 3 and torch.equal(state["model"]["w"], torch.ones(2))
-    path.write_bytes(b"not a checkpoint")
-    assert load_checkpoint(path) is None
-    assert load_checkpoint(tmp_path / "missing.pt") is None
+    checkpoint.save(path, {"epoch": 1, "model": {"w": torch.ones(2)}, "job_id": "x"})
+    checkpoint.save(path, {"epoch": 2, "model": {"w": torch.zeros(2)}, "job_id": "x"})
+    assert checkpoint.load(path, "x")["epoch"] == 2
+    assert checkpoint.load(path, "other job") is None
+    path.write_bytes(path.read_bytes()[:100])  # truncated newest generation
+    state = checkpoint.load(path, "x")
+    assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.ones(2))
+    assert "resuming from the previous checkpoint" in caplog.text
+    checkpoint.previous_path(path).write_bytes(b"garbage")
+    assert checkpoint.load(path, "x") is None
+    assert "starting from scratch" in caplog.text
+    assert checkpoint.load(tmp_path / "missing.pt", "x") is None
+
+
+def test_rng_state_round_trip():
+    state = checkpoint.rng_state()
+    first = torch.rand(3)
+    checkpoint.set_rng_state(state)
+    assert torch.equal(torch.rand(3), first)
 
 
 def test_step_schedule_decays_every_step_epochs():

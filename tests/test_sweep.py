@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import bench.checkpoint
 import bench.pretrain
 from bench import SweepSpec, plan, run_sweep
 from bench.config import ConfigError
@@ -125,19 +126,19 @@ def test_killed_pretraining_resumes_from_checkpoint_bit_exact(dirs, tiny_overrid
     )
 
     # A run that dies right after writing the checkpoint of epoch 2.
-    real_save = bench.pretrain.save_checkpoint
+    real_save = bench.checkpoint.save
 
     def save_then_die(path, state):
         real_save(path, state)
         if state["epoch"] == 2:
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(bench.pretrain, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(bench.checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(spec, results / "killed", data)
     store = RunStore(results / "killed")
     assert not (store.run_dir(job.job_id) / RECORD).exists()
-    monkeypatch.setattr(bench.pretrain, "save_checkpoint", real_save)
+    monkeypatch.setattr(bench.checkpoint, "save", real_save)
 
     resumed = run_sweep(spec, results / "killed", data)
     assert resumed.ok

@@ -1,0 +1,44 @@
+"""SIGTERM / SIGUSR2, what SLURM sends before preemption or a time limit: the running job
+finishes its current step, writes a checkpoint and stops with :class:`Preempted`, so a rerun
+(or a requeue) resumes from there instead of from scratch."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class Preempted(Exception):
+    """A stop signal arrived; the job checkpointed and stopped. Rerun to resume."""
+
+
+class StopSignals:
+    """Context manager: while active, SIGTERM/SIGUSR2 only set ``requested``; the previous
+    handlers come back on exit. Outside the main thread it does nothing (signals cannot be
+    handled there)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def check(self, where: str) -> None:
+        """Raise :class:`Preempted` if a signal arrived (call after checkpointing)."""
+        if self.requested:
+            raise Preempted(f"{self.requested} received; checkpoint written {where}")
