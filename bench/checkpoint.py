@@ -29,8 +29,10 @@ def save(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     path = Path(path)
-    if path.exists():
+    try:
         os.replace(path, previous_path(path))
+    except FileNotFoundError:  # first checkpoint, or another writer moved it just now
+        pass
     atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -136,3 +136,77 @@ def test_synthetic_is_a_real_segmentation_task(tmp_path):
     )
     assert miou[1.0] > miou[0.01] + 0.03
     assert miou[0.01] > majority_miou + 0.05
+
+
+TINY_CLI = (
+    "synthetic.n_train=48",
+    "synthetic.n_test=8",
+    "synthetic.patch_size=32",
+    "pretrain.batch_size=16",
+    "pretrain.view_size=32",
+    "pretrain.epochs=2",
+    "finetune.steps=3",
+    "finetune.batch_size=4",
+)
+
+
+def _tiny_cli(results: Path, data: Path, methods: str, *extra: str) -> list[str]:
+    args = [
+        sys.executable,
+        "-m",
+        "bench",
+        "run",
+        "--methods",
+        methods,
+        "--fractions",
+        "0.5",
+        "--results",
+        str(results),
+        "--data-root",
+        str(data),
+    ]
+    for item in (*TINY_CLI, *extra):
+        args += ["--set", item]
+    return args
+
+
+def test_a_diverging_pretraining_fails_alone_and_the_sweep_reports_it(tmp_path):
+    results = tmp_path / "results"
+    done = subprocess.run(
+        _tiny_cli(results, tmp_path / "data", "random,simclr", "pretrain.lr=1e30"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1
+    assert "FAILED  pretrain-simclr" in done.stdout and "NonFiniteLossError" in done.stdout
+    assert "SKIPPED finetune-simclr" in done.stdout
+    records = {
+        json.loads(p.read_text())["job_id"].split("-")[1]: json.loads(p.read_text())
+        for p in results.glob("*/result.json")
+    }
+    assert records["simclr"]["status"] == "failed" and "Traceback" in records["simclr"]["traceback"]
+    assert records["random"]["status"] == "ok"  # the job that does not depend on it ran
+
+
+def test_concurrent_sweeps_into_one_results_folder_lose_nothing(tmp_path):
+    results, data = tmp_path / "results", tmp_path / "data"
+    runs = [  # they also render the synthetic data and write subset lists at the same time
+        subprocess.Popen(
+            _tiny_cli(results, data, methods),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for methods in ("random", "simclr", "moco", "byol")
+    ]
+    assert all(run.wait(timeout=900) == 0 for run in runs)
+    records = [json.loads(p.read_text()) for p in results.glob("*/result.json")]
+    assert len(records) == 7 and all(r["status"] == "ok" for r in records)
+    table = subprocess.run(
+        [sys.executable, "-m", "bench", "table", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert all(f"| {m}" in table for m in ("random", "simclr", "moco", "byol"))
+    assert "n/a" not in table
