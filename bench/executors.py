@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.config import ConfigError
 from bench.jobs import Job, execute
-from bench.store import RunStore
+from bench.store import RunStore, skipped_record
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,9 @@ class LocalExecutor:
                     job.describe(),
                     ", ".join(blocked),
                 )
-                records[job.job_id] = {
-                    "status": "skipped",
-                    "kind": job.kind,
-                    "job_id": job.job_id,
-                    "method": job.method,
-                    "dataset": job.dataset,
-                    "seed": job.seed,
-                    "fraction": getattr(job, "fraction", None),
-                    "error": f"dependency {', '.join(blocked)} did not finish",
-                }
+                records[job.job_id] = skipped_record(
+                    job, f"dependency {', '.join(blocked)} did not finish"
+                )
                 continue
             if record is not None:
                 log.info("%s retrying a previously failed job", prefix)

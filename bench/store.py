@@ -151,17 +151,29 @@ def provenance() -> dict[str, Any]:
     }
 
 
-def failed_record(job: Any, error: BaseException, trace: str) -> dict[str, Any]:
+def job_fields(job: Any) -> dict[str, Any]:
+    """What every record says about its job."""
     return {
-        "status": "failed",
         "kind": job.kind,
         "job_id": job.job_id,
         "method": job.method,
         "dataset": job.dataset,
         "seed": job.seed,
         "fraction": getattr(job, "fraction", None),
+    }
+
+
+def failed_record(job: Any, error: BaseException, trace: str) -> dict[str, Any]:
+    return {
+        "status": "failed",
+        **job_fields(job),
         "error": f"{type(error).__name__}: {error}",
         "traceback": trace,
         "finished_at": now_iso(),
         **provenance(),
     }
+
+
+def skipped_record(job: Any, reason: str) -> dict[str, Any]:
+    """Not written to disk: the job did not run because ``reason``."""
+    return {"status": "skipped", **job_fields(job), "error": reason}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from bench import SweepSpec, run_sweep
 from bench.datasets import DATASETS
@@ -138,18 +139,6 @@ def test_synthetic_is_a_real_segmentation_task(tmp_path):
     assert miou[0.01] > majority_miou + 0.05
 
 
-TINY_CLI = (
-    "synthetic.n_train=48",
-    "synthetic.n_test=8",
-    "synthetic.patch_size=32",
-    "pretrain.batch_size=16",
-    "pretrain.view_size=32",
-    "pretrain.epochs=2",
-    "finetune.steps=3",
-    "finetune.batch_size=4",
-)
-
-
 def _tiny_cli(results: Path, data: Path, methods: str, *extra: str) -> list[str]:
     args = [
         sys.executable,
@@ -165,7 +154,7 @@ def _tiny_cli(results: Path, data: Path, methods: str, *extra: str) -> list[str]
         "--data-root",
         str(data),
     ]
-    for item in (*TINY_CLI, *extra):
+    for item in (*TINY, *extra):
         args += ["--set", item]
     return args
 
