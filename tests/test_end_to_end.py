@@ -28,22 +28,29 @@ SMALL = (
 )
 
 
-def _cli(results: Path, data: Path) -> list[str]:
+def _cli(
+    results: Path,
+    data: Path,
+    methods: str = "simclr,random",
+    fractions: str = "0.1,1",
+    settings: tuple[str, ...] = SMALL,
+) -> list[str]:
+    """``python -m bench run`` with the given sweep and ``--set`` settings."""
     args = [
         sys.executable,
         "-m",
         "bench",
         "run",
         "--methods",
-        "simclr,random",
+        methods,
         "--fractions",
-        "0.1,1",
+        fractions,
         "--results",
         str(results),
         "--data-root",
         str(data),
     ]
-    for item in SMALL:
+    for item in settings:
         args += ["--set", item]
     return args
 
@@ -139,30 +146,10 @@ def test_synthetic_is_a_real_segmentation_task(tmp_path):
     assert miou[0.01] > majority_miou + 0.05
 
 
-def _tiny_cli(results: Path, data: Path, methods: str, *extra: str) -> list[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "bench",
-        "run",
-        "--methods",
-        methods,
-        "--fractions",
-        "0.5",
-        "--results",
-        str(results),
-        "--data-root",
-        str(data),
-    ]
-    for item in (*TINY, *extra):
-        args += ["--set", item]
-    return args
-
-
 def test_a_diverging_pretraining_fails_alone_and_the_sweep_reports_it(tmp_path):
     results = tmp_path / "results"
     done = subprocess.run(
-        _tiny_cli(results, tmp_path / "data", "random,simclr", "pretrain.lr=1e30"),
+        _cli(results, tmp_path / "data", "random,simclr", "0.5", (*TINY, "pretrain.lr=1e30")),
         capture_output=True,
         text=True,
         timeout=600,
@@ -182,7 +169,7 @@ def test_concurrent_sweeps_into_one_results_folder_lose_nothing(tmp_path):
     results, data = tmp_path / "results", tmp_path / "data"
     runs = [  # they also render the synthetic data and write subset lists at the same time
         subprocess.Popen(
-            _tiny_cli(results, data, methods),
+            _cli(results, data, methods, "0.5", TINY),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
