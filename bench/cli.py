@@ -8,10 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from bench.config import PRESETS, ConfigError
-from bench.datasets import DATASETS
+from bench.config import PRESETS, ConfigError, DataConfig, build_section, parse_overrides
+from bench.datasets import DATASETS, default_data_root
+from bench.datasets.prepared import PreparedDataset, class_count_table
 from bench.methods import METHODS
 from bench.preemption import Preempted
+from bench.registry import UnknownNameError
 from bench.report import comparison_table
 from bench.store import RunStore
 from bench.sweep import SweepSpec, job_states, plan, run_sweep
@@ -131,10 +133,44 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("datasets:")
     for name in DATASETS.names():
         cls = DATASETS.get(name)
-        print(f"  {name:<12} {len(cls.class_names)} classes: {', '.join(cls.class_names)}")
+        names = cls.class_names if isinstance(cls.class_names, tuple) else None
+        classes = f"{len(names)} classes: {', '.join(names)}" if names else "classes from its file"
+        print(f"  {name:<12} {cls.summary or cls.__doc__.splitlines()[0]}; {classes}")
     print("presets:")
     for preset in PRESETS.values():
         print(f"  {preset.name:<12} {preset.description}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    try:
+        cls = DATASETS.get(args.dataset)
+    except UnknownNameError as error:
+        raise ConfigError(str(error)) from None
+    given = {"patch_size": args.patch_size, "stride": args.stride, "name": args.name}
+    given = {k: v for k, v in given.items() if v is not None}
+    user = parse_overrides(args.overrides)
+    for section in user:
+        if section != args.dataset:
+            raise ConfigError(f"prepare {args.dataset} takes only --set {args.dataset}.KEY=VALUE")
+    try:
+        params = build_section(cls.Params, args.dataset, given, user.get(args.dataset))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{args.dataset}: {error}") from None
+    data_root = args.data_root if args.data_root is not None else default_data_root()
+    dataset = cls(params, DataConfig(), data_root)
+    if not isinstance(dataset, PreparedDataset):
+        for split in ("train", "test"):
+            dataset.load_split(split)
+        print(f"{args.dataset} is generated, not read from files; cached in {dataset.prepared_dir}")
+        return 0
+    if args.raw is None:
+        raise ConfigError(
+            f"prepare {args.dataset} needs --raw FOLDER; expected layout:\n{cls.layout}"
+        )
+    manifest = dataset.prepare(args.raw, args.seeds, args.fractions, force=args.force)
+    print(class_count_table(manifest))
+    print(f"\n{args.dataset} prepared in {dataset.prepared_dir}")
     return 0
 
 
@@ -180,6 +216,45 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser = sub.add_parser("plan", help="print the planned jobs without running them")
     _add_sweep_arguments(plan_parser)
     plan_parser.set_defaults(func=cmd_plan)
+
+    prepare = sub.add_parser(
+        "prepare", help="read a downloaded dataset release once into patches for every run"
+    )
+    prepare.add_argument("dataset", help="dataset name (see `list`)")
+    prepare.add_argument("--raw", type=Path, default=None, help="folder of the raw release")
+    prepare.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="where prepared data goes (default: $BENCH_DATA_ROOT, then ./data)",
+    )
+    prepare.add_argument("--patch-size", type=int, default=None, help="patch side (default 256)")
+    prepare.add_argument(
+        "--stride", type=int, default=None, help="patch grid step (default: the patch size)"
+    )
+    prepare.add_argument("--name", default=None, help="folder dataset: name of this dataset")
+    prepare.add_argument(
+        "--seeds",
+        type=_ints,
+        default=(0, 1, 2),
+        help="seeds of the label-subset lists to write (default 0,1,2)",
+    )
+    prepare.add_argument(
+        "--fractions",
+        type=_floats,
+        default=(0.01, 0.1),
+        help="label fractions of the subset lists to write (default 0.01,0.1)",
+    )
+    prepare.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="DATASET.KEY=VALUE",
+        help="a dataset setting, e.g. --set potsdam.labels=no_boundary",
+    )
+    prepare.add_argument("--force", action="store_true", help="discard and redo a prepared copy")
+    prepare.set_defaults(func=cmd_prepare)
 
     sub.add_parser("list", help="registered methods, datasets and presets").set_defaults(
         func=cmd_list

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from bench import checkpoint
 from bench.config import FinetuneConfig
 from bench.datasets import DATASETS, PatchSet
+from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import labelled_indices, write_subset
 from bench.methods import METHODS
 from bench.metrics import METRIC_NOTE, ConfusionMatrix
@@ -105,8 +106,9 @@ def evaluate(
     model.eval()
     confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
     for start in range(0, len(patches), batch_size):
-        images = patches.images[start : start + batch_size].to(device, non_blocking=True)
-        masks = patches.masks[start : start + batch_size].to(device, non_blocking=True)
+        images, masks = patches[start : start + batch_size]
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
         with autocast_for(device, amp):
             logits = model(normalize(images))
         confusion.update(logits.argmax(dim=1), masks)
@@ -118,6 +120,7 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
     device = resolve_device()
     dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
     train, test = dataset.load_split("train"), dataset.load_split("test")
+    check_fraction_usable(job.dataset, job.fraction, len(train))
     chosen = labelled_indices(len(train), job.fraction, job.seed)
     labelled = train.subset(chosen)
     subset_path = write_subset(dataset.prepared_dir, labelled.ids, job.fraction, job.seed)

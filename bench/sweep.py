@@ -22,6 +22,7 @@ from bench.config import (
     parse_overrides,
 )
 from bench.datasets import DATASETS
+from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import check_fraction
 from bench.jobs import FinetuneJob, Job, PretrainJob
 from bench.methods import METHODS
@@ -189,10 +190,25 @@ def run_sweep(
     from bench.executors import get_executor
 
     jobs = plan(spec)
+    check_data(jobs, data_root)
     executor_ = get_executor(executor)
     RunStore(results_dir).open_for_writing()
     records = executor_.run(jobs, Path(results_dir), data_root)
     return SweepResult(jobs=jobs, records=records)
+
+
+def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
+    """Before anything runs: every dataset is prepared (else the error names the prepare
+    command), has the requested bands, and every fraction labels at least one patch."""
+    train_sizes: dict[tuple, int] = {}
+    for job in jobs:
+        key = (job.dataset, job.dataset_params, job.data)
+        if key not in train_sizes:
+            dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
+            dataset.check_ready()
+            train_sizes[key] = dataset.train_size()
+        if job.kind == "finetune":
+            check_fraction_usable(job.dataset, job.fraction, train_sizes[key])
 
 
 def job_states(jobs: list[Job], results_dir: Path | str) -> dict[str, str]:

@@ -1,9 +1,11 @@
 """Dataset registry: one file per dataset, each registering itself under its CLI name."""
 
-from bench.datasets import synthetic  # noqa: F401  (registers)
+# Registration order is the order of `list`.
+from bench.datasets import synthetic, isprs, deepglobe, loveda, folder  # noqa: F401, I001
 from bench.datasets.base import (
     DATASETS,
     IGNORE_INDEX,
+    DatasetError,
     PatchSet,
     SegmentationDataset,
     default_data_root,
@@ -13,6 +15,7 @@ from bench.datasets.base import (
 __all__ = [
     "DATASETS",
     "IGNORE_INDEX",
+    "DatasetError",
     "PatchSet",
     "SegmentationDataset",
     "default_data_root",

@@ -11,14 +11,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bench.config import DataConfig
+from bench.config import ConfigError, DataConfig
 from bench.registry import Registry
 
 IGNORE_INDEX = 255  # label value excluded from losses and metrics
 DATA_ROOT_ENV = "BENCH_DATA_ROOT"
+BAND_COUNTS = {"rgb": 3, "rgbir": 4}  # data.bands -> leading bands used (stored R, G, B, IR)
 
 DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
 register_dataset = DATASETS.register
+
+
+class DatasetError(ConfigError):
+    """Raw or prepared data is missing or wrong; the message says which file and why."""
 
 
 def default_data_root() -> Path:
@@ -27,26 +32,69 @@ def default_data_root() -> Path:
 
 
 class PatchSet(Dataset):
-    """Patches held in memory: images uint8 ``[N, C, H, W]``, masks uint8 ``[N, H, W]``."""
+    """Patches: images uint8 ``[N, C, H, W]`` and masks uint8 ``[N, H, W]`` as numpy arrays,
+    in memory or memory-mapped from a prepared dataset's ``.npy`` files.
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray | None, ids: list[str]) -> None:
-        if len(images) != len(ids) or (masks is not None and len(masks) != len(ids)):
+    ``rows`` maps this set's positions to rows of the arrays (a subset is a view, not a
+    copy) and ``bands`` keeps the leading bands only, so nothing is read that is not used.
+    Indexing with an int, a slice or an index array gives torch tensors.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray | None,
+        ids: list[str],
+        bands: int | None = None,
+        rows: np.ndarray | None = None,
+    ) -> None:
+        count = len(images) if rows is None else len(rows)
+        if count != len(ids) or (rows is None and masks is not None and len(masks) != len(ids)):
             raise ValueError("images, masks and ids must have the same length")
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
-        self.masks = None if masks is None else torch.from_numpy(np.ascontiguousarray(masks))
-        self.ids = ids
+        self._images, self._masks, self.ids = images, masks, ids
+        self.bands = images.shape[1] if bands is None else bands
+        self._rows = rows
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = self.masks[index] if self.masks is not None else torch.empty(0, dtype=torch.uint8)
-        return self.images[index], mask
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(N, C, H, W)`` of the images this set yields."""
+        return (len(self), self.bands, *self._images.shape[2:])
 
-    def subset(self, indices: list[int]) -> PatchSet:
+    def _select(self, index: int | slice | np.ndarray | list[int] | torch.Tensor):
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        if self._rows is not None:
+            index = self._rows[index]
+        if isinstance(index, np.ndarray | list) and len(index) and self._is_mapped:
+            order = np.argsort(index, kind="stable")  # read a memory map front to back
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            return np.asarray(index)[order], inverse
+        return index, None
+
+    @property
+    def _is_mapped(self) -> bool:
+        return isinstance(self._images, np.memmap)
+
+    def __getitem__(self, index) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, restore = self._select(index)
+        image = self._images[rows, : self.bands] if self.bands else self._images[rows]
+        mask = self._masks[rows] if self._masks is not None else np.empty(0, dtype=np.uint8)
+        if restore is not None:
+            image = image[restore]
+            mask = mask[restore] if self._masks is not None else mask
+        return torch.from_numpy(np.array(image)), torch.from_numpy(np.array(mask))
+
+    def subset(self, indices: list[int] | np.ndarray) -> PatchSet:
         idx = np.asarray(indices, dtype=np.int64)
-        masks = None if self.masks is None else self.masks.numpy()[idx]
-        return PatchSet(self.images.numpy()[idx], masks, [self.ids[i] for i in idx])
+        rows = idx if self._rows is None else self._rows[idx]
+        ids = [self.ids[i] for i in idx]
+        return PatchSet(self._images, self._masks, ids, self.bands, rows)
 
 
 @dataclass(frozen=True)
@@ -62,6 +110,7 @@ class SegmentationDataset:
     class_names: ClassVar[tuple[str, ...]]
     class_colours: ClassVar[tuple[tuple[int, int, int], ...]]
     ignore_index: ClassVar[int] = IGNORE_INDEX
+    summary: ClassVar[str] = ""
 
     def __init__(self, params: object, data: DataConfig, data_root: Path | str | None = None):
         self.params = params
@@ -74,12 +123,19 @@ class SegmentationDataset:
 
     @property
     def in_channels(self) -> int:
-        return {"rgb": 3, "rgbir": 4}[self.data.bands]
+        return BAND_COUNTS[self.data.bands]
 
     @property
     def prepared_dir(self) -> Path:
         """Folder of the prepared patches; label-fraction subset lists are written here."""
         raise NotImplementedError
+
+    def check_ready(self) -> None:
+        """Raise :class:`DatasetError` (saying what to run) unless the data can be loaded."""
+
+    def train_size(self) -> int:
+        """Number of training patches (the pool label fractions are drawn from)."""
+        return len(self.load_split("train"))
 
     def load_split(self, split: str) -> PatchSet:
         """The prepared patches of ``split`` ("train" or "test")."""
@@ -88,3 +144,14 @@ class SegmentationDataset:
     def band_stats(self) -> tuple[list[float], list[float]]:
         """Per-band mean and std of the training images on the 0..1 scale."""
         raise NotImplementedError
+
+
+def check_fraction_usable(dataset: str, fraction: float, train_size: int) -> None:
+    """A fraction must label at least half a patch before rounding up, or the "1%" run
+    would really be a run on some other fraction. Say the smallest usable fraction."""
+    if fraction * train_size < 0.5:
+        raise DatasetError(
+            f"label fraction {fraction:g} of the {train_size} training patches of {dataset} is "
+            f"{fraction * train_size:.2g} patches, which rounds to zero; the smallest usable "
+            f"fraction for {dataset} is {1 / train_size:.3g} (one patch)"
+        )

@@ -35,6 +35,7 @@ class SyntheticLandCover(SegmentationDataset):
     """Procedural aerial scenes with 7 land-cover classes (see synthetic_scene)."""
 
     Params = SyntheticParams
+    summary = "built-in procedural aerial scenes, no files needed"
     class_names = synthetic_scene.CLASS_NAMES
     class_colours = synthetic_scene.CLASS_COLOURS
 
@@ -46,6 +47,9 @@ class SyntheticLandCover(SegmentationDataset):
     def prepared_dir(self) -> Path:
         key = {"params": self.params, "bands": self.data.bands, "generator": GENERATOR_VERSION}
         return self.data_root / "synthetic" / stable_hash(key)
+
+    def train_size(self) -> int:
+        return self.params.n_train
 
     def load_split(self, split: str) -> PatchSet:
         if split not in ("train", "test"):
@@ -70,7 +74,7 @@ class SyntheticLandCover(SegmentationDataset):
         return PatchSet(images, masks, ids)
 
     def band_stats(self) -> tuple[list[float], list[float]]:
-        images = self.load_split("train").images[:256].float() / 255.0
+        images = self.load_split("train")[:256][0].float() / 255.0
         return images.mean(dim=(0, 2, 3)).tolist(), images.std(dim=(0, 2, 3)).tolist()
 
     def _render(self, split: str, count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """The registered synthetic dataset: cached patches, bands, ids, statistics."""
 
 import numpy as np
+import torch
 
 from bench.config import DataConfig
 from bench.datasets import DATASETS
@@ -19,18 +20,20 @@ def make(tmp_path, bands="rgb", **params):
 def test_splits_are_cached_and_identical_on_reload(tmp_path):
     dataset = make(tmp_path)
     train = dataset.load_split("train")
-    assert train.images.shape == (12, 3, 32, 32) and train.masks.shape == (12, 32, 32)
+    images, masks = train[:]
+    assert images.shape == (12, 3, 32, 32) and masks.shape == (12, 32, 32)
+    assert images.dtype == masks.dtype == torch.uint8
     assert train.ids[0] == "train_000000" and len(set(train.ids)) == 12
     assert (dataset.prepared_dir / "train.npz").exists()
     again = make(tmp_path).load_split("train")
-    assert np.array_equal(train.images.numpy(), again.images.numpy())
+    assert torch.equal(images, again[:][0])
     test = dataset.load_split("test")
-    assert len(test) == 4 and not np.array_equal(test.images[:4].numpy(), train.images[:4].numpy())
+    assert len(test) == 4 and not torch.equal(test[:4][0], images[:4])
 
 
 def test_ir_band_and_data_seed_change_the_prepared_folder(tmp_path):
     rgb, rgbir = make(tmp_path), make(tmp_path, bands="rgbir")
-    assert rgbir.in_channels == 4 and rgbir.load_split("test").images.shape[1] == 4
+    assert rgbir.in_channels == 4 and rgbir.load_split("test")[0][0].shape[0] == 4
     assert rgb.prepared_dir != rgbir.prepared_dir
     assert make(tmp_path, data_seed=1).prepared_dir != rgb.prepared_dir
     mean, std = rgbir.band_stats()
@@ -41,4 +44,8 @@ def test_subset_of_patchset(tmp_path):
     train = make(tmp_path).load_split("train")
     part = train.subset([3, 1])
     assert part.ids == ["train_000003", "train_000001"]
-    assert np.array_equal(part.masks[0].numpy(), train.masks[3].numpy())
+    assert torch.equal(part[0][1], train[3][1])
+    assert torch.equal(part[:][0], train[np.array([3, 1])][0])
+    assert part.subset([1]).ids == ["train_000001"] and torch.equal(
+        part.subset([1])[0][0], train[1][0]
+    )

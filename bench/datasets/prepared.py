@@ -1,0 +1,475 @@
+"""Datasets read from raw releases: prepared once into patches, then memory-mapped by jobs.
+
+A prepared dataset lives in ``<data root>/<dataset>/patch<P>_stride<S>/``::
+
+    manifest.json                        written last: its presence means "prepared"
+    train_images.npy  [N, C, P, P] uint8  train_masks.npy [N, P, P] uint8  train_ids.txt
+    test_images.npy   ...                 test_masks.npy                   test_ids.txt
+    split.json                           the tile ids of each split
+    subsets/train_seed{s}_frac{f}.txt    nested labelled subsets (DATASETS.md)
+
+While it is being prepared, ``prepare-state.json`` and ``tiles/<tile>.npz`` (+ ``.json``),
+one per finished tile, make an interrupted prepare resumable: a rerun skips done tiles.
+Both are removed once the manifest is written.
+
+Patches are cut on a grid of ``stride`` with the last row and column aligned to the tile's
+edge, so every pixel is covered (Potsdam: 6000 px -> 24 x 24 = 576 patches of 256 px, as in
+DATASETS.md). Labels are class indices with :data:`IGNORE_INDEX` for unlabelled pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bench.datasets.base import (
+    BAND_COUNTS,
+    IGNORE_INDEX,
+    DatasetError,
+    PatchSet,
+    SegmentationDataset,
+    check_fraction_usable,
+)
+from bench.datasets.readers import check_same_size, read_image
+from bench.datasets.subsets import labelled_indices, write_subset
+from bench.store import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+PREPARED_VERSION = 1  # bump when the prepared layout or patch cutting changes
+MANIFEST = "manifest.json"
+STATE = "prepare-state.json"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class TileParams:
+    """How raw tiles are cut. 256 px patches without overlap, as GLCNet and FALSE cut
+    Potsdam (DATASETS.md)."""
+
+    patch_size: int = 256
+    stride: int = 0  # 0: equal to patch_size (no overlap)
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 8:
+            raise ValueError(f"patch_size must be at least 8, got {self.patch_size}")
+        if self.stride < 0:
+            raise ValueError(f"stride must be >= 0 (0: the patch size), got {self.stride}")
+
+
+@dataclass(frozen=True)
+class RawTile:
+    """One raw image and its label, with the split it belongs to."""
+
+    tile_id: str
+    split: str
+    image: Path
+    label: Path
+
+
+def patch_origins(length: int, patch: int, stride: int) -> list[int]:
+    """Start offsets along one axis: every ``stride``, plus one flush with the far edge."""
+    if length < patch:
+        return []
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] + patch < length:
+        starts.append(length - patch)
+    return starts
+
+
+def cut_patches(
+    image: np.ndarray, mask: np.ndarray, patch: int, stride: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """``image [C, H, W]``, ``mask [H, W]`` -> ``[n, C, P, P]``, ``[n, P, P]``, origins."""
+    origins = [
+        (y, x)
+        for y in patch_origins(mask.shape[0], patch, stride)
+        for x in patch_origins(mask.shape[1], patch, stride)
+    ]
+    images = np.empty((len(origins), image.shape[0], patch, patch), dtype=np.uint8)
+    masks = np.empty((len(origins), patch, patch), dtype=np.uint8)
+    for i, (y, x) in enumerate(origins):
+        images[i] = image[:, y : y + patch, x : x + patch]
+        masks[i] = mask[y : y + patch, x : x + patch]
+    return images, masks, origins
+
+
+def seeded_split(ids: list[str], test_fraction: float, seed: int) -> dict[str, str]:
+    """A fixed split by id for releases without a labelled test set: a seeded permutation
+    of the sorted ids; its first ``round(test_fraction * n)`` ids are the test split."""
+    ordered = sorted(ids)
+    order = np.random.default_rng([seed, 0x5B17]).permutation(len(ordered))
+    n_test = max(1, round(test_fraction * len(ordered)))
+    test = {ordered[i] for i in order[:n_test]}
+    return {i: ("test" if i in test else "train") for i in ordered}
+
+
+def index_files(raw: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """File name -> path for every file under ``raw`` with one of ``suffixes``; a name found
+    twice is an error (two releases under one folder)."""
+    found: dict[str, Path] = {}
+    for path in sorted(raw.rglob("*")):
+        if path.suffix.lower() in suffixes and path.is_file():
+            if path.name in found:
+                raise DatasetError(
+                    f"{path.name} is under {raw} twice ({found[path.name]} and {path}); point "
+                    "--raw at a folder that holds one copy of the release"
+                )
+            found[path.name] = path
+    return found
+
+
+def missing_files_error(dataset: str, raw: Path, missing: list[str], layout: str) -> DatasetError:
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return DatasetError(
+        f"{dataset}: {len(missing)} expected files are missing under {raw}: {shown}\n"
+        f"expected layout:\n{layout}"
+    )
+
+
+class PreparedDataset(SegmentationDataset):
+    """A dataset prepared from a raw release by ``python -m bench prepare <name>``.
+
+    Subclasses give ``layout`` (shown in errors), ``stored_bands``, ``find_tiles`` and
+    ``read_label``; everything else (cutting, resuming, checks, loading) is here.
+    """
+
+    Params: ClassVar[type] = TileParams
+    layout: ClassVar[str] = ""
+    stored_bands: ClassVar[tuple[str, ...]] = ("R", "G", "B")
+    bands_note: ClassVar[str] = ""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._manifest: dict[str, Any] | None = None
+        self._loaded: dict[str, PatchSet] = {}
+
+    # -- what a subclass provides ---------------------------------------------------------
+    def find_tiles(self, raw: Path) -> list[RawTile]:
+        raise NotImplementedError
+
+    def read_label(self, path: Path) -> np.ndarray:
+        """The label raster at ``path`` as class indices ``[H, W]`` uint8."""
+        raise NotImplementedError
+
+    def read_tile(self, tile: RawTile) -> tuple[np.ndarray, np.ndarray]:
+        image = read_image(tile.image, bands=len(self.stored_bands))
+        label = self.read_label(tile.label)
+        check_same_size(image, label, tile.image, tile.label)
+        return image, label
+
+    def class_table(self) -> dict[str, Any]:
+        """What the manifest records about the classes."""
+        return {"names": list(self.class_names), "colours": [list(c) for c in self.class_colours]}
+
+    # -- where and what --------------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        return self.params.stride or self.params.patch_size
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.data_root / self.name
+
+    @property
+    def prepared_dir(self) -> Path:
+        name = f"patch{self.params.patch_size}_stride{self.stride}"
+        defaults = self.Params()
+        for f in dataclasses.fields(self.params):
+            value = getattr(self.params, f.name)
+            if f.name not in ("patch_size", "stride") and value != getattr(defaults, f.name):
+                name += f"_{f.name}-{value}"
+        return self.dataset_dir / name
+
+    def prepare_command(self) -> str:
+        flags = f" --patch-size {self.params.patch_size}"
+        if self.params.stride:
+            flags += f" --stride {self.params.stride}"
+        defaults = self.Params()
+        for f in dataclasses.fields(self.params):
+            value = getattr(self.params, f.name)
+            if f.name not in ("patch_size", "stride") and value != getattr(defaults, f.name):
+                flags += f" --set {self.name}.{f.name}={value}"
+        return (
+            f"python -m bench prepare {self.name} --raw <folder of the raw release>"
+            f" --data-root {self.data_root}{flags}"
+        )
+
+    def manifest(self) -> dict[str, Any]:
+        if self._manifest is None:
+            path = self.prepared_dir / MANIFEST
+            if not path.is_file():
+                raise DatasetError(self._not_prepared_message())
+            manifest = json.loads(path.read_text())
+            if manifest.get("version") != PREPARED_VERSION:
+                raise DatasetError(
+                    f"{self.prepared_dir} was prepared by another version of the harness "
+                    f"(layout {manifest.get('version')}, this one reads {PREPARED_VERSION}); "
+                    f"prepare it again with --force: {self.prepare_command()} --force"
+                )
+            self._manifest = manifest
+        return self._manifest
+
+    def _not_prepared_message(self) -> str:
+        text = f"dataset {self.name} is not prepared in {self.prepared_dir}"
+        if (self.prepared_dir / STATE).exists():
+            text += " (a prepare was interrupted there; rerun it to resume)"
+        others = sorted(
+            p.parent.name for p in self.dataset_dir.glob(f"*/{MANIFEST}") if p.parent.is_dir()
+        )
+        if others:
+            text += f"; prepared variants found: {', '.join(others)} (choose one with --set "
+            text += f"{self.name}.patch_size=... / {self.name}.stride=...)"
+        return f"{text}; run:\n  {self.prepare_command()}"
+
+    @property
+    def band_names(self) -> list[str]:
+        return list(self.manifest()["bands"])
+
+    def check_ready(self) -> None:
+        manifest = self.manifest()
+        wanted, stored = BAND_COUNTS[self.data.bands], len(manifest["bands"])
+        if wanted > stored:
+            raise DatasetError(
+                f"data.bands={self.data.bands} needs {wanted} bands but {self.name} has "
+                f"{stored} ({', '.join(manifest['bands'])}); use data.bands=rgb"
+            )
+
+    def train_size(self) -> int:
+        return int(self.manifest()["splits"]["train"]["patches"])
+
+    def load_split(self, split: str) -> PatchSet:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        if split not in self._loaded:
+            self.check_ready()
+            folder = self.prepared_dir
+            images = np.load(folder / f"{split}_images.npy", mmap_mode="r")
+            masks = np.load(folder / f"{split}_masks.npy", mmap_mode="r")
+            ids = (folder / f"{split}_ids.txt").read_text().split()
+            self._loaded[split] = PatchSet(images, masks, ids, bands=self.in_channels)
+        return self._loaded[split]
+
+    def band_stats(self) -> tuple[list[float], list[float]]:
+        manifest, n = self.manifest(), self.in_channels
+        return manifest["band_mean"][:n], manifest["band_std"][:n]
+
+    # -- preparing -------------------------------------------------------------------------
+    def prepare(
+        self,
+        raw: Path | str,
+        seeds: Iterable[int] = (0, 1, 2),
+        fractions: Iterable[float] = (0.01, 0.1),
+        force: bool = False,
+        progress: Callable[[str], None] = log.info,
+    ) -> dict[str, Any]:
+        """Read the raw release under ``raw`` and write the prepared dataset (see module
+        docstring); returns the manifest. Re-running resumes or, when done, only adds
+        missing subset lists."""
+        raw = Path(raw)
+        out = self.prepared_dir
+        if force and out.exists():
+            shutil.rmtree(out)
+        if (out / MANIFEST).is_file():
+            progress(f"{self.name} is already prepared in {out} (use --force to redo it)")
+            shutil.rmtree(out / "tiles", ignore_errors=True)
+            manifest = self.manifest()
+            self._write_subsets(manifest, seeds, fractions, progress)
+            return manifest
+        if not raw.is_dir():
+            raise DatasetError(
+                f"{self.name}: raw folder {raw} does not exist; expected layout:\n{self.layout}"
+            )
+        started = time.perf_counter()
+        tiles = self.find_tiles(raw)
+        for split in SPLITS:
+            if not any(t.split == split for t in tiles):
+                raise DatasetError(f"{self.name}: no {split} images found under {raw}")
+        state = {
+            "dataset": self.name,
+            "version": PREPARED_VERSION,
+            "params": dataclasses.asdict(self.params),
+            "tiles": [t.tile_id for t in tiles],
+        }
+        self._start_or_resume(out, state, raw, progress)
+        summaries = {}
+        done_before = 0
+        for number, tile in enumerate(tiles, start=1):
+            summary_path = out / "tiles" / f"{tile.tile_id}.json"
+            if summary_path.is_file():
+                summaries[tile.tile_id] = json.loads(summary_path.read_text())
+                done_before += 1
+                continue
+            tile_start = time.perf_counter()
+            summaries[tile.tile_id] = self._prepare_tile(tile, out)
+            seconds = time.perf_counter() - tile_start
+            remaining = len(tiles) - number
+            progress(
+                f"[{number}/{len(tiles)}] {tile.tile_id} ({tile.split}): "
+                f"{summaries[tile.tile_id]['patches']} patches in {seconds:.1f}s"
+                + (f", about {remaining * seconds:.0f}s left" if remaining else "")
+            )
+        if done_before:
+            progress(f"skipped {done_before} tiles prepared before the interruption")
+        manifest = self._finish(out, tiles, summaries, raw, started)
+        self._write_subsets(manifest, seeds, fractions, progress)
+        atomic_write_json(out / MANIFEST, manifest)
+        shutil.rmtree(out / "tiles", ignore_errors=True)
+        (out / STATE).unlink(missing_ok=True)
+        self._manifest = manifest
+        progress(f"prepared {self.name} in {out} in {time.perf_counter() - started:.1f}s")
+        return manifest
+
+    def _start_or_resume(self, out: Path, state: dict, raw: Path, progress) -> None:
+        state_path = out / STATE
+        if state_path.is_file():
+            previous = json.loads(state_path.read_text())
+            if {k: previous.get(k) for k in state} != state:
+                raise DatasetError(
+                    f"{out} holds an interrupted prepare of other files (from "
+                    f"{previous.get('raw')}); rerun with --force to start over"
+                )
+            done = len(list((out / "tiles").glob("*.json")))
+            progress(
+                f"resuming an interrupted prepare of {self.name}: {done} of "
+                f"{len(state['tiles'])} tiles were done"
+            )
+            return
+        atomic_write_json(state_path, {**state, "raw": str(raw.resolve())})
+
+    def _prepare_tile(self, tile: RawTile, out: Path) -> dict[str, Any]:
+        image, mask = self.read_tile(tile)
+        patch = self.params.patch_size
+        images, masks, origins = cut_patches(image, mask, patch, self.stride)
+        if not len(images):
+            raise DatasetError(
+                f"{tile.image} is {mask.shape[1]}x{mask.shape[0]} pixels, smaller than the "
+                f"patch size {patch}; prepare with a smaller --patch-size"
+            )
+        pixels = np.bincount(masks.reshape(-1), minlength=256)
+        # Per-band histograms give exact sums for the band statistics without a float copy.
+        histograms = [np.bincount(b.reshape(-1), minlength=256) for b in images.swapaxes(0, 1)]
+        summary = {
+            "split": tile.split,
+            "patches": len(images),
+            "ids": [f"{tile.tile_id}_y{y:05d}_x{x:05d}" for y, x in origins],
+            "class_pixels": pixels[: self.num_classes].tolist(),
+            "ignored_pixels": int(pixels[IGNORE_INDEX]),
+            "band_histograms": [h.tolist() for h in histograms],
+            "image": str(tile.image),
+            "label": str(tile.label),
+        }
+        folder = out / "tiles"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{tile.tile_id}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, images=images, masks=masks)
+        os.replace(tmp, folder / f"{tile.tile_id}.npz")
+        atomic_write_json(folder / f"{tile.tile_id}.json", summary)  # the tile's done marker
+        return summary
+
+    def _finish(self, out, tiles, summaries, raw: Path, started: float) -> dict[str, Any]:
+        """Join the tiles of each split into one memory-mappable array per split."""
+        splits: dict[str, Any] = {}
+        for split in SPLITS:
+            chosen = [t for t in tiles if t.split == split]
+            total = sum(summaries[t.tile_id]["patches"] for t in chosen)
+            first = np.load(out / "tiles" / f"{chosen[0].tile_id}.npz")
+            channels, patch = first["images"].shape[1], first["images"].shape[2]
+            targets = {
+                "images": (f"{split}_images.npy", (total, channels, patch, patch)),
+                "masks": (f"{split}_masks.npy", (total, patch, patch)),
+            }
+            arrays = {
+                key: np.lib.format.open_memmap(
+                    out / f".{name}.tmp", mode="w+", dtype=np.uint8, shape=shape
+                )
+                for key, (name, shape) in targets.items()
+            }
+            row, ids = 0, []
+            for tile in chosen:
+                with np.load(out / "tiles" / f"{tile.tile_id}.npz") as part:
+                    count = len(part["masks"])
+                    arrays["images"][row : row + count] = part["images"]
+                    arrays["masks"][row : row + count] = part["masks"]
+                row += count
+                ids.extend(summaries[tile.tile_id]["ids"])
+            for key, (name, _) in targets.items():
+                arrays[key].flush()
+                del arrays[key]
+                os.replace(out / f".{name}.tmp", out / name)
+            (out / f"{split}_ids.txt").write_text("".join(f"{i}\n" for i in ids))
+            splits[split] = {
+                "tiles": [t.tile_id for t in chosen],
+                "patches": total,
+                "class_pixels": np.sum(
+                    [summaries[t.tile_id]["class_pixels"] for t in chosen], axis=0
+                ).tolist(),
+                "ignored_pixels": sum(summaries[t.tile_id]["ignored_pixels"] for t in chosen),
+            }
+        atomic_write_json(out / "split.json", {s: splits[s]["tiles"] for s in SPLITS})
+        histograms = np.sum(
+            [summaries[t.tile_id]["band_histograms"] for t in tiles if t.split == "train"], axis=0
+        ).astype(np.float64)  # [bands, 256]
+        values = np.arange(256) / 255.0
+        count = histograms.sum(axis=1)
+        mean = histograms @ values / count
+        var = histograms @ values**2 / count - mean**2
+        return {
+            "dataset": self.name,
+            "version": PREPARED_VERSION,
+            "params": dataclasses.asdict(self.params),
+            "patch_size": self.params.patch_size,
+            "stride": self.stride,
+            "raw": str(raw.resolve()),
+            "bands": list(self.stored_bands),
+            "classes": self.class_table(),
+            "ignore_index": IGNORE_INDEX,
+            "splits": splits,
+            "band_mean": mean.tolist(),
+            "band_std": np.sqrt(np.maximum(var, 0.0)).tolist(),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+
+    def _write_subsets(self, manifest, seeds, fractions, progress) -> None:
+        n = int(manifest["splits"]["train"]["patches"])
+        ids = (self.prepared_dir / "train_ids.txt").read_text().split()
+        usable = []
+        for fraction in fractions:
+            try:
+                check_fraction_usable(self.name, fraction, n)
+            except DatasetError as error:
+                progress(f"no subset list for fraction {fraction:g}: {error}")
+                continue
+            usable.append(fraction)
+            for seed in seeds:
+                chosen = labelled_indices(n, fraction, seed)
+                write_subset(self.prepared_dir, [ids[i] for i in chosen], fraction, seed)
+        progress(
+            f"label subsets for fractions {', '.join(f'{f:g}' for f in usable)} and seeds "
+            f"{', '.join(map(str, seeds))} in {self.prepared_dir / 'subsets'}"
+        )
+
+
+def class_count_table(manifest: dict[str, Any]) -> str:
+    """Per-class pixel shares of each split, as printed at the end of ``prepare``."""
+    names = manifest["classes"]["names"]
+    lines = [f"{'class':<24} {'train':>8} {'test':>8}"]
+    totals = {s: sum(manifest["splits"][s]["class_pixels"]) or 1 for s in SPLITS}
+    for k, name in enumerate(names):
+        shares = [100.0 * manifest["splits"][s]["class_pixels"][k] / totals[s] for s in SPLITS]
+        lines.append(f"{name:<24} {shares[0]:>7.2f}% {shares[1]:>7.2f}%")
+    ignored = [manifest["splits"][s]["ignored_pixels"] for s in SPLITS]
+    lines.append(f"{'(ignored pixels)':<24} {ignored[0]:>8} {ignored[1]:>8}")
+    patches = [manifest["splits"][s]["patches"] for s in SPLITS]
+    lines.append(f"{'patches':<24} {patches[0]:>8} {patches[1]:>8}")
+    return "\n".join(lines)
