@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import timm.optim
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from bench import checkpoint
 from bench.config import PretrainConfig
@@ -109,6 +109,19 @@ def warmup_cosine_schedule(cfg: PretrainConfig, total_steps: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------
+def shuffled_batches(
+    patches, batch_size: int, generator: torch.Generator, pin_memory: bool = False
+) -> DataLoader:
+    """Shuffled full batches, read with one indexed access per batch (a memory-mapped
+    prepared dataset reads a batch ~12x faster than item by item, see
+    benchmarks/loader_throughput.py). The order is exactly that of
+    ``DataLoader(patches, batch_size, shuffle=True, drop_last=True, generator=generator)``."""
+    batches = BatchSampler(RandomSampler(patches, generator=generator), batch_size, True)
+    return DataLoader(
+        patches, sampler=batches, batch_size=None, generator=generator, pin_memory=pin_memory
+    )
+
+
 def build_method(job, in_channels: int, band_mean, band_std) -> PretrainingMethod:
     cls = METHODS.get(job.method)
     return cls(job.method_params, job.pretrain, in_channels, band_mean, band_std)
@@ -178,12 +191,10 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
             torch.manual_seed(seed_for(job.seed, epoch))
-            loader = DataLoader(
+            loader = shuffled_batches(
                 train,
-                batch_size=cfg.batch_size,
-                shuffle=True,
-                drop_last=True,
-                generator=torch.Generator().manual_seed(seed_for(job.seed, epoch, 1)),
+                cfg.batch_size,
+                torch.Generator().manual_seed(seed_for(job.seed, epoch, 1)),
                 pin_memory=device.type == "cuda",
             )
             epoch_start = time.perf_counter()

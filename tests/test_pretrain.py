@@ -73,3 +73,27 @@ def test_step_schedule_decays_every_step_epochs():
     lr = lr_schedule(cfg, total_steps=50, steps_per_epoch=10)
     assert lr[0] == lr[19] == pytest.approx(5e-4)
     assert lr[20] == pytest.approx(5e-4 * 0.95) and lr[49] == pytest.approx(5e-4 * 0.95**2)
+
+
+def test_batched_reads_keep_the_dataloader_order():
+    """Reading a batch with one indexed access must not change which patches a batch holds
+    (checkpoints resume mid-epoch by replaying the seeded order)."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from bench.datasets.base import PatchSet
+    from bench.pretrain import shuffled_batches
+
+    images = np.random.default_rng(0).integers(0, 255, (50, 3, 4, 4), dtype=np.uint8)
+    patches = PatchSet(images, images[:, 0], [str(i) for i in range(50)])
+    expected = DataLoader(
+        patches,
+        batch_size=8,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(3),
+    )
+    got = shuffled_batches(patches, 8, torch.Generator().manual_seed(3))
+    pairs = list(zip(expected, got, strict=True))
+    assert len(pairs) == 6
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
