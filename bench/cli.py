@@ -174,6 +174,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench.perf import PerfSettings, format_report, run_perf, write_report
+
+    settings = PerfSettings(
+        methods=args.methods or PerfSettings.methods,
+        pretrain_steps=args.steps,
+        finetune_steps=args.finetune_steps,
+        repeats=args.repeats,
+    )
+    unknown = [m for m in settings.methods if m not in METHODS or not METHODS.get(m).pretrains]
+    if unknown:
+        raise ConfigError(f"perf measures pretraining methods; not one: {', '.join(unknown)}")
+    report = run_perf(settings)
+    print(format_report(report))
+    write_report(report, args.output)
+    print(f"\nreport written to {args.output}")
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     if not args.results.is_dir():
         raise ConfigError(f"results folder {args.results} does not exist")
@@ -255,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prepare.add_argument("--force", action="store_true", help="discard and redo a prepared copy")
     prepare.set_defaults(func=cmd_prepare)
+
+    perf = sub.add_parser(
+        "perf", help="measure harness overhead and throughput (ratios in one process)"
+    )
+    perf.add_argument("--methods", type=_names, default=None, help="pretraining methods")
+    perf.add_argument("--steps", type=int, default=6, help="pretraining steps per run")
+    perf.add_argument("--finetune-steps", type=int, default=20, help="fine-tuning steps per run")
+    perf.add_argument("--repeats", type=int, default=2, help="runs per measurement (best kept)")
+    perf.add_argument("--output", type=Path, default=Path("perf.json"), help="JSON report")
+    perf.set_defaults(func=cmd_perf)
 
     sub.add_parser("list", help="registered methods, datasets and presets").set_defaults(
         func=cmd_list

@@ -1,0 +1,421 @@
+"""``python -m bench perf``: what the harness costs over a bare PyTorch loop, and how fast
+its parts are, each as a ratio of two measurements taken in this one process.
+
+1. pretraining: images/s of a real pretraining job (``bench.jobs.execute``: data, schedule,
+   logging, checkpoints, record) vs a bare loop doing the same computation (same method,
+   seeds, batches and learning rates: the final losses are compared to prove it);
+2. fine-tuning: the same for a DeepLabV3+ fine-tuning job;
+3. metrics: confusion-matrix accumulation vs scikit-learn's ``confusion_matrix`` (and
+   torchmetrics when installed) on the same predictions;
+4. data loading: prepared (memory-mapped) patches/s of the pretraining loader vs the
+   patches/s the pretraining step consumes;
+5. each method's bare step cost relative to SimCLR at equal batch.
+
+Every rate is the best of ``repeats`` runs (the least disturbed by other processes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+
+from bench.config import DataConfig
+from bench.datasets import DATASETS
+from bench.finetune import Normalizer, batch_indices, lr_at, random_dihedral
+from bench.jobs import FinetuneJob, PretrainJob, execute
+from bench.methods.base import StepContext
+from bench.metrics import ConfusionMatrix
+from bench.models import build_segmentation_model
+from bench.pretrain import (
+    autocast_for,
+    build_method,
+    build_optimizer,
+    lr_schedule,
+    parameter_groups,
+    resolve_device,
+    seed_for,
+    shuffled_batches,
+)
+from bench.sweep import SweepSpec, plan
+
+log = logging.getLogger(__name__)
+
+HARNESS_GOAL = 0.95  # harness / bare throughput (issue 12)
+METRIC_GOAL = 20.0  # ours / scikit-learn speed
+
+
+@dataclass(frozen=True)
+class PerfSettings:
+    methods: tuple[str, ...] = ("simclr", "moco", "byol", "false", "grass", "multitask")
+    pretrain_steps: int = 6
+    finetune_steps: int = 20
+    repeats: int = 2
+    preset: str = "quick"
+    overrides: tuple[str, ...] = ()  # extra --set items (tests use tiny sizes)
+
+
+def _best_rate(run: Callable[[], float], repeats: int) -> float:
+    return max(run() for _ in range(repeats))
+
+
+# -- 1, 5: pretraining -------------------------------------------------------------------
+def _pretrain_job(method: str, settings: PerfSettings) -> PretrainJob:
+    spec = SweepSpec(
+        methods=(method,),
+        fractions=(1.0,),
+        seeds=(0,),
+        preset=settings.preset,
+        overrides=(
+            *settings.overrides,
+            "pretrain.epochs=1",
+            "synthetic.n_test=8",
+            "pretrain.log_every=100000",
+        ),
+    )
+    job = next(j for j in plan(spec) if isinstance(j, PretrainJob))
+    n_train = job.pretrain.batch_size * settings.pretrain_steps
+    spec = SweepSpec(
+        **{**spec.__dict__, "overrides": (*spec.overrides, f"synthetic.n_train={n_train}")}
+    )
+    return next(j for j in plan(spec) if isinstance(j, PretrainJob))
+
+
+def harness_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float]:
+    """images/s and final loss of the real job, in a fresh results folder."""
+    with tempfile.TemporaryDirectory() as results:
+        record = execute(job, results, data_root)
+    if record["status"] != "ok":
+        raise RuntimeError(f"perf pretraining of {job.method} failed: {record.get('error')}")
+    return record["images_per_second"], record["final_loss"]
+
+
+def bare_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float]:
+    """The same computation as ``run_pretraining`` (one epoch), without the harness."""
+    cfg, device = job.pretrain, resolve_device()
+    dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
+    train = dataset.load_split("train")
+    steps = len(train) // cfg.batch_size
+    schedule = lr_schedule(cfg, steps, steps)
+    torch.manual_seed(seed_for(job.seed, 0xB0))
+    method = build_method(job, dataset.in_channels, *dataset.band_stats()).to(device)
+    optimizer = build_optimizer(
+        parameter_groups(method, cfg.weight_decay),
+        cfg.optimizer,
+        cfg.lr,
+        cfg.momentum,
+        cfg.lars_trust,
+    )
+    method.train()
+    torch.manual_seed(seed_for(job.seed, 0))
+    batches = shuffled_batches(
+        train, cfg.batch_size, torch.Generator().manual_seed(seed_for(job.seed, 0, 1))
+    )
+    start = time.perf_counter()
+    for step, (images, _) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = float(schedule[step])
+        images = images.to(device, non_blocking=True).float().div_(255.0)
+        ctx = StepContext(step=step, total_steps=steps, epoch=0)
+        with autocast_for(device, cfg.amp):
+            loss, _ = method.training_step(images, ctx)
+        loss_value = float(loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_optimizer_step(ctx)
+    return steps * cfg.batch_size / (time.perf_counter() - start), loss_value
+
+
+# -- 2: fine-tuning ----------------------------------------------------------------------
+def _finetune_job(settings: PerfSettings) -> FinetuneJob:
+    spec = SweepSpec(
+        methods=("random",),
+        fractions=(1.0,),
+        seeds=(0,),
+        preset=settings.preset,
+        overrides=(
+            *settings.overrides,
+            "synthetic.n_train=64",
+            "synthetic.n_test=8",
+            f"finetune.steps={settings.finetune_steps}",
+            "finetune.log_every=100000",
+        ),
+    )
+    return next(j for j in plan(spec) if isinstance(j, FinetuneJob))
+
+
+def harness_finetuning(job: FinetuneJob, data_root: Path) -> float:
+    with tempfile.TemporaryDirectory() as results:
+        record = execute(job, results, data_root)
+    if record["status"] != "ok":
+        raise RuntimeError(f"perf fine-tuning failed: {record.get('error')}")
+    return job.finetune.steps * job.finetune.batch_size / record["train_seconds"]
+
+
+def bare_finetuning(job: FinetuneJob, data_root: Path) -> float:
+    cfg, device = job.finetune, resolve_device()
+    dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
+    train = dataset.load_split("train")
+    normalize = Normalizer(*dataset.band_stats(), device)
+    torch.manual_seed(seed_for(job.seed, 0xF7))
+    model = build_segmentation_model(
+        job.backbone, dataset.in_channels, dataset.num_classes, cfg.output_stride
+    ).to(device)
+    optimizer = build_optimizer(
+        parameter_groups(model, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.momentum
+    )
+    order = batch_indices(len(train), cfg.batch_size, cfg.steps, job.seed)
+    model.train()
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        images, masks = random_dihedral(*train[order[step]])
+        images = normalize(images.to(device, non_blocking=True))
+        with autocast_for(device, cfg.amp):
+            logits = model(images)
+        loss = F.cross_entropy(
+            logits.float(), masks.to(device).long(), ignore_index=dataset.ignore_index
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        float(loss.detach())
+    return cfg.steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+# -- 3: metrics ----------------------------------------------------------------------------
+def metric_rates(repeats: int, pixels: int = 16 * 256 * 256, classes: int = 7) -> dict:
+    """Predictions/s of confusion-matrix accumulation: ours, scikit-learn, torchmetrics."""
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(rng.integers(0, classes, pixels).astype(np.uint8))
+    target[torch.from_numpy(rng.random(pixels) < 0.05)] = 255  # ignored pixels
+    pred = torch.from_numpy(rng.integers(0, classes, pixels))
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return pixels / (time.perf_counter() - start)
+
+    def ours() -> np.ndarray:
+        matrix = ConfusionMatrix(classes)
+        matrix.update(pred, target)
+        return matrix.matrix.numpy()
+
+    from sklearn.metrics import confusion_matrix
+
+    def sklearn() -> np.ndarray:
+        valid = target.numpy() != 255
+        return confusion_matrix(
+            target.numpy()[valid], pred.numpy()[valid], labels=list(range(classes))
+        )
+
+    if not np.array_equal(ours(), sklearn()):
+        raise AssertionError("confusion matrices of bench and scikit-learn differ")
+    rates = {
+        "bench": max(timed(ours) for _ in range(repeats)),
+        "sklearn": max(timed(sklearn) for _ in range(repeats)),
+    }
+    try:
+        from torchmetrics.classification import MulticlassConfusionMatrix
+    except ImportError:
+        rates["torchmetrics"] = None
+    else:
+        metric = MulticlassConfusionMatrix(classes, ignore_index=255)
+
+        def torchmetrics() -> None:
+            metric.reset()
+            metric.update(pred, target.long())
+            metric.compute()
+
+        rates["torchmetrics"] = max(timed(torchmetrics) for _ in range(repeats))
+    return rates
+
+
+# -- 4: data loading -----------------------------------------------------------------------
+def prepared_loader_rate(root: Path, batch: int, patch: int, repeats: int) -> float:
+    """Patches/s of the pretraining loader over a prepared (memory-mapped) folder dataset
+    of 3-band ``patch`` px patches, written here from random 512 px TIFFs."""
+    import tifffile
+    import yaml
+
+    raw = root / "raw"
+    (raw / "images").mkdir(parents=True)
+    (raw / "masks").mkdir()
+    (raw / "classes.yaml").write_text(yaml.safe_dump({"classes": [{"name": "a", "value": 0}]}))
+    rng = np.random.default_rng(0)
+    for n in range(20):
+        tifffile.imwrite(raw / "images" / f"{n}.tif", rng.integers(0, 256, (512, 512, 3), np.uint8))
+        tifffile.imwrite(raw / "masks" / f"{n}.tif", np.zeros((512, 512), np.uint8))
+    cls = DATASETS.get("folder")
+    dataset = cls(cls.Params(patch_size=patch), DataConfig(), root / "data")
+    dataset.prepare(raw, seeds=(), fractions=(), progress=lambda m: None)
+    train = dataset.load_split("train")
+
+    def one_epoch() -> float:
+        start, count = time.perf_counter(), 0
+        for images, _ in shuffled_batches(train, batch, torch.Generator().manual_seed(0)):
+            count += len(images)
+        return count / (time.perf_counter() - start)
+
+    return _best_rate(one_epoch, repeats)
+
+
+# -- all -----------------------------------------------------------------------------------
+def run_perf(settings: PerfSettings, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Measure everything; returns the JSON report (rows + machine)."""
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data_root = Path(tmp) / "data"
+        bare: dict[str, float] = {}
+        simclr_harness = None
+        methods = (
+            settings.methods if "simclr" in settings.methods else ("simclr", *settings.methods)
+        )
+        for method in methods:
+            job = _pretrain_job(method, settings)
+            bare_pretraining(job, data_root)  # warm-up (and renders the data once)
+            harness_rate, harness_loss = 0.0, None
+            bare_rate, bare_loss = 0.0, None
+            for _ in range(settings.repeats):  # interleaved, best of each
+                rate, harness_loss = harness_pretraining(job, data_root)
+                harness_rate = max(harness_rate, rate)
+                rate, bare_loss = bare_pretraining(job, data_root)
+                bare_rate = max(bare_rate, rate)
+            bare[method] = bare_rate
+            if method == "simclr":
+                simclr_harness = harness_rate
+            same = harness_loss == bare_loss
+            rows.append(
+                {
+                    "measure": f"pretraining {method} (images/s)",
+                    "harness": harness_rate,
+                    "reference": bare_rate,
+                    "ratio": harness_rate / bare_rate,
+                    "goal": f">= {HARNESS_GOAL}",
+                    "ok": harness_rate / bare_rate >= HARNESS_GOAL,
+                    "note": "same final loss" if same else f"loss {harness_loss} vs {bare_loss}",
+                }
+            )
+            progress(f"pretraining {method}: harness/bare {harness_rate / bare_rate:.3f}")
+        for method in methods:
+            rows.append(
+                {
+                    "measure": f"step cost {method} / simclr",
+                    "harness": 1 / bare[method],
+                    "reference": 1 / bare["simclr"],
+                    "ratio": bare["simclr"] / bare[method],
+                    "goal": "",
+                    "ok": None,
+                    "note": "bare step time ratio, equal batch",
+                }
+            )
+
+        job = _finetune_job(settings)
+        bare_finetuning(job, data_root)  # warm-up
+        harness_rate = bare_rate = 0.0
+        for _ in range(settings.repeats):
+            harness_rate = max(harness_rate, harness_finetuning(job, data_root))
+            bare_rate = max(bare_rate, bare_finetuning(job, data_root))
+        rows.append(
+            {
+                "measure": "fine-tuning DeepLabV3+ (patches/s)",
+                "harness": harness_rate,
+                "reference": bare_rate,
+                "ratio": harness_rate / bare_rate,
+                "goal": f">= {HARNESS_GOAL}",
+                "ok": harness_rate / bare_rate >= HARNESS_GOAL,
+                "note": f"batch {job.finetune.batch_size}, {job.finetune.steps} steps",
+            }
+        )
+        progress("fine-tuning measured")
+
+        metrics = metric_rates(settings.repeats)
+        for other in ("sklearn", "torchmetrics"):
+            if metrics[other] is None:
+                continue
+            ratio = metrics["bench"] / metrics[other]
+            rows.append(
+                {
+                    "measure": f"confusion matrix vs {other} (pixels/s)",
+                    "harness": metrics["bench"],
+                    "reference": metrics[other],
+                    "ratio": ratio,
+                    "goal": f">= {METRIC_GOAL:g}" if other == "sklearn" else "",
+                    "ok": ratio >= METRIC_GOAL if other == "sklearn" else None,
+                    "note": "1M predictions, 7 classes, 5% ignored",
+                }
+            )
+        progress("metrics measured")
+
+        simclr_job = _pretrain_job("simclr", settings)
+        loader = prepared_loader_rate(
+            Path(tmp) / "loader",
+            simclr_job.pretrain.batch_size,
+            simclr_job.dataset_params.patch_size,
+            settings.repeats,
+        )
+        rows.append(
+            {
+                "measure": "prepared data loader vs pretraining step (patches/s)",
+                "harness": loader,
+                "reference": simclr_harness,
+                "ratio": loader / simclr_harness,
+                "goal": "> 1",
+                "ok": loader > simclr_harness,
+                "note": "memory-mapped .npy, batch reads, 0 workers vs simclr consumption",
+            }
+        )
+    return {
+        "settings": settings.__dict__,
+        "machine": machine(),
+        "rows": rows,
+    }
+
+
+def machine() -> dict[str, Any]:
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(resolve_device()),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def format_report(report: dict[str, Any]) -> str:
+    table = [
+        [
+            row["measure"],
+            f"{row['harness']:.4g}",
+            f"{row['reference']:.4g}",
+            f"{row['ratio']:.3f}",
+            row["goal"],
+            {True: "yes", False: "NO", None: ""}[row["ok"]],
+            row["note"],
+        ]
+        for row in report["rows"]
+    ]
+    headers = ["measure", "harness/ours", "reference", "ratio", "goal", "met", "note"]
+    machine_line = ", ".join(f"{k} {v}" for k, v in report["machine"].items())
+    return tabulate(table, headers, tablefmt="github") + f"\n\nmachine: {machine_line}"
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
