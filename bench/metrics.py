@@ -35,16 +35,25 @@ class ConfusionMatrix:
                 f"shape mismatch: {tuple(predictions.shape)} vs {tuple(targets.shape)}"
             )
         k = self.num_classes
-        pred = predictions.reshape(-1).to(self.matrix.device, torch.int64)
-        true = targets.reshape(-1).to(self.matrix.device, torch.int64)
-        if self.ignore_index is not None:
-            keep = true != self.ignore_index
-            pred, true = pred[keep], true[keep]
-        if true.numel() and (int(true.min()) < 0 or int(true.max()) >= k):
+        pred = predictions.reshape(-1).to(self.matrix.device)
+        true = targets.reshape(-1).to(self.matrix.device)
+        # One pass each: ignored pixels go to an extra bin instead of being compacted out,
+        # and the bin index is built in int32 (8-bit inputs, k*k bins fit easily).
+        ignored = true == self.ignore_index if self.ignore_index is not None else None
+        bad_true = true >= k if ignored is None else (true >= k) & ~ignored
+        if true.is_floating_point() or pred.is_floating_point():
+            raise ValueError("predictions and targets must be integer class indices")
+        if bool(bad_true.any()) or (true.numel() and int(true.min()) < 0):
             raise ValueError(f"target labels must be in 0..{k - 1} or the ignore index")
-        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= k):
-            raise ValueError(f"predicted labels must be in 0..{k - 1}")
-        self.matrix += torch.bincount(true * k + pred, minlength=k * k).view(k, k)
+        if pred.numel():
+            low, high = torch.aminmax(pred)
+            if int(low) < 0 or int(high) >= k:
+                raise ValueError(f"predicted labels must be in 0..{k - 1}")
+        index = true.to(torch.int32) * k + pred.to(torch.int32)
+        if ignored is not None:
+            index.masked_fill_(ignored, k * k)
+        counts = torch.bincount(index, minlength=k * k + 1)
+        self.matrix += counts[: k * k].view(k, k)
 
     def compute(self) -> dict:
         return metrics_from_confusion(self.matrix)
