@@ -170,7 +170,13 @@ def test_usr2_checkpoints_requeues_and_resumes_and_resubmission_adds_nothing(
     subprocess.run(["scancel", "--signal=USR2", scheduler_id], check=True, timeout=30)
     # submitit's handler asks SLURM to requeue the job: same job id, Restarts=1. SLURM holds
     # a requeued job ~2 min before it may start again; let it start now (test speed only).
-    _wait_for("the requeue", lambda: _job_field(scheduler_id, "Restarts") == "1")
+    _wait_for(
+        "the requeued job to be pending",
+        lambda: (
+            _job_field(scheduler_id, "Restarts") == "1"
+            and _job_field(scheduler_id, "JobState") == "PENDING"
+        ),
+    )
     subprocess.run(
         ["scontrol", "update", f"JobId={scheduler_id}", "StartTime=now"], check=True, timeout=30
     )
