@@ -8,15 +8,18 @@ import sys
 import time
 from pathlib import Path
 
+from bench.cluster import Profile, load_profile, parse_cluster_overrides
 from bench.config import PRESETS, ConfigError, DataConfig, build_section, parse_overrides
 from bench.datasets import DATASETS, default_data_root
 from bench.datasets.prepared import PreparedDataset, class_count_table
+from bench.executors import EXECUTORS
 from bench.methods import METHODS
 from bench.preemption import Preempted
 from bench.registry import UnknownNameError
 from bench.report import comparison_table
 from bench.store import RunStore
-from bench.sweep import SweepSpec, job_states, plan, run_sweep
+from bench.submission import job_status
+from bench.sweep import SweepSpec, job_states, plan, rerun_failed, run_sweep, submit_sweep
 
 log = logging.getLogger("bench")
 
@@ -96,9 +99,27 @@ def _spec(args: argparse.Namespace) -> SweepSpec:
     )
 
 
+def _profile(args: argparse.Namespace) -> Profile | None:
+    overrides = parse_cluster_overrides(args.slurm)
+    if args.cluster is None and not overrides:
+        return None
+    return load_profile(args.cluster, overrides)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    result = run_sweep(_spec(args), args.results, args.data_root)
+    if args.executor != "slurm" and (args.cluster or args.slurm):
+        log.info(
+            "--cluster/--slurm settings: %s executor uses timeout_min, etc. only", args.executor
+        )
+    if args.executor == "slurm" and not args.wait:
+        jobs, report = submit_sweep(_spec(args), args.results, args.data_root, _profile(args))
+        print(f"{len(jobs)} jobs: {report.summary()}")
+        for job_id, why in report.held_back.items():
+            print(f"HELD    {job_id}: {why}")
+        print(f"follow them with: python -m bench status --results {args.results}")
+        return 0
+    result = run_sweep(_spec(args), args.results, args.data_root, args.executor, _profile(args))
     print()
     print(comparison_table(result.finetune_records(), tuple(args.metric)))
     failed, skipped = result.by_status("failed"), result.by_status("skipped")
@@ -203,15 +224,43 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     if not args.results.is_dir():
         raise ConfigError(f"results folder {args.results} does not exist")
-    records = list(RunStore(args.results).records())
-    for record in records:
-        line = f"{record.get('status', '?'):<8} {record.get('job_id')}"
-        if record.get("status") != "ok":
-            line += f"  {record.get('error', '')}"
-        print(line)
-    ok = sum(r.get("status") == "ok" for r in records)
-    print(f"\n{len(records)} records: {ok} ok, {len(records) - ok} not ok")
+    store = RunStore(args.results)
+    job_ids = store.run_ids()
+    status = job_status(store, job_ids)
+    for job_id in job_ids:
+        entry = status[job_id]
+        line = f"{entry['state']:<8} {job_id:<58} {entry['scheduler_job_id'] or '-':<10}"
+        if entry["detail"]:
+            line += f" {entry['detail']}"
+        print(line.rstrip())
+    counts = {}
+    for entry in status.values():
+        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+    print(f"\n{len(job_ids)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if args.rerun_failed:
+        report, unknown = rerun_failed(args.results, _profile(args))
+        print(f"resubmitted {len(report.submitted)} failed job(s) to SLURM")
+        for line in unknown:
+            print(f"NOT RESUBMITTED {line}")
+        return 1 if unknown else 0
     return 0
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster",
+        type=Path,
+        default=None,
+        metavar="PROFILE.yaml",
+        help="cluster profile (see slurm/example.yaml) for the slurm/local executors",
+    )
+    parser.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a cluster profile setting, e.g. --slurm partition=gpu (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="plan and run a sweep, then print its table")
     _add_sweep_arguments(run)
     run.add_argument("--metric", **metric)
+    run.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="inline",
+        help="inline: here, one job after another (default); slurm: submit to SLURM through "
+        "submitit and return; local: parallel processes here; debug: submitit, in-process",
+    )
+    run.add_argument(
+        "--wait", action="store_true", help="slurm: follow the jobs until done, then the table"
+    )
+    _add_cluster_arguments(run)
     run.set_defaults(func=cmd_run)
 
     plan_parser = sub.add_parser("plan", help="print the planned jobs without running them")
@@ -294,8 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--metric", **metric)
     table.set_defaults(func=cmd_table)
 
-    status = sub.add_parser("status", help="list the records in a results folder")
+    status = sub.add_parser(
+        "status", help="state of every job in a results folder (planned, queued, running, ...)"
+    )
     status.add_argument("--results", type=Path, default=Path("results"))
+    status.add_argument(
+        "--rerun-failed", action="store_true", help="submit the failed SLURM jobs again"
+    )
+    _add_cluster_arguments(status)
     status.set_defaults(func=cmd_status)
     return parser
 

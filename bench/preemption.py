@@ -12,7 +12,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
 class Preempted(Exception):
-    """A stop signal arrived; the job checkpointed and stopped. Rerun to resume."""
+    """A stop signal arrived; the job checkpointed and stopped. Rerun to resume.
+    ``signum`` is the signal (a submitted job hands it on to submitit's requeue handler)."""
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class StopSignals:
@@ -22,10 +27,12 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.signum: int | None = None
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = signal.Signals(signum).name
+        self.signum = signum
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -41,4 +48,4 @@ class StopSignals:
     def check(self, where: str) -> None:
         """Raise :class:`Preempted` if a signal arrived (call after checkpointing)."""
         if self.requested:
-            raise Preempted(f"{self.requested} received; checkpoint written {where}")
+            raise Preempted(f"{self.requested} received; checkpoint written {where}", self.signum)

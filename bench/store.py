@@ -102,6 +102,12 @@ class RunStore:
     def write_record(self, job_id: str, record: dict[str, Any]) -> None:
         atomic_write_json(self.run_dir(job_id) / RECORD, record)
 
+    def run_ids(self) -> list[str]:
+        """Every run directory's job id (those with a spec.json), sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(path.parent.name for path in self.root.glob(f"*/{SPEC}"))
+
     def records(self) -> Iterator[dict[str, Any]]:
         """Every readable record under the root, in a stable order."""
         if not self.root.is_dir():

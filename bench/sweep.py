@@ -7,11 +7,13 @@ seeds cost M*D*S pretrainings and M*D*F*S fine-tunings; baselines need no pretra
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bench.cluster import Profile
 from bench.config import (
     ConfigError,
     DataConfig,
@@ -28,6 +30,9 @@ from bench.jobs import FinetuneJob, Job, PretrainJob
 from bench.methods import METHODS
 from bench.registry import UnknownNameError
 from bench.store import RunStore
+
+if TYPE_CHECKING:
+    from bench.executors import SubmitReport
 
 log = logging.getLogger(__name__)
 
@@ -180,20 +185,34 @@ class SweepResult:
         ]
 
 
+def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
+    return {f.name: getattr(spec, f.name) for f in fields(spec)}
+
+
+def spec_from_dict(values: dict[str, Any]) -> SweepSpec:
+    return SweepSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
 def run_sweep(
     spec: SweepSpec,
     results_dir: Path | str = "results",
     data_root: Path | str | None = None,
-    executor: str = "local",
+    executor: str = "inline",
+    profile: Profile | None = None,
+    timeout_s: float | None = None,
 ) -> SweepResult:
-    """Plan ``spec`` and run every job not already done; return all records."""
+    """Plan ``spec`` and run every job not already done, with ``executor`` (inline, slurm,
+    local or debug; see ``bench.executors``); wait for all of them and return all records."""
     from bench.executors import get_executor
 
     jobs = plan(spec)
     check_data(jobs, data_root)
-    executor_ = get_executor(executor)
+    executor_ = get_executor(executor, profile, {"sweep": spec_to_dict(spec)})
     RunStore(results_dir).open_for_writing()
-    records = executor_.run(jobs, Path(results_dir), data_root)
+    if executor == "inline":
+        records = executor_.run(jobs, Path(results_dir), data_root)
+    else:
+        records = executor_.run(jobs, Path(results_dir), data_root, timeout_s=timeout_s)
     return SweepResult(jobs=jobs, records=records)
 
 
@@ -209,6 +228,65 @@ def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
             train_sizes[key] = dataset.train_size()
         if job.kind == "finetune":
             check_fraction_usable(job.dataset, job.fraction, train_sizes[key])
+
+
+def submit_sweep(
+    spec: SweepSpec,
+    results_dir: Path | str = "results",
+    data_root: Path | str | None = None,
+    profile: Profile | None = None,
+) -> tuple[list[Job], SubmitReport]:
+    """Plan ``spec`` and submit to SLURM every job that is not queued, running or done;
+    return at once (``bench status`` follows them)."""
+    from bench.executors import SubmititExecutor
+
+    jobs = plan(spec)
+    check_data(jobs, data_root)
+    RunStore(results_dir).open_for_writing()
+    executor = SubmititExecutor("slurm", profile, {"sweep": spec_to_dict(spec)})
+    return jobs, executor.submit(jobs, Path(results_dir), data_root)
+
+
+def rerun_failed(
+    results_dir: Path | str, profile_overrides: Profile | None = None
+) -> tuple[SubmitReport, list[str]]:
+    """Submit again, to SLURM, the failed jobs of the SLURM submissions in ``results_dir``
+    (their sweep is re-planned from submission.json; their pretraining too if it failed).
+    Returns the report and the failed job ids that could not be resubmitted (with why)."""
+    from bench.executors import SubmititExecutor, SubmitReport
+    from bench.submission import job_status, read_submission
+
+    store = RunStore(results_dir)
+    job_ids = store.run_ids()
+    status = job_status(store, job_ids)
+    report, unknown = SubmitReport(), []
+    groups: dict[str, tuple[SweepSpec, dict[str, Any], list[str]]] = {}
+    for job_id in job_ids:
+        if status[job_id]["state"] != "failed":
+            continue
+        submission = read_submission(store, job_id)
+        if not submission or "sweep" not in submission:
+            unknown.append(f"{job_id}: not from a SLURM submission; rerun its `bench run`")
+            continue
+        key = json.dumps([submission["sweep"], submission.get("cluster_settings")], sort_keys=True)
+        groups.setdefault(key, (spec_from_dict(submission["sweep"]), submission, []))[2].append(
+            job_id
+        )
+    for spec, submission, failed in groups.values():
+        jobs = plan(spec)
+        missing = set(failed) - {job.job_id for job in jobs}
+        unknown += [
+            f"{job_id}: this code no longer plans it (settings changed)" for job_id in missing
+        ]
+        profile = profile_overrides or Profile(
+            submission.get("cluster_profile", "(stored)"), submission.get("cluster_settings", {})
+        )
+        executor = SubmititExecutor("slurm", profile, {"sweep": submission["sweep"]})
+        part = executor.submit(
+            jobs, Path(results_dir), submission.get("data_root"), only_failed=True
+        )
+        report.submitted.update(part.submitted)
+    return report, unknown
 
 
 def job_states(jobs: list[Job], results_dir: Path | str) -> dict[str, str]:

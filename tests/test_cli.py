@@ -28,7 +28,7 @@ def test_plan_then_run_then_table(dirs, tiny_overrides, capsys):
     assert main(["table", "--results", str(results), "--metric", "oa"]) == 0
     assert "50% OA" in capsys.readouterr().out
     assert main(["status", "--results", str(results)]) == 0
-    assert "3 records: 3 ok" in capsys.readouterr().out
+    assert "3 jobs: 3 done" in capsys.readouterr().out
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path, capsys):

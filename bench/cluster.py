@@ -1,0 +1,195 @@
+"""Cluster profiles (YAML in ``slurm/``) and what the harness asks of SLURM.
+
+A profile names the resources of every job of a sweep; :func:`load_profile` checks it and
+:func:`executor_parameters` maps it onto submitit's ``AutoExecutor.update_parameters``
+(generic names where submitit has them, ``slurm_``-prefixed ones otherwise). Command-line
+overrides (``--slurm key=value``) win over the file. :func:`scheduler_states` asks ``sacct``
+what became of submitted jobs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.config import ConfigError
+
+# profile key -> (AutoExecutor parameter, type). Generic submitit names carry over to the
+# local executor too (timeout_min, cpus_per_task, gpus_per_node, mem_gb).
+PROFILE_KEYS: dict[str, tuple[str, type]] = {
+    "partition": ("slurm_partition", str),
+    "account": ("slurm_account", str),
+    "qos": ("slurm_qos", str),
+    "constraint": ("slurm_constraint", str),
+    "exclude": ("slurm_exclude", str),
+    "gpus_per_node": ("gpus_per_node", int),
+    "cpus_per_task": ("cpus_per_task", int),
+    "mem_gb": ("mem_gb", float),
+    "timeout_min": ("timeout_min", int),
+    "array_parallelism": ("slurm_array_parallelism", int),
+    "signal_delay_s": ("slurm_signal_delay_s", int),
+    "setup": ("slurm_setup", list),
+    "additional_parameters": ("slurm_additional_parameters", dict),
+    "python": ("python", str),  # command that runs Python on the nodes (default: this one)
+}
+
+# Every job asks SLURM to cancel it when its dependency failed, instead of leaving it
+# pending forever with Reason=DependencyNeverSatisfied.
+ALWAYS_SBATCH = {"kill-on-invalid-dep": "yes"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A checked cluster profile: where it came from and its settings."""
+
+    source: str
+    settings: dict[str, Any]
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and isinstance(value, str):
+        return [value]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"cluster setting {key!r} must be {kind.__name__}, got {value!r}")
+    if kind is list and not all(isinstance(line, str) for line in value):
+        raise ConfigError(f"cluster setting {key!r} must be a list of shell lines")
+    return value
+
+
+def check_settings(settings: dict[str, Any], source: str) -> dict[str, Any]:
+    unknown = sorted(set(settings) - set(PROFILE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown cluster setting(s) {', '.join(unknown)} in {source}; valid settings: "
+            + ", ".join(PROFILE_KEYS)
+        )
+    return {k: _coerce(k, v, PROFILE_KEYS[k][1]) for k, v in settings.items() if v is not None}
+
+
+def parse_cluster_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` strings (``--slurm``); values are read as YAML (numbers, lists)."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--slurm expects KEY=VALUE, got {item!r}")
+        settings[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return check_settings(settings, "--slurm")
+
+
+def load_profile(path: Path | str | None, overrides: dict[str, Any] | None = None) -> Profile:
+    """The profile at ``path`` (or an empty one), with ``overrides`` on top."""
+    settings: dict[str, Any] = {}
+    source = "(no profile)"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"cluster profile {path} does not exist; see slurm/") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"cluster profile {path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"cluster profile {path} must be a mapping of settings")
+        settings = check_settings(loaded or {}, source)
+    settings.update(overrides or {})
+    return Profile(source=source, settings=settings)
+
+
+def executor_parameters(profile: Profile) -> dict[str, Any]:
+    """``AutoExecutor.update_parameters`` keywords for ``profile`` (without ``python``)."""
+    params = {
+        PROFILE_KEYS[key][0]: value for key, value in profile.settings.items() if key != "python"
+    }
+    params["slurm_additional_parameters"] = {
+        **ALWAYS_SBATCH,
+        **params.get("slurm_additional_parameters", {}),
+    }
+    return params
+
+
+def make_executor(cluster: str, folder: Path, profile: Profile, name: str = "bench"):
+    """A submitit ``AutoExecutor`` for ``cluster`` (slurm, local or debug) set up from
+    ``profile``."""
+    import submitit
+
+    python = profile.settings.get("python")
+    kwargs = {f"{cluster}_python": python} if python and cluster != "debug" else {}
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
+    except RuntimeError as error:  # e.g. no srun on this machine
+        raise ConfigError(f"cannot submit to {cluster}: {error}") from None
+    executor.update_parameters(name=name, **executor_parameters(profile))
+    return executor
+
+
+def sbatch_script(profile: Profile, folder: Path, array_size: int | None = None) -> str:
+    """The sbatch script submitit writes for ``profile`` (one job, or an array of
+    ``array_size`` tasks), without submitting anything. Needs ``srun`` on the PATH, as
+    submitit's SLURM executor does."""
+    executor = make_executor("slurm", folder, profile)._executor
+    executor.parameters = dict(executor.parameters)
+    if array_size is not None:
+        executor.parameters["map_count"] = array_size
+    return executor._make_submission_file_text(executor._submitit_command_str, "uid")
+
+
+# ---------------------------------------------------------------------------- SLURM states
+ACTIVE_STATES = {
+    "PENDING": "queued",
+    "REQUEUED": "queued",
+    "REQUEUE_HOLD": "queued",
+    "REQUEUE_FED": "queued",
+    "CONFIGURING": "queued",
+    "SUSPENDED": "queued",
+    "RESIZING": "queued",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "STAGE_OUT": "running",
+    "SIGNALING": "running",
+}
+
+
+def slurm_available() -> str | None:
+    """None when ``sinfo`` answers, else why SLURM cannot be used here."""
+    if shutil.which("sinfo") is None:
+        return "sinfo is not installed (start a cluster: slurm/local-cluster.sh start)"
+    try:
+        done = subprocess.run(["sinfo", "-h"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 15 s"
+    if done.returncode != 0:
+        return f"sinfo failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
+    return None
+
+
+def scheduler_states(job_ids: list[str], timeout_s: float = 60) -> dict[str, str]:
+    """SLURM state (``PENDING``, ``RUNNING``, ``COMPLETED``, ``CANCELLED by 0`` ...) of each
+    job id (``123`` or array task ``123_4``) that ``sacct`` knows."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    main_ids = sorted({job_id.split("_")[0] for job_id in job_ids})
+    command = ["sacct", "-X", "--parsable2", "-o", "JobID,State", "-j", ",".join(main_ids)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {}
+    if done.returncode != 0:
+        return {}
+    info = SlurmInfoWatcher(delay_s=0).read_info(done.stdout)
+    return {job_id: info[job_id]["State"] for job_id in job_ids if job_id in info}
+
+
+def state_kind(slurm_state: str) -> str:
+    """queued, running or finished (for any other state)."""
+    return ACTIVE_STATES.get(slurm_state.split()[0] if slurm_state else "", "finished")

@@ -1,0 +1,142 @@
+"""What submitit runs on a node, and what the results folder remembers of a submission.
+
+:class:`JobSubmission` is the pickled callable of every submitted job: it calls the same
+``bench.jobs.execute`` as the in-process executor. It is checkpointable in submitit's sense:
+when SLURM signals a preemption or a coming time limit (USR2), the training loop writes its
+checkpoint and stops (``bench.preemption``), then submitit's own handler calls
+:meth:`JobSubmission.checkpoint` and requeues the job, which resumes from
+``<run dir>/checkpoint.pt`` instead of from scratch.
+
+``submission.json`` in a run directory records the scheduler job id, the sweep the job
+came from and the cluster settings, so ``bench status`` can ask SLURM about it and
+``--rerun-failed`` can submit it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from bench.cluster import scheduler_states, state_kind
+from bench.jobs import Job, execute
+from bench.preemption import Preempted
+from bench.store import RunStore, atomic_write_json, now_iso
+
+log = logging.getLogger(__name__)
+
+SUBMISSION = "submission.json"
+
+
+class JobFailed(RuntimeError):
+    """The job's record says it failed (the record holds the traceback). Raised on the node
+    so that SLURM marks the job FAILED and its dependants never run."""
+
+
+class JobSubmission:
+    """``execute(job, results_root, data_root)`` as a submitit job that can be requeued."""
+
+    def __init__(self, job: Job, results_root: Path | str, data_root: Path | str | None) -> None:
+        self.job = job
+        self.results_root = str(results_root)
+        self.data_root = None if data_root is None else str(data_root)
+
+    def __call__(self) -> dict[str, Any]:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        try:
+            record = execute(self.job, self.results_root, self.data_root)
+        except Preempted as stop:
+            self._hand_over_to_scheduler(stop)
+            raise
+        if record.get("status") != "ok":
+            raise JobFailed(f"{self.job.job_id}: {record.get('error')}")
+        return record
+
+    def checkpoint(self) -> Any:
+        """Called by submitit on preemption or time-out: the same job again; it resumes from
+        the checkpoint the training loop has just written."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(JobSubmission(*self._args()))
+
+    def _args(self) -> tuple[Job, str, str | None]:
+        return self.job, self.results_root, self.data_root
+
+    @staticmethod
+    def _hand_over_to_scheduler(stop: Preempted) -> None:
+        """The training loop took the stop signal (to checkpoint first); now give it to the
+        handler that was there before, submitit's checkpoint-and-requeue, which exits. With
+        no such handler (in-process runs, SIGTERM under SLURM) the job just stops."""
+        if stop.signum is None:
+            return
+        handler = signal.getsignal(stop.signum)
+        if callable(handler) and getattr(handler, "__module__", "").startswith("submitit"):
+            log.info("%s: checkpoint written; asking submitit to requeue", stop)
+            handler(stop.signum, None)
+
+    def __repr__(self) -> str:
+        return f"JobSubmission({self.job.job_id})"
+
+
+# ---------------------------------------------------------------------------- records
+def write_submission(
+    store: RunStore, job: Job, executor: str, scheduler_id: str, folder: Path, context: dict
+) -> None:
+    atomic_write_json(
+        store.run_dir(job.job_id) / SUBMISSION,
+        {
+            "executor": executor,
+            "scheduler_job_id": scheduler_id,
+            "submitit_folder": str(folder),
+            "submitted_at": now_iso(),
+            **context,
+        },
+    )
+
+
+def read_submission(store: RunStore, job_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((store.run_dir(job_id) / SUBMISSION).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def job_status(store: RunStore, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Per job id: ``state`` (planned, queued, running, done, failed), ``detail`` (error's
+    last line or SLURM state) and ``scheduler_job_id``. A result record ``ok`` means done; a
+    queued or running SLURM job wins over an older failed record (it is being retried)."""
+    submissions = {job_id: read_submission(store, job_id) for job_id in job_ids}
+    slurm_ids = [
+        s["scheduler_job_id"] for s in submissions.values() if s and s.get("executor") == "slurm"
+    ]
+    slurm = scheduler_states(slurm_ids)
+    status: dict[str, dict[str, Any]] = {}
+    for job_id in job_ids:
+        record = store.read_record(job_id)
+        submission = submissions[job_id]
+        scheduler_id = submission.get("scheduler_job_id") if submission else None
+        slurm_state = slurm.get(scheduler_id, "") if scheduler_id else ""
+        kind = state_kind(slurm_state) if slurm_state else ""
+        if record is not None and record.get("status") == "ok":
+            state, detail = "done", ""
+        elif kind in ("queued", "running"):
+            state, detail = kind, slurm_state
+        elif record is not None:
+            state = "failed"
+            detail = last_line(record.get("traceback")) or str(record.get("error", ""))
+        elif slurm_state:
+            state = "failed"
+            detail = f"SLURM state {slurm_state}, no result record"
+        elif submission is not None and submission.get("executor") == "slurm":
+            state, detail = "queued", "submitted; SLURM does not list it yet"
+        else:
+            state, detail = "planned", ""
+        status[job_id] = {"state": state, "detail": detail, "scheduler_job_id": scheduler_id}
+    return status
