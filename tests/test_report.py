@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -28,6 +29,7 @@ from bench.report import (
     build_table,
     comparison_table,
     latex_escape,
+    paired_test,
     per_class_table,
     plot_fraction_curves,
     render,
@@ -200,6 +202,18 @@ def test_mean_std_delta_and_tests_agree_with_pandas_and_scipy(results):
     assert simclr_1pct.significant and simclr_1pct.p_value < 0.05  # better on every seed
 
 
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
+def test_paired_test_is_scipys_ttest_rel():
+    rng = np.random.default_rng(0)
+    for n in range(2, 8):
+        for _ in range(20):
+            ours, theirs = rng.normal(50, 2, n), rng.normal(49, 2, n)
+            direct = stats.ttest_rel(ours, theirs).pvalue
+            assert paired_test(list(ours), list(theirs)) == pytest.approx(direct, rel=1e-9)
+    assert stats.ttest_rel([2, 3, 4], [1, 2, 3]).pvalue == paired_test([2, 3, 4], [1, 2, 3]) == 0
+    assert paired_test([1, 2, 3], [1, 2, 3]) is None  # scipy: NaN, nothing to test
+
+
 def test_csv_numbers_agree_with_pandas(results):
     import io
 
@@ -255,7 +269,7 @@ def test_ranks_ties_and_missing_cells(results):
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines()[2:7]}
     assert [c.strip() for c in rows["byol"][:4]] == ["failed", "n/a", "failed", "n/a"]
     assert [c.strip() for c in rows["my_method"][8:10]] == ["not run", "n/a"]  # never a 0
-    assert "paired t-test (scipy.stats.ttest_rel) against random" in text
+    assert "paired t-test (as scipy.stats.ttest_rel) against random" in text
 
 
 def test_latex_escapes_specials_and_balances_braces(results):

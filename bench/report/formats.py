@@ -163,7 +163,7 @@ def caption_lines(table: Table, style: Style) -> list[str]:
         lines.append(
             f"{style.delta}{e(': mean minus the mean of ')}{b}{e(', in points; ')}"
             f"{style.dagger}{e(': p ')}{style.less}{e(f' {ALPHA:g} in a two-sided paired t-test ')}"
-            f"{e('(scipy.stats.ttest_rel) against ')}{b}"
+            f"{e('(as scipy.stats.ttest_rel) against ')}{b}"
             f"{e(' over the seeds both finished, run only with ')}{style.geq}"
             f"{e(f' {MIN_PAIRED_SEEDS} such seeds; no correction for multiple comparisons.')}"
         )

@@ -10,7 +10,7 @@ Definitions (README "Comparison tables" says the same):
   is tied: every cell equal to the best mean is rank 1, every cell equal to the next lower
   mean is rank 2. A column with fewer than two values is not ranked.
 - Δ = cell mean - baseline mean, each over its own seeds, in percentage points.
-- Significance: two-sided paired t-test (``scipy.stats.ttest_rel``) of the method's values
+- Significance: two-sided paired t-test (as ``scipy.stats.ttest_rel``) of the method's values
   against the baseline's on the seeds both finished (same seed = same pretraining seed and
   same labelled subset), run only with at least ``MIN_PAIRED_SEEDS`` pairs; significant when
   ``p < ALPHA``. No correction for multiple comparisons.
@@ -21,14 +21,14 @@ Definitions (README "Comparison tables" says the same):
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 from bench.config import PRESETS, ConfigError
 from bench.methods import METHODS
@@ -77,11 +77,11 @@ class Cell:
     def n(self) -> int:
         return len(self.values)
 
-    @property
+    @cached_property
     def mean(self) -> float | None:
         return float(np.mean(self.values)) if self.values else None
 
-    @property
+    @cached_property
     def std(self) -> float | None:
         """Sample standard deviation (ddof=1); None for fewer than two seeds."""
         return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else None
@@ -303,19 +303,20 @@ def _assemble(
 ) -> Table:
     methods = method_order(frame["method"].unique())
     baseline = _resolve_baseline(baseline, methods)
-    grid = [[_cell(observations, m, j) for j in range(len(columns))] for m in methods]
-    grid = [
-        list(row)
-        for row in zip(*[_ranked(list(col)) for col in zip(*grid, strict=True)], strict=True)
-    ]
+    runs: dict[tuple[str, int], list[tuple[int, str, float]]] = {}
+    for method, column, seed, status, value in observations[
+        ["method", "column", "seed", "status", "value"]
+    ].itertuples(index=False):
+        runs.setdefault((method, int(column)), []).append((int(seed), status, float(value)))
+    grid = [[_cell(runs.get((m, j), [])) for j in range(len(columns))] for m in methods]
+    for j in range(len(columns)):  # rank within each column
+        for i, cell in enumerate(_ranked([row[j] for row in grid])):
+            grid[i][j] = cell
     if baseline is not None:
         reference = grid[methods.index(baseline)]
-        grid = [
-            row
-            if method == baseline
-            else [_compared(c, r) for c, r in zip(row, reference, strict=True)]
-            for method, row in zip(methods, grid, strict=True)
-        ]
+        for i, method in enumerate(methods):
+            if method != baseline:
+                grid[i] = [_compared(c, r) for c, r in zip(grid[i], reference, strict=True)]
     return Table(
         kind=kind,
         methods=tuple(methods),
@@ -329,24 +330,26 @@ def _assemble(
     )
 
 
-def _cell(observations: pd.DataFrame, method: str, column: int) -> Cell:
-    runs = observations[(observations["method"] == method) & (observations["column"] == column)]
-    good = runs[(runs["status"] == "ok") & runs["value"].notna()].sort_values("seed")
-    failed = int((runs["status"] == "failed").sum())
-    skipped = int((runs["status"] == "skipped").sum())
+def _cell(runs: list[tuple[int, str, float]]) -> Cell:
+    """A cell from its (seed, status, value in percent) observations."""
+    good = sorted(
+        (seed, value) for seed, status, value in runs if status == "ok" and value == value
+    )
+    statuses = [status for _, status, _ in runs]
+    failed, skipped = statuses.count("failed"), statuses.count("skipped")
     missing = None
-    if good.empty:
+    if not good:
         if failed:
             missing = "failed"
         elif skipped:
             missing = "skipped"
-        elif (runs["status"] == "ok").any():
+        elif "ok" in statuses:
             missing = "undefined"
         else:
             missing = "not run"
     return Cell(
-        seeds=tuple(int(s) for s in good["seed"]),
-        values=tuple(float(v) for v in good["value"]),
+        seeds=tuple(seed for seed, _ in good),
+        values=tuple(value for _, value in good),
         missing=missing,
         failed=failed,
         skipped=skipped,
@@ -379,8 +382,13 @@ def _compared(cell: Cell, reference: Cell) -> Cell:
 
 
 def paired_test(values: list[float], reference: list[float]) -> float | None:
-    """Two-sided paired t-test p-value; None when all differences are zero (no test)."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p_value = float(stats.ttest_rel(values, reference).pvalue)
-    return None if math.isnan(p_value) else p_value
+    """Two-sided paired t-test p-value (what ``scipy.stats.ttest_rel`` computes, without its
+    per-call overhead); None when every difference is zero (nothing to test)."""
+    differences = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
+    n = len(differences)
+    spread = float(np.std(differences, ddof=1))
+    mean = float(np.mean(differences))
+    if spread == 0:
+        return None if mean == 0 else 0.0
+    t = mean / (spread / math.sqrt(n))
+    return float(2 * special.stdtr(n - 1, -abs(t)))
