@@ -15,6 +15,7 @@ from bench.preemption import Preempted
 from bench.report import (
     AUTO,
     FORMATS,
+    NO_RESULTS,
     PLOT_FORMATS,
     SUFFIXES,
     build_table,
@@ -164,7 +165,8 @@ def cmd_table(args: argparse.Namespace) -> int:
             raise ConfigError("--dataset and --fraction choose the --per-class table; add it")
         table = build_table(records, args.metric, args.baseline)
     if table is None:
-        raise ConfigError(f"no fine-tuning records in {args.results}")
+        print(NO_RESULTS)
+        return 0
     text = render(table, fmt)
     if args.output is None:
         print(text, end="" if text.endswith("\n") else "\n")

@@ -272,6 +272,17 @@ def test_ranks_ties_and_missing_cells(results):
     assert "paired t-test (as scipy.stats.ttest_rel) against random" in text
 
 
+def test_a_column_of_equal_means_has_no_marks():
+    records = [
+        {"kind": "finetune", "status": "ok", "job_id": m, "method": m, "dataset": "synthetic"}
+        | {"fraction": 0.1, "seed": 0, "miou": 0.5, "kappa": 0.1 * i}
+        for i, m in enumerate(("random", "simclr", "moco"))
+    ]
+    table = build_table(records, ("miou", "kappa"))
+    assert [table.cell(m, table.columns[0]).rank for m in table.methods] == [None] * 3
+    assert [table.cell(m, table.columns[1]).rank for m in table.methods] == [None, 2, 1]
+
+
 def test_latex_escapes_specials_and_balances_braces(results):
     assert latex_escape("loveda_urban 10% a&b #1 $x$ {y} ~^\\") == (
         r"loveda\_urban 10\% a\&b \#1 \$x\$ \{y\} \textasciitilde{}\textasciicircum{}"
@@ -331,6 +342,9 @@ def test_cli_table_formats_outputs_and_errors(results, tmp_path, capsys):
     assert "baseline 'byoll' has no fine-tuning records" in capsys.readouterr().err
     assert main(["table", "--results", str(results), "--format", "xlsx"]) == 2
     assert "valid formats: md, latex, csv, html" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["table", "--results", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out == "no fine-tuning results yet\n"
 
 
 def test_cli_plot(results, tmp_path, capsys):

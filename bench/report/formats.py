@@ -156,7 +156,8 @@ def caption_lines(table: Table, style: Style) -> list[str]:
         style.bold(e("Bold"))
         + e(": best mean in its column; ")
         + style.underline(e("underlined"))
-        + e(": second best; means compared as shown, ties all marked.")
+        + e(": second best; means compared as shown; tied cells share the mark; no marks in a ")
+        + e("column whose means are all equal.")
     )
     if table.baseline is not None:
         b = e(table.baseline)

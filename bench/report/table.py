@@ -8,7 +8,7 @@ Definitions (README "Comparison tables" says the same):
 - Mean and *sample* standard deviation (``ddof=1``) over those seeds; one seed has no std.
 - Ranks compare the means rounded to the shown precision (``DECIMALS``), so what looks tied
   is tied: every cell equal to the best mean is rank 1, every cell equal to the next lower
-  mean is rank 2. A column with fewer than two values is not ranked.
+  mean is rank 2. A column with fewer than two distinct means is not ranked.
 - Δ = cell mean - baseline mean, each over its own seeds, in percentage points.
 - Significance: two-sided paired t-test (as ``scipy.stats.ttest_rel``) of the method's values
   against the baseline's on the seeds both finished (same seed = same pretraining seed and
@@ -363,7 +363,7 @@ def shown(value: float) -> float:
 
 def _ranked(column: list[Cell]) -> list[Cell]:
     means = sorted({shown(c.mean) for c in column if c.mean is not None}, reverse=True)
-    if sum(c.mean is not None for c in column) < 2:
+    if len(means) < 2:  # one value, or all equal: nothing to tell apart
         return column
     ranks = {mean: rank for rank, mean in enumerate(means[:2], start=1)}
     return [replace(c, rank=ranks.get(shown(c.mean))) if c.mean is not None else c for c in column]
