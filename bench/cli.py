@@ -16,8 +16,19 @@ from bench.executors import EXECUTORS
 from bench.methods import METHODS
 from bench.preemption import Preempted
 from bench.registry import UnknownNameError
-from bench.report import comparison_table
-from bench.store import RunStore
+from bench.report import (
+    AUTO,
+    FORMATS,
+    NO_RESULTS,
+    PLOT_FORMATS,
+    SUFFIXES,
+    build_table,
+    comparison_table,
+    per_class_table,
+    plot_fraction_curves,
+    render,
+)
+from bench.store import RunStore, atomic_write_bytes
 from bench.submission import job_status
 from bench.sweep import SweepSpec, job_states, plan, rerun_failed, run_sweep, submit_sweep
 
@@ -121,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     result = run_sweep(_spec(args), args.results, args.data_root, args.executor, _profile(args))
     print()
-    print(comparison_table(result.finetune_records(), tuple(args.metric)))
+    print(comparison_table(result.finetune_records(), args.metric, args.baseline))
     failed, skipped = result.by_status("failed"), result.by_status("skipped")
     elapsed = time.perf_counter() - start
     print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {args.results}")
@@ -214,10 +225,38 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_records(results: Path) -> list[dict]:
+    if not results.is_dir():
+        raise ConfigError(f"results folder {results} does not exist")
+    return list(RunStore(results).records())
+
+
 def cmd_table(args: argparse.Namespace) -> int:
-    if not args.results.is_dir():
-        raise ConfigError(f"results folder {args.results} does not exist")
-    print(comparison_table(list(RunStore(args.results).records()), tuple(args.metric)))
+    records = _results_records(args.results)
+    fmt = args.format or SUFFIXES.get(args.output.suffix.lower() if args.output else "", "md")
+    if args.per_class:
+        table = per_class_table(records, args.dataset, args.fraction, args.baseline)
+    else:
+        if args.dataset is not None or args.fraction is not None:
+            raise ConfigError("--dataset and --fraction choose the --per-class table; add it")
+        table = build_table(records, args.metric, args.baseline)
+    if table is None:
+        print(NO_RESULTS)
+        return 0
+    text = render(table, fmt)
+    if args.output is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        atomic_write_bytes(args.output, (text.rstrip("\n") + "\n").encode())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    records = _results_records(args.results)
+    output_dir = args.output_dir or args.results / "plots"
+    for path in plot_fraction_curves(records, output_dir, args.metric, args.format):
+        print(f"wrote {path}")
     return 0
 
 
@@ -275,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default": ("miou", "kappa"),
         "help": "metrics in the table: miou, kappa, oa, mean_f1 (default: miou,kappa)",
     }
+    baseline = {
+        "default": AUTO,
+        "help": "method the Δ columns and paired t-tests compare with, or none "
+        "(default: random when it has records)",
+    }
 
     run = sub.add_parser("run", help="plan and run a sweep, then print its table")
     _add_sweep_arguments(run)
@@ -290,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="slurm: follow the jobs until done, then the table"
     )
     _add_cluster_arguments(run)
+    run.add_argument("--baseline", **baseline)
     run.set_defaults(func=cmd_run)
 
     plan_parser = sub.add_parser("plan", help="print the planned jobs without running them")
@@ -349,10 +394,38 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_list
     )
 
-    table = sub.add_parser("table", help="print the table of the records in a results folder")
+    table = sub.add_parser("table", help="print or write the table of a results folder")
     table.add_argument("--results", type=Path, default=Path("results"))
     table.add_argument("--metric", **metric)
+    table.add_argument(
+        "--format",
+        default=None,
+        help=f"one of {', '.join(FORMATS)} (default: from --output's suffix, else md)",
+    )
+    table.add_argument("--output", type=Path, default=None, help="write to this file")
+    table.add_argument("--baseline", **baseline)
+    table.add_argument(
+        "--per-class",
+        action="store_true",
+        help="per-class IoU of one --dataset at one --fraction (each optional when unique)",
+    )
+    table.add_argument("--dataset", default=None)
+    table.add_argument("--fraction", type=float, default=None)
     table.set_defaults(func=cmd_table)
+
+    plot = sub.add_parser("plot", help="figures: a metric vs the label fraction, per dataset")
+    plot.add_argument("--results", type=Path, default=Path("results"))
+    plot.add_argument("--output-dir", type=Path, default=None, help="default: <results>/plots")
+    plot.add_argument(
+        "--format",
+        type=_names,
+        default=PLOT_FORMATS,
+        help=f"comma-separated: {', '.join(PLOT_FORMATS)} (default: both)",
+    )
+    plot.add_argument(
+        "--metric", type=_names, default=("miou",), help="one figure per metric (default: miou)"
+    )
+    plot.set_defaults(func=cmd_plot)
 
     status = sub.add_parser(
         "status", help="state of every job in a results folder (planned, queued, running, ...)"

@@ -1,0 +1,96 @@
+"""Figures with matplotlib (Agg canvas, no display): a metric vs the label fraction.
+
+One figure per metric, one panel per dataset; x is the label fraction on a log axis, y the
+mean over seeds in percent with the sample std (ddof=1) as error bars (none for one seed);
+one line per method in the table's row order. Points without a value are left out.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bench.config import ConfigError
+from bench.report.table import build_table, method_order
+from bench.store import atomic_write_bytes
+
+PLOT_FORMATS = ("png", "svg")
+
+
+def plot_fraction_curves(
+    records: Iterable[dict[str, Any]],
+    output_dir: Path | str,
+    metrics: Iterable[str] = ("miou",),
+    formats: Iterable[str] = PLOT_FORMATS,
+) -> list[Path]:
+    """Write ``<metric>_vs_fraction.<format>`` per metric and format; return the paths."""
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    formats = tuple(formats)
+    bad = [f for f in formats if f not in PLOT_FORMATS]
+    if bad or not formats:
+        raise ConfigError(
+            f"unknown plot format {bad[0] if bad else ''!r}; valid: {', '.join(PLOT_FORMATS)}"
+        )
+    records = list(records)
+    paths = []
+    for metric in metrics:
+        table = build_table(records, (metric,), baseline=None)
+        if table is None:
+            raise ConfigError("no fine-tuning results to plot")
+        datasets = table.datasets
+        figure = Figure(figsize=(4.2 * len(datasets) + 1.8, 3.4), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(1, len(datasets), squeeze=False)[0]
+        for axis, dataset in zip(axes, datasets, strict=True):
+            columns = [c for c in table.columns if c.dataset == dataset]
+            for index, method in enumerate(method_order(table.methods)):
+                cells = [table.cell(method, c) for c in columns]
+                points = [
+                    (c.fraction, cell) for c, cell in zip(columns, cells, strict=True) if cell.n
+                ]
+                if not points:
+                    continue
+                axis.errorbar(
+                    [100 * f for f, _ in points],
+                    [cell.mean for _, cell in points],
+                    yerr=[cell.std or 0.0 for _, cell in points],
+                    marker="o",
+                    markersize=4,
+                    capsize=3,
+                    color=f"C{index}",  # one colour per method in every panel
+                    label=method,
+                )
+            fractions = [100 * c.fraction for c in columns]
+            axis.set_xscale("log")
+            axis.set_xticks(fractions, [f"{f:g}%" for f in fractions])
+            axis.minorticks_off()
+            axis.set_xlabel("labelled fraction of the training patches")
+            axis.set_ylabel(f"{columns[0].label} (%)")
+            axis.set_title(dataset)
+            axis.grid(alpha=0.3)
+        legend = {}  # every method once, even one with points in one panel only
+        for axis in axes:
+            for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+                legend.setdefault(label, handle)
+        ordered = sorted(legend, key=table.methods.index)
+        figure.legend(
+            [legend[m] for m in ordered], ordered, loc="outside right center", frameon=False
+        )
+        for fmt in formats:
+            path = Path(output_dir) / f"{metric}_vs_fraction.{fmt}"
+            buffer = io.BytesIO()
+            with rc_context({"svg.hashsalt": "bench", "svg.fonttype": "none"}):
+                figure.savefig(buffer, format=fmt, dpi=150, metadata=_metadata(fmt))
+            atomic_write_bytes(path, buffer.getvalue())
+            paths.append(path)
+    return paths
+
+
+def _metadata(fmt: str) -> dict[str, Any]:
+    """No creation date or software version, so reruns write the same file."""
+    return {"Date": None} if fmt == "svg" else {"Software": None}

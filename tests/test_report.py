@@ -1,0 +1,355 @@
+"""Tables and plots from a fixture results folder of real result.json files.
+
+The fixture has a failed run, a missing seed, a seed with a NaN class IoU, a method with one
+seed, a method that was never run on a dataset, an all-failed cell, ties for best and for
+second best, and names with LaTeX specials (``loveda_urban``, ``my_method``).
+
+Golden files live in tests/golden/; after an intended change of the output, rewrite them with
+``BENCH_UPDATE_GOLDEN=1 python -m pytest tests/test_report.py`` (those tests then skip, so a
+rewrite never passes silently) and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench.cli import main
+from bench.config import ConfigError
+from bench.report import (
+    MIN_PAIRED_SEEDS,
+    build_table,
+    comparison_table,
+    latex_escape,
+    paired_test,
+    per_class_table,
+    plot_fraction_curves,
+    render,
+)
+from bench.store import RunStore, failed_record
+
+GOLDEN = Path(__file__).parent / "golden"
+SYNTHETIC_CLASSES = (
+    "impervious_surface",
+    "building",
+    "low_vegetation",
+    "tree",
+    "car",
+    "water",
+    "clutter",
+)
+LOVEDA_CLASSES = ("background", "building", "road", "water", "barren", "forest", "agriculture")
+# Per-class IoU = mIoU + these offsets (they sum to zero, so the classes average to the mIoU).
+OFFSETS = (0.10, -0.05, 0.02, -0.02, -0.10, 0.03, 0.02)
+
+# (method, dataset, fraction) -> {seed: (miou, kappa)}; absent seeds were never run.
+FINISHED = {
+    ("random", "synthetic", 0.01): {0: (0.30, 0.20), 1: (0.32, 0.22), 2: (0.31, 0.23)},
+    # simclr and moco tie for the best 1% mIoU (both 36.33); simclr is better on every seed
+    ("simclr", "synthetic", 0.01): {0: (0.35, 0.25), 1: (0.38, 0.27), 2: (0.36, 0.26)},
+    ("moco", "synthetic", 0.01): {0: (0.36, 0.24), 1: (0.37, 0.25), 2: (0.36, 0.24)},
+    ("byol", "synthetic", 0.01): {0: (0.33, 0.21), 2: (0.34, 0.22)},  # seed 1 missing
+    ("my_method", "synthetic", 0.01): {0: (0.20, 0.10)},  # one seed only
+    ("random", "synthetic", 0.1): {0: (0.50, 0.40), 1: (0.52, 0.41), 2: (0.51, 0.42)},
+    ("simclr", "synthetic", 0.1): {0: (0.55, 0.45), 1: (0.56, 0.46), 2: (0.54, 0.44)},
+    ("moco", "synthetic", 0.1): {0: (0.53, 0.39), 1: (0.52, 0.38)},  # seed 2 failed
+    # byol ties random for the second best 10% Kappa (41.00)
+    ("byol", "synthetic", 0.1): {0: (0.51, 0.41), 1: (0.50, 0.40), 2: (0.53, 0.42)},
+    ("random", "loveda_urban", 0.1): {0: (0.40, 0.30), 1: (0.42, 0.31), 2: (0.41, 0.29)},
+    # 60.1233 vs 60.1200: equal as shown (60.12), so both are best
+    ("simclr", "loveda_urban", 0.1): {0: (0.60, 0.50), 1: (0.61, 0.52), 2: (0.59367, 0.51)},
+    ("moco", "loveda_urban", 0.1): {0: (0.60, 0.49), 1: (0.60, 0.50), 2: (0.6036, 0.48)},
+}
+FAILED = [("moco", "synthetic", 0.1, 2)] + [("byol", "loveda_urban", 0.1, s) for s in range(3)]
+NAN_CLASS = ("random", "synthetic", 0.1, 0, "car")  # a class absent from one test split
+
+
+def _job(method: str, dataset: str, fraction: float, seed: int) -> SimpleNamespace:
+    job_id = f"finetune-{method}-{dataset}-f{fraction:g}-s{seed}-fixture0"
+    return SimpleNamespace(
+        kind="finetune", job_id=job_id, method=method, dataset=dataset, seed=seed, fraction=fraction
+    )
+
+
+def _finished_record(job: SimpleNamespace, miou: float, kappa: float) -> dict:
+    names = SYNTHETIC_CLASSES if job.dataset == "synthetic" else LOVEDA_CLASSES
+    ious = [miou + offset for offset in OFFSETS]
+    if (job.method, job.dataset, job.fraction, job.seed) == NAN_CLASS[:4]:
+        ious[names.index(NAN_CLASS[4])] = math.nan
+    return {
+        "status": "ok",
+        "kind": "finetune",
+        "job_id": job.job_id,
+        "pretrain_id": None,
+        "method": job.method,
+        "dataset": job.dataset,
+        "fraction": job.fraction,
+        "seed": job.seed,
+        "preset": "quick",
+        "protocol": "full",
+        "class_names": list(names),
+        "ignore_index": 255,
+        "miou": miou,
+        "kappa": kappa,
+        "oa": miou + 0.25,
+        "mean_f1": miou + 0.1,
+        "per_class_iou": ious,
+        "per_class_f1": [min(1.0, v + 0.1) for v in ious],
+        "pixels": 1000,
+    }
+
+
+def write_fixture(root: Path) -> Path:
+    """The fixture records as result.json files, written by the run store."""
+    store = RunStore(root)
+    store.open_for_writing()
+    for (method, dataset, fraction), seeds in FINISHED.items():
+        for seed, (miou, kappa) in seeds.items():
+            job = _job(method, dataset, fraction, seed)
+            store.write_record(job.job_id, _finished_record(job, miou, kappa))
+    for method, dataset, fraction, seed in FAILED:
+        job = _job(method, dataset, fraction, seed)
+        store.write_record(job.job_id, failed_record(job, RuntimeError("CUDA OOM"), "Traceback"))
+    return root
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    return write_fixture(tmp_path / "results")
+
+
+def _records(results: Path) -> list[dict]:
+    return list(RunStore(results).records())
+
+
+def _check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("BENCH_UPDATE_GOLDEN"):
+        path.write_text(text)
+        pytest.skip(f"rewrote {path}; review the diff and rerun without BENCH_UPDATE_GOLDEN")
+    assert path.exists(), f"{path} is missing; write it with BENCH_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} differs from the golden file"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("md", "table.md"), ("latex", "table.tex"), ("csv", "table.csv"), ("html", "table.html")],
+)
+def test_table_matches_golden(results, fmt, name):
+    _check_golden(name, comparison_table(_records(results), ("miou", "kappa"), "random", fmt))
+
+
+def test_per_class_table_matches_golden(results):
+    table = per_class_table(_records(results), "synthetic", 0.1)
+    _check_golden("per_class.md", render(table, "md"))
+
+
+def _independent_frame(results: Path) -> pd.DataFrame:
+    """The finished runs, read with json and pandas only, metrics in percent."""
+    rows = [json.loads(p.read_text()) for p in sorted(results.glob("*/result.json"))]
+    frame = pd.DataFrame(rows)
+    frame = frame[frame["status"] == "ok"].copy()
+    frame[["miou", "kappa"]] = frame[["miou", "kappa"]] * 100
+    return frame
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
+def test_mean_std_delta_and_tests_agree_with_pandas_and_scipy(results):
+    frame = _independent_frame(results)
+    table = build_table(_records(results), ("miou", "kappa"), "random")
+    stats_by_cell = frame.groupby(["method", "dataset", "fraction"])[["miou", "kappa"]]
+    means, stds, counts = stats_by_cell.mean(), stats_by_cell.std(), stats_by_cell.count()
+    checked = 0
+    for column in table.columns:
+        for method in table.methods:
+            cell = table.cell(method, column)
+            key = (method, column.dataset, column.fraction)
+            if key not in means.index:
+                assert cell.mean is None and cell.n == 0
+                continue
+            assert cell.n == counts.loc[key, column.metric]
+            assert cell.mean == pytest.approx(means.loc[key, column.metric], abs=1e-9)
+            if cell.n > 1:
+                assert cell.std == pytest.approx(stds.loc[key, column.metric], abs=1e-9)
+            else:
+                assert cell.std is None and math.isnan(stds.loc[key, column.metric])
+            base = ("random", column.dataset, column.fraction)
+            if method == "random":
+                assert cell.delta is None and cell.p_value is None
+                continue
+            expected = means.loc[key, column.metric] - means.loc[base, column.metric]
+            assert cell.delta == pytest.approx(expected, abs=1e-9)
+            ours = frame.set_index(["method", "dataset", "fraction", "seed"])[column.metric]
+            mine, theirs = ours.loc[key], ours.loc[base]
+            common = sorted(set(mine.index) & set(theirs.index))
+            assert cell.pairs == len(common)
+            if len(common) >= MIN_PAIRED_SEEDS:
+                direct = stats.ttest_rel(mine.loc[common], theirs.loc[common]).pvalue
+                assert cell.p_value == pytest.approx(direct, rel=1e-9)
+                checked += 1
+            else:
+                assert cell.p_value is None
+    assert checked >= 4  # the fixture has tested and untested comparisons
+    simclr_1pct = table.cell("simclr", table.columns[0])
+    assert simclr_1pct.significant and simclr_1pct.p_value < 0.05  # better on every seed
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
+def test_paired_test_is_scipys_ttest_rel():
+    rng = np.random.default_rng(0)
+    for n in range(2, 8):
+        for _ in range(20):
+            ours, theirs = rng.normal(50, 2, n), rng.normal(49, 2, n)
+            direct = stats.ttest_rel(ours, theirs).pvalue
+            assert paired_test(list(ours), list(theirs)) == pytest.approx(direct, rel=1e-9)
+    assert stats.ttest_rel([2, 3, 4], [1, 2, 3]).pvalue == paired_test([2, 3, 4], [1, 2, 3]) == 0
+    assert paired_test([1, 2, 3], [1, 2, 3]) is None  # scipy: NaN, nothing to test
+
+
+def test_csv_numbers_agree_with_pandas(results):
+    import io
+
+    frame = _independent_frame(results)
+    csv = pd.read_csv(io.StringIO(comparison_table(_records(results), fmt="csv")))
+    assert len(csv) == 5 * 3 * 2  # methods x (dataset, fraction) x metrics, missing included
+    for row in csv.itertuples():
+        runs = frame[
+            (frame["method"] == row.method)
+            & (frame["dataset"] == row.dataset)
+            & (frame["fraction"] == row.fraction)
+        ][row.metric]
+        assert row.n == len(runs)
+        if runs.empty:
+            assert math.isnan(row.mean) and row.status in {"failed", "not run"}
+            continue
+        assert row.mean == pytest.approx(runs.mean(), abs=5e-5)
+        assert row.status == ("ok" if len(runs) == 3 else "partial")
+        base = frame[
+            (frame["method"] == "random")
+            & (frame["dataset"] == row.dataset)
+            & (frame["fraction"] == row.fraction)
+        ][row.metric]
+        if row.method != "random":
+            assert row.delta == pytest.approx(runs.mean() - base.mean(), abs=5e-5)
+
+
+def test_ranks_ties_and_missing_cells(results):
+    table = build_table(_records(results), ("miou", "kappa"), "random")
+    by_header = {" ".join(table.header(c)): c for c in table.columns}
+
+    def ranks(header: str) -> dict[str, int | None]:
+        return {m: table.cell(m, by_header[header]).rank for m in table.methods}
+
+    assert table.methods == ("random", "simclr", "moco", "byol", "my_method")
+    assert ranks("synthetic 1% mIoU")["simclr"] == ranks("synthetic 1% mIoU")["moco"] == 1
+    assert ranks("synthetic 1% mIoU")["byol"] == 2  # the next value after a tie is second
+    assert ranks("synthetic 10% Kappa") == {
+        "random": 2,
+        "simclr": 1,
+        "moco": None,
+        "byol": 2,
+        "my_method": None,
+    }
+    assert ranks("loveda_urban 10% mIoU")["simclr"] == ranks("loveda_urban 10% mIoU")["moco"] == 1
+    missing = table.cell("byol", by_header["loveda_urban 10% mIoU"])
+    assert missing.missing == "failed" and missing.failed == 3 and missing.mean is None
+    assert table.cell("my_method", by_header["synthetic 10% mIoU"]).missing == "not run"
+    assert table.missing_counts() == {"failed": 2, "not run": 4}
+    assert table.failed_runs == 4
+    text = render(table, "md")
+    assert "Missing cells: 6 of 30 (2 failed, 4 not run)" in text
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines()[2:7]}
+    assert [c.strip() for c in rows["byol"][:4]] == ["failed", "n/a", "failed", "n/a"]
+    assert [c.strip() for c in rows["my_method"][8:10]] == ["not run", "n/a"]  # never a 0
+    assert "paired t-test (as scipy.stats.ttest_rel) against random" in text
+
+
+def test_a_column_of_equal_means_has_no_marks():
+    records = [
+        {"kind": "finetune", "status": "ok", "job_id": m, "method": m, "dataset": "synthetic"}
+        | {"fraction": 0.1, "seed": 0, "miou": 0.5, "kappa": 0.1 * i}
+        for i, m in enumerate(("random", "simclr", "moco"))
+    ]
+    table = build_table(records, ("miou", "kappa"))
+    assert [table.cell(m, table.columns[0]).rank for m in table.methods] == [None] * 3
+    assert [table.cell(m, table.columns[1]).rank for m in table.methods] == [None, 2, 1]
+
+
+def test_latex_escapes_specials_and_balances_braces(results):
+    assert latex_escape("loveda_urban 10% a&b #1 $x$ {y} ~^\\") == (
+        r"loveda\_urban 10\% a\&b \#1 \$x\$ \{y\} \textasciitilde{}\textasciicircum{}"
+        r"\textbackslash{}"
+    )
+    text = comparison_table(_records(results), fmt="latex")
+    assert "loveda\\_urban" in text and "my\\_method" in text and "loveda_urban" not in text
+    body = text.replace("\\{", "").replace("\\}", "")
+    assert body.count("{") == body.count("}")
+    assert text.count("\\begin{") == text.count("\\end{")
+    assert "\\toprule" in text and "\\midrule" in text and "\\bottomrule" in text
+    assert "\\textbf{" in text and "\\underline{" in text
+    for line in text.splitlines()[1:]:  # unescaped % would comment out the rest of a line
+        assert "%" not in line.replace("\\%", "")
+
+
+def test_one_run_per_seed_is_required(results):
+    record = json.loads(
+        next(results.glob("finetune-simclr-synthetic-f0.01-s0-*/result.json")).read_text()
+    )
+    record["job_id"] = record["job_id"].replace("fixture0", "othersettings")
+    RunStore(results).write_record(record["job_id"], record)
+    with pytest.raises(ConfigError, match="one run per seed"):
+        build_table(_records(results))
+
+
+def test_plot_writes_png_and_svg(results, tmp_path):
+    paths = plot_fraction_curves(_records(results), tmp_path / "plots", ("miou", "kappa"))
+    assert sorted(p.name for p in paths) == [
+        "kappa_vs_fraction.png",
+        "kappa_vs_fraction.svg",
+        "miou_vs_fraction.png",
+        "miou_vs_fraction.svg",
+    ]
+    png = (tmp_path / "plots" / "miou_vs_fraction.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    svg = (tmp_path / "plots" / "miou_vs_fraction.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    for label in ("simclr", "my_method", "synthetic", "loveda_urban", "mIoU (%)", "10%"):
+        assert label in svg  # text stays text (svg.fonttype none)
+
+
+def test_cli_table_formats_outputs_and_errors(results, tmp_path, capsys):
+    out = tmp_path / "table.tex"
+    assert main(["table", "--results", str(results), "--output", str(out)]) == 0
+    assert out.read_text().startswith("% generated by") and "wrote" in capsys.readouterr().out
+    assert main(["table", "--results", str(results), "--format", "csv", "--metric", "oa"]) == 0
+    assert capsys.readouterr().out.startswith("method,dataset,fraction,metric,class,status")
+    assert main(["table", "--results", str(results), "--baseline", "none"]) == 0
+    assert "Δ" not in capsys.readouterr().out
+    assert main(["table", "--results", str(results), "--per-class", "--fraction", "0.1"]) == 2
+    assert "give --dataset; the results have loveda_urban, synthetic" in capsys.readouterr().err
+    args = ["--per-class", "--dataset", "loveda_urban", "--fraction", "0.1"]
+    assert main(["table", "--results", str(results), *args]) == 0
+    assert "| agriculture" in capsys.readouterr().out.replace("| Δ", "")
+    assert main(["table", "--results", str(results), "--baseline", "byoll"]) == 2
+    assert "baseline 'byoll' has no fine-tuning records" in capsys.readouterr().err
+    assert main(["table", "--results", str(results), "--format", "xlsx"]) == 2
+    assert "valid formats: md, latex, csv, html" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["table", "--results", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out == "no fine-tuning results yet\n"
+
+
+def test_cli_plot(results, tmp_path, capsys):
+    assert main(["plot", "--results", str(results), "--output-dir", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "miou_vs_fraction.svg").stat().st_size > 0
+    assert "miou_vs_fraction.png" in capsys.readouterr().out
+    assert main(["plot", "--results", str(results), "--format", "jpg"]) == 2
+    assert "unknown plot format 'jpg'" in capsys.readouterr().err
