@@ -69,3 +69,86 @@ def test_frozen_protocol_keeps_the_pretrained_encoder_and_its_bn_statistics(
         SweepSpec(methods=("simclr",), fractions=(1.0,), overrides=tiny_overrides), results, data
     )
     assert not all(torch.equal(seen["encoder"][k], v) for k, v in pretrained.items())
+
+
+def pretrained_run(store, job, method) -> None:
+    """Write a pretraining run's weight files as ``run_pretraining`` does."""
+    from bench.pretrain import save_weights
+    from bench.store import BACKBONE, DECODER
+
+    run_dir = store.run_dir(job.job_id)
+    run_dir.mkdir(parents=True)
+    decoder = method.decoder_state_dict()
+    if decoder is not None:
+        save_weights(run_dir / DECODER, decoder)
+    save_weights(run_dir / BACKBONE, method.backbone_state_dict())
+
+
+def same(part: torch.nn.Module, weights: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, weights[k]) for k, v in part.state_dict().items())
+
+
+@pytest.mark.parametrize("mode", ["backbone", "backbone+aspp", "all"])
+def test_load_modes_load_glcnet_parts_strictly(tmp_path, tiny_overrides, mode):
+    from bench.finetune import load_initial_weights
+    from bench.methods.glcnet import GLCNet
+    from bench.models import build_segmentation_model
+    from bench.store import RunStore
+    from bench.sweep import SweepSpec, plan
+
+    overrides = (*tiny_overrides, f"finetune.load={mode}")
+    pretrain, finetune = plan(SweepSpec(methods=("glcnet",), fractions=(1.0,), overrides=overrides))
+    torch.manual_seed(0)
+    method = GLCNet(pretrain.method_params, pretrain.pretrain, 3, [0.5] * 3, [0.25] * 3)
+    store = RunStore(tmp_path)
+    pretrained_run(store, pretrain, method)
+    torch.manual_seed(1)  # another initialisation than the pretrained weights
+    model = build_segmentation_model(finetune.backbone, 3, num_classes=6)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    source, loaded = load_initial_weights(model, finetune, store, 3)
+    assert loaded == mode and source == f"pretrained backbone of {pretrain.job_id}"
+    encoder, decoder = method.backbone_state_dict(), method.decoder_state_dict()
+    assert same(model.encoder, encoder)
+    aspp = {k.removeprefix("aspp."): v for k, v in decoder.items() if k.startswith("aspp.")}
+    rest = {k: v for k, v in decoder.items() if not k.startswith("aspp.")}
+    fresh_decoder = {k.removeprefix("decoder."): v for k, v in fresh.items() if "decoder." in k}
+    assert same(model.decoder.aspp, aspp) == (mode != "backbone")
+    assert same(model.decoder.aspp, {k: fresh_decoder[f"aspp.{k}"] for k in aspp}) == (
+        mode == "backbone"
+    )
+    for name in ("block1", "block2"):
+        part = getattr(model.decoder, name)
+        ours = {k.removeprefix(f"{name}."): v for k, v in rest.items() if k.startswith(name)}
+        assert same(part, ours) == (mode == "all")
+    head = {k.removeprefix("segmentation_head."): v for k, v in fresh.items() if "head." in k}
+    assert same(model.segmentation_head, head)  # the class head always starts fresh
+
+
+def test_backbone_only_methods_load_the_backbone_and_explicit_asks_fail_at_plan(
+    tmp_path, tiny_overrides
+):
+    from bench.config import ConfigError
+    from bench.finetune import load_initial_weights
+    from bench.methods.simclr import SimCLR
+    from bench.models import build_segmentation_model
+    from bench.store import RunStore
+    from bench.sweep import SweepSpec, plan
+
+    jobs = plan(SweepSpec(methods=("random", "simclr"), fractions=(1.0,), overrides=tiny_overrides))
+    random_job, pretrain, finetune = jobs
+    assert finetune.finetune.load == "backbone+aspp"  # the default asks for more ...
+    store = RunStore(tmp_path)
+    pretrained_run(
+        store, pretrain, SimCLR(pretrain.method_params, pretrain.pretrain, 3, [0.5] * 3, [0.25] * 3)
+    )
+    model = build_segmentation_model(finetune.backbone, 3, num_classes=6)
+    assert load_initial_weights(model, finetune, store, 3)[1] == "backbone"  # ... than there is
+    assert load_initial_weights(model, random_job, store, 3)[1] == "none"
+    with pytest.raises(ConfigError, match=r"finetune.load=all .* random, simclr.* glcnet"):
+        plan(
+            SweepSpec(
+                methods=("random", "simclr", "glcnet"),
+                overrides=(*tiny_overrides, "finetune.load=all"),
+            )
+        )
+    plan(SweepSpec(methods=("simclr",), overrides=(*tiny_overrides, "finetune.load=backbone")))
