@@ -88,40 +88,42 @@ def same(part: torch.nn.Module, weights: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(v, weights[k]) for k, v in part.state_dict().items())
 
 
-@pytest.mark.parametrize("mode", ["backbone", "backbone+aspp", "all"])
-def test_load_modes_load_glcnet_parts_strictly(tmp_path, tiny_overrides, mode):
+def test_load_modes_load_glcnet_parts_strictly(tmp_path, tiny_overrides):
     from bench.finetune import load_initial_weights
     from bench.methods.glcnet import GLCNet
     from bench.models import build_segmentation_model
     from bench.store import RunStore
     from bench.sweep import SweepSpec, plan
 
-    overrides = (*tiny_overrides, f"finetune.load={mode}")
-    pretrain, finetune = plan(SweepSpec(methods=("glcnet",), fractions=(1.0,), overrides=overrides))
+    pretrain, _ = plan(SweepSpec(methods=("glcnet",), fractions=(1.0,), overrides=tiny_overrides))
     torch.manual_seed(0)
     method = GLCNet(pretrain.method_params, pretrain.pretrain, 3, [0.5] * 3, [0.25] * 3)
     store = RunStore(tmp_path)
     pretrained_run(store, pretrain, method)
-    torch.manual_seed(1)  # another initialisation than the pretrained weights
-    model = build_segmentation_model(finetune.backbone, 3, num_classes=6)
-    fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    source, loaded = load_initial_weights(model, finetune, store, 3)
-    assert loaded == mode and source == f"pretrained backbone of {pretrain.job_id}"
     encoder, decoder = method.backbone_state_dict(), method.decoder_state_dict()
-    assert same(model.encoder, encoder)
-    aspp = {k.removeprefix("aspp."): v for k, v in decoder.items() if k.startswith("aspp.")}
-    rest = {k: v for k, v in decoder.items() if not k.startswith("aspp.")}
-    fresh_decoder = {k.removeprefix("decoder."): v for k, v in fresh.items() if "decoder." in k}
-    assert same(model.decoder.aspp, aspp) == (mode != "backbone")
-    assert same(model.decoder.aspp, {k: fresh_decoder[f"aspp.{k}"] for k in aspp}) == (
-        mode == "backbone"
-    )
-    for name in ("block1", "block2"):
-        part = getattr(model.decoder, name)
-        ours = {k.removeprefix(f"{name}."): v for k, v in rest.items() if k.startswith(name)}
-        assert same(part, ours) == (mode == "all")
-    head = {k.removeprefix("segmentation_head."): v for k, v in fresh.items() if "head." in k}
-    assert same(model.segmentation_head, head)  # the class head always starts fresh
+
+    def part(weights, prefix):
+        return {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+
+    for mode in ("backbone", "backbone+aspp", "all"):
+        overrides = (*tiny_overrides, f"finetune.load={mode}")
+        jobs = plan(SweepSpec(methods=("glcnet",), fractions=(1.0,), overrides=overrides))
+        assert jobs[0].job_id == pretrain.job_id  # one pretraining serves every load mode
+        torch.manual_seed(1)  # another initialisation than the pretrained weights
+        model = build_segmentation_model(pretrain.pretrain.backbone, 3, num_classes=6)
+        fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        source, loaded = load_initial_weights(model, jobs[1], store, 3)
+        assert loaded == mode and source == f"pretrained backbone of {pretrain.job_id}"
+        assert same(model.encoder, encoder)
+        aspp_loaded = same(model.decoder.aspp, part(decoder, "aspp."))
+        assert aspp_loaded == (mode != "backbone")
+        assert same(model.decoder.aspp, part(fresh, "decoder.aspp.")) == (not aspp_loaded)
+        for name in ("block1", "block2"):
+            block = getattr(model.decoder, name)
+            assert same(block, part(decoder, f"{name}.")) == (mode == "all")
+            assert same(block, part(fresh, f"decoder.{name}.")) == (mode != "all")
+        # the class head always starts fresh
+        assert same(model.segmentation_head, part(fresh, "segmentation_head."))
 
 
 def test_backbone_only_methods_load_the_backbone_and_explicit_asks_fail_at_plan(

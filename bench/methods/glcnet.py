@@ -108,10 +108,10 @@ def region_means(feature_map: torch.Tensor, boxes: torch.Tensor, view_size: int)
     widths = (boxes[:, 3] - boxes[:, 1]).round().long().unique()
     if len(widths) != 1:
         raise ValueError("region_means expects boxes of one size")
-    shifted = boxes.to(feature_map.dtype).clone()
+    shifted = boxes.float().clone()  # float32 even under autocast: bf16 cannot hold x.5
     shifted[:, 1:] -= 0.5
     pooled = roi_align(
-        feature_map,
+        feature_map.float(),
         shifted,
         output_size=1,
         spatial_scale=scale,
