@@ -77,8 +77,10 @@ def _flip(x: torch.Tensor, code: int) -> torch.Tensor:
 
 def crop_pixel_coordinates(size: int, flips: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     """For each output pixel, the (row, col) of the resized crop it shows after the flip and
-    turns: torch's own flip/rot90 applied to a map of coordinates. ``[B, 2, size, size]``."""
-    rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    turns: torch's own flip/rot90 applied to a map of coordinates. ``[B, 2, size, size]``,
+    on the device of ``flips``."""
+    steps = torch.arange(size, device=flips.device)
+    rows, cols = torch.meshgrid(steps, steps, indexing="ij")
     base = torch.stack([rows, cols])
     table = torch.stack(
         [torch.rot90(_flip(base, f), k, dims=(-2, -1)) for f in range(4) for k in range(4)]
@@ -86,12 +88,15 @@ def crop_pixel_coordinates(size: int, flips: torch.Tensor, turns: torch.Tensor) 
     return table[flips.long() * 4 + turns.long()]
 
 
-def sampling_grid(geometry: ViewGeometry, size: int, height: int, width: int) -> torch.Tensor:
+def sampling_grid(
+    geometry: ViewGeometry, size: int, height: int, width: int, device=None
+) -> torch.Tensor:
     """``grid_sample`` grid (``align_corners=False``) of a view: the resized crop samples the
     source at its pixel centres (like ``F.interpolate(..., align_corners=False)``), then the
-    flip and turns permute the output pixels. ``[B, size, size, 2]``."""
-    coords = crop_pixel_coordinates(size, geometry.flips, geometry.turns).float()
-    boxes = geometry.boxes.float()
+    flip and turns permute the output pixels. ``[B, size, size, 2]``, built on ``device``."""
+    flips, turns = geometry.flips.to(device), geometry.turns.to(device)
+    coords = crop_pixel_coordinates(size, flips, turns).float()
+    boxes = geometry.boxes.to(device).float()
     x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
     src_x = x0 + (coords[:, 1] + 0.5) * (x1 - x0) / size - 0.5
     src_y = y0 + (coords[:, 0] + 0.5) * (y1 - y0) / size - 0.5
@@ -112,7 +117,7 @@ def make_view(
     batch, _, height, width = images.shape
     if height * width >= 2**24:
         raise ValueError(f"{height}x{width} images are too large for a float32 index map")
-    grid = sampling_grid(geometry, size, height, width).to(images.device)
+    grid = sampling_grid(geometry, size, height, width, images.device)
     view = F.grid_sample(
         images, grid.to(images.dtype), mode=image_mode, padding_mode="border", align_corners=False
     )
