@@ -137,7 +137,7 @@ class GLCNet(PretrainingMethod):
     Params = GLCNetParams
     summary = "GLCNet: global style and local region matching on DeepLabV3+ (Li et al. 2022)"
     transfers = "all"
-    # quick/cpu views are 48 px: 12 px regions keep the paper's region/view ratio (48/224).
+    # quick/cpu views are 48 px: 12 px regions, about the paper's region/view ratio (48/224).
     preset_params = {"quick": {"region_size": 12}, "cpu": {"region_size": 12}}
     # Adam 1e-3, betas (0.9, 0.99), wd 1e-5, cosine to 4e-8, batch 256, 224 px, 400 epochs
     # (release main_ss.py). The loop's Adam keeps torch's betas (0.9, 0.999) and no decay
