@@ -20,6 +20,10 @@ from typing import Any, Literal
 
 NOT_IDENTITY = {"identity": False}
 
+# What fine-tuning loads from a pretraining run, each mode a superset of the one before:
+# the encoder; plus smp's decoder.aspp; plus the rest of the decoder (never the class head).
+LOAD_MODES = ("backbone", "backbone+aspp", "all")
+
 
 class ConfigError(ValueError):
     """A bad setting; the message says which key and what is valid."""
@@ -80,6 +84,9 @@ class FinetuneConfig:
     schedule: Literal["poly", "cosine", "constant"] = "poly"
     poly_power: float = 0.9  # MMSegmentation's poly schedule (FALSE protocol)
     output_stride: Literal[8, 16] = 16
+    # Pretrained parts loaded into DeepLabV3+ (LOAD_MODES); GLCNet's protocol loads backbone
+    # and ASPP with a fresh decoder. Methods that pretrain only a backbone load only that.
+    load: Literal["backbone", "backbone+aspp", "all"] = "backbone+aspp"
     amp: bool = True
     eval_batch_size: int = field(default=64, metadata=NOT_IDENTITY)
     log_every: int = field(default=25, metadata=NOT_IDENTITY)

@@ -1,10 +1,15 @@
 """Fine-tuning of smp DeepLabV3+ on a labelled fraction, and evaluation on the test split.
 
 The encoder starts from the method's backbone (loaded strictly) or, for baselines, from what
-the baseline says; decoder and head start fresh. Protocols: ``full`` fine-tunes everything
-(GLCNet's protocol); ``frozen`` keeps the encoder fixed with BN in eval mode (FALSE's
-MMSegmentation protocol). The model is trained for a fixed number of steps on batches drawn
-from seeded permutations of the labelled patches, with random flips and 90-degree rotations.
+the baseline says. ``finetune.load`` says how much more of a pretrained DeepLabV3+ to start
+from, for methods that pretrain it (GLCNet): ``backbone``, ``backbone+aspp`` (GLCNet's
+protocol, the default) or ``all`` (the whole decoder); a method that pretrains only a backbone
+loads only that, and the record says what was loaded. The class head always starts fresh.
+
+Protocols: ``full`` fine-tunes everything (GLCNet's protocol); ``frozen`` keeps the encoder
+fixed with BN in eval mode (FALSE's MMSegmentation protocol). The model is trained for a fixed
+number of steps on batches drawn from seeded permutations of the labelled patches, with
+random flips and 90-degree rotations.
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from bench import checkpoint
-from bench.config import FinetuneConfig
+from bench.config import LOAD_MODES, FinetuneConfig
 from bench.datasets import DATASETS, PatchSet
 from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import labelled_indices, write_subset
 from bench.methods import METHODS
 from bench.metrics import METRIC_NOTE, ConfusionMatrix
-from bench.models import build_segmentation_model, load_backbone_strict
+from bench.models import build_segmentation_model, load_backbone_strict, load_strict
 from bench.preemption import StopSignals
 from bench.pretrain import (
     NonFiniteLossError,
@@ -36,7 +41,15 @@ from bench.pretrain import (
     resolve_device,
     seed_for,
 )
-from bench.store import BACKBONE, CHECKPOINT, RunStore, append_log, now_iso, provenance
+from bench.store import (
+    BACKBONE,
+    CHECKPOINT,
+    DECODER,
+    RunStore,
+    append_log,
+    now_iso,
+    provenance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +103,43 @@ def initial_backbone(
     return method.initial_backbone(job.method_params, job.backbone, in_channels)
 
 
+def load_mode_for(job) -> str:
+    """``finetune.load`` limited to what the job's method pretrains (its ``transfers``)."""
+    provided = METHODS.get(job.method).transfers if job.pretrain_job is not None else "backbone"
+    return LOAD_MODES[min(LOAD_MODES.index(job.finetune.load), LOAD_MODES.index(provided))]
+
+
+def load_pretrained_decoder(model, job, store: RunStore, mode: str) -> None:
+    """Load the pretraining run's ASPP (``backbone+aspp``) or whole decoder (``all``) into
+    ``model.decoder``, strictly; nothing for ``backbone``."""
+    if mode == "backbone":
+        return
+    path = store.run_dir(job.pretrain_job.job_id) / DECODER
+    if not path.exists():
+        raise FileNotFoundError(
+            f"finetune.load={mode} needs the pretrained decoder {path}, which is missing: "
+            f"rerun pretraining job {job.pretrain_job.job_id} or use finetune.load=backbone"
+        )
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    if mode == "all":
+        load_strict(model.decoder, weights, "decoder")
+        return
+    aspp = {k.removeprefix("aspp."): v for k, v in weights.items() if k.startswith("aspp.")}
+    load_strict(model.decoder.aspp, aspp, "ASPP")
+
+
+def load_initial_weights(model, job, store: RunStore, in_channels: int) -> tuple[str, str]:
+    """Load the start of fine-tuning into ``model``; return where the encoder came from and
+    which parts were loaded (a ``LOAD_MODES`` entry, or ``none`` for a random encoder)."""
+    weights, init_source = initial_backbone(job, store, in_channels)
+    if weights is None:
+        return init_source, "none"
+    load_backbone_strict(model.encoder, weights)
+    mode = load_mode_for(job)
+    load_pretrained_decoder(model, job, store, mode)
+    return init_source, mode
+
+
 class Normalizer:
     def __init__(self, mean: list[float], std: list[float], device: torch.device) -> None:
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
@@ -130,9 +180,7 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
     model = build_segmentation_model(
         job.backbone, dataset.in_channels, dataset.num_classes, cfg.output_stride
     )
-    weights, init_source = initial_backbone(job, store, dataset.in_channels)
-    if weights is not None:
-        load_backbone_strict(model.encoder, weights)
+    init_source, loaded = load_initial_weights(model, job, store, dataset.in_channels)
     if cfg.protocol == "frozen":
         model.encoder.requires_grad_(False)
     model.to(device)
@@ -250,6 +298,8 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
         "preset": job.preset,
         "protocol": cfg.protocol,
         "init": init_source,
+        "load": cfg.load,  # asked for
+        "loaded": loaded,  # what was loaded: less than asked when the method has no more
         "backbone": job.backbone,
         "bands": job.data.bands,
         "resumed_from_step": start_step,

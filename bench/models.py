@@ -39,21 +39,26 @@ def load_backbone_strict(encoder: nn.Module, state_dict: dict[str, torch.Tensor]
     smp's ResNet encoder ``load_state_dict`` drops ``fc.*`` and returns None, so the key sets
     are compared here first (DATASETS.md calibration notes).
     """
-    expected = set(encoder.state_dict())
-    given = set(state_dict)
+    load_strict(encoder, state_dict, "backbone")
+
+
+def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``state_dict`` into ``module`` (any part of DeepLabV3+), failing with a message
+    that names ``what`` on a missing or unexpected key or a shape mismatch."""
+    own = module.state_dict()
+    expected, given = set(own), set(state_dict)
     missing, unexpected = sorted(expected - given), sorted(given - expected)
     if missing or unexpected:
         raise ValueError(
-            f"backbone weights do not match the encoder: {len(missing)} missing "
+            f"{what} weights do not match the model: {len(missing)} missing "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     for key, value in state_dict.items():
-        if value.shape != encoder.state_dict()[key].shape:
+        if value.shape != own[key].shape:
             raise ValueError(
-                f"backbone weight {key}: shape {tuple(value.shape)} != "
-                f"{tuple(encoder.state_dict()[key].shape)}"
+                f"{what} weight {key}: shape {tuple(value.shape)} != {tuple(own[key].shape)}"
             )
-    nn.Module.load_state_dict(encoder, dict(state_dict), strict=True)
+    nn.Module.load_state_dict(module, dict(state_dict), strict=True)
 
 
 def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

@@ -27,7 +27,15 @@ from bench.config import PretrainConfig
 from bench.datasets import DATASETS
 from bench.methods import METHODS, PretrainingMethod, StepContext
 from bench.preemption import StopSignals
-from bench.store import BACKBONE, CHECKPOINT, append_log, atomic_write_bytes, now_iso, provenance
+from bench.store import (
+    BACKBONE,
+    CHECKPOINT,
+    DECODER,
+    append_log,
+    atomic_write_bytes,
+    now_iso,
+    provenance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +135,15 @@ def build_method(job, in_channels: int, band_mean, band_std) -> PretrainingMetho
     return cls(job.method_params, job.pretrain, in_channels, band_mean, band_std)
 
 
+def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> dict[str, Any]:
-    """Pretrain ``job.method``; write checkpoint.pt each epoch and backbone.pt at the end."""
+    """Pretrain ``job.method``; write checkpoint.pt each epoch, and at the end backbone.pt
+    (plus decoder.pt for methods that pretrain smp's ASPP/decoder)."""
     cfg: PretrainConfig = job.pretrain
     device = resolve_device()
     dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
@@ -277,9 +292,10 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
             stop.check(f"after epoch {epoch + 1}")
 
     train_seconds = time.perf_counter() - started
-    buffer = io.BytesIO()
-    torch.save(method.backbone_state_dict(), buffer)
-    atomic_write_bytes(run_dir / BACKBONE, buffer.getvalue())
+    decoder = method.decoder_state_dict()
+    if decoder is not None:  # before backbone.pt, whose presence marks the weights complete
+        save_weights(run_dir / DECODER, decoder)
+    save_weights(run_dir / BACKBONE, method.backbone_state_dict())
     return {
         "status": "ok",
         "kind": "pretrain",
@@ -294,6 +310,7 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         "resumed_from_epoch": start_epoch,
         "resumed_from_batch": start_batch,
         "final_loss": loss_value,
+        "transfers": type(method).transfers,
         "train_seconds": train_seconds,
         "images_per_second": images_seen / train_seconds if images_seen else None,
         "device": str(device),

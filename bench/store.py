@@ -23,6 +23,7 @@ SPEC = "spec.json"
 LOG = "log.jsonl"
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.pt"
+DECODER = "decoder.pt"  # smp DeepLabV3+ decoder weights, for methods that pretrain it
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

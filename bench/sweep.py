@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.cluster import Profile
 from bench.config import (
+    LOAD_MODES,
     ConfigError,
     DataConfig,
     FinetuneConfig,
@@ -106,6 +107,7 @@ def plan(spec: SweepSpec) -> list[Job]:
     finetune = _section(
         FinetuneConfig, "finetune", preset.values.get("finetune"), user.get("finetune")
     )
+    check_load_mode(finetune.load, method_classes, explicit="load" in user.get("finetune", {}))
 
     jobs: list[Job] = []
     for dataset, dataset_cls in dataset_classes.items():
@@ -163,6 +165,22 @@ def plan(spec: SweepSpec) -> list[Job]:
                         )
                     )
     return jobs
+
+
+def check_load_mode(load: str, method_classes: dict[str, type], explicit: bool) -> None:
+    """A ``finetune.load`` the user set explicitly must be served by every method of the
+    sweep; the default (``backbone+aspp``) silently loads just the backbone where that is all
+    a method pretrains (the record's ``loaded`` says so)."""
+    rank = LOAD_MODES.index(load)
+    short = [m for m, cls in method_classes.items() if LOAD_MODES.index(cls.transfers) < rank]
+    if explicit and short:
+        able = [m for m, cls in method_classes.items() if m not in short]
+        raise ConfigError(
+            f"finetune.load={load} asks for more than {', '.join(short)} pretrain(s) "
+            f"(backbone only); run {'those' if len(short) > 1 else 'it'} in a separate sweep "
+            f"without --set finetune.load"
+            + (f", or sweep only {', '.join(able)} with it" if able else "")
+        )
 
 
 @dataclass

@@ -186,3 +186,19 @@ def test_concurrent_sweeps_into_one_results_folder_lose_nothing(tmp_path):
     ).stdout
     assert all(f"| {m}" in table for m in ("random", "simclr", "moco", "byol"))
     assert "n/a" not in table
+
+
+def test_glcnet_sweep_saves_its_decoder_and_records_the_load_mode(dirs):
+    from bench.store import DECODER, RunStore
+
+    results, data = dirs
+    result = run_sweep(
+        SweepSpec(methods=("glcnet", "simclr"), fractions=(1.0,), overrides=TINY), results, data
+    )
+    assert result.ok
+    records = {r["method"]: r for r in result.finetune_records()}
+    assert (records["glcnet"]["load"], records["glcnet"]["loaded"]) == ("backbone+aspp",) * 2
+    assert (records["simclr"]["load"], records["simclr"]["loaded"]) == ("backbone+aspp", "backbone")
+    store = RunStore(results)
+    assert (store.run_dir(records["glcnet"]["pretrain_id"]) / DECODER).exists()
+    assert not (store.run_dir(records["simclr"]["pretrain_id"]) / DECODER).exists()

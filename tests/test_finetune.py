@@ -69,3 +69,88 @@ def test_frozen_protocol_keeps_the_pretrained_encoder_and_its_bn_statistics(
         SweepSpec(methods=("simclr",), fractions=(1.0,), overrides=tiny_overrides), results, data
     )
     assert not all(torch.equal(seen["encoder"][k], v) for k, v in pretrained.items())
+
+
+def pretrained_run(store, job, method) -> None:
+    """Write a pretraining run's weight files as ``run_pretraining`` does."""
+    from bench.pretrain import save_weights
+    from bench.store import BACKBONE, DECODER
+
+    run_dir = store.run_dir(job.job_id)
+    run_dir.mkdir(parents=True)
+    decoder = method.decoder_state_dict()
+    if decoder is not None:
+        save_weights(run_dir / DECODER, decoder)
+    save_weights(run_dir / BACKBONE, method.backbone_state_dict())
+
+
+def same(part: torch.nn.Module, weights: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, weights[k]) for k, v in part.state_dict().items())
+
+
+def test_load_modes_load_glcnet_parts_strictly(tmp_path, tiny_overrides):
+    from bench.finetune import load_initial_weights
+    from bench.methods.glcnet import GLCNet
+    from bench.models import build_segmentation_model
+    from bench.store import RunStore
+    from bench.sweep import SweepSpec, plan
+
+    pretrain, _ = plan(SweepSpec(methods=("glcnet",), fractions=(1.0,), overrides=tiny_overrides))
+    torch.manual_seed(0)
+    method = GLCNet(pretrain.method_params, pretrain.pretrain, 3, [0.5] * 3, [0.25] * 3)
+    store = RunStore(tmp_path)
+    pretrained_run(store, pretrain, method)
+    encoder, decoder = method.backbone_state_dict(), method.decoder_state_dict()
+
+    def part(weights, prefix):
+        return {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
+
+    for mode in ("backbone", "backbone+aspp", "all"):
+        overrides = (*tiny_overrides, f"finetune.load={mode}")
+        jobs = plan(SweepSpec(methods=("glcnet",), fractions=(1.0,), overrides=overrides))
+        assert jobs[0].job_id == pretrain.job_id  # one pretraining serves every load mode
+        torch.manual_seed(1)  # another initialisation than the pretrained weights
+        model = build_segmentation_model(pretrain.pretrain.backbone, 3, num_classes=6)
+        fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        source, loaded = load_initial_weights(model, jobs[1], store, 3)
+        assert loaded == mode and source == f"pretrained backbone of {pretrain.job_id}"
+        assert same(model.encoder, encoder)
+        aspp_loaded = same(model.decoder.aspp, part(decoder, "aspp."))
+        assert aspp_loaded == (mode != "backbone")
+        assert same(model.decoder.aspp, part(fresh, "decoder.aspp.")) == (not aspp_loaded)
+        for name in ("block1", "block2"):
+            block = getattr(model.decoder, name)
+            assert same(block, part(decoder, f"{name}.")) == (mode == "all")
+            assert same(block, part(fresh, f"decoder.{name}.")) == (mode != "all")
+        # the class head always starts fresh
+        assert same(model.segmentation_head, part(fresh, "segmentation_head."))
+
+
+def test_backbone_only_methods_load_the_backbone_and_explicit_asks_fail_at_plan(
+    tmp_path, tiny_overrides
+):
+    from bench.config import ConfigError
+    from bench.finetune import load_initial_weights
+    from bench.methods.simclr import SimCLR
+    from bench.models import build_segmentation_model
+    from bench.store import RunStore
+    from bench.sweep import SweepSpec, plan
+
+    jobs = plan(SweepSpec(methods=("random", "simclr"), fractions=(1.0,), overrides=tiny_overrides))
+    random_job, pretrain, finetune = jobs
+    assert finetune.finetune.load == "backbone+aspp"  # the default asks for more ...
+    store = RunStore(tmp_path)
+    pretrained_run(
+        store, pretrain, SimCLR(pretrain.method_params, pretrain.pretrain, 3, [0.5] * 3, [0.25] * 3)
+    )
+    model = build_segmentation_model(finetune.backbone, 3, num_classes=6)
+    assert load_initial_weights(model, finetune, store, 3)[1] == "backbone"  # ... than there is
+    assert load_initial_weights(model, random_job, store, 3)[1] == "none"
+    with pytest.raises(ConfigError, match=r"finetune.load=all .* random, simclr.* glcnet"):
+        plan(
+            SweepSpec(
+                methods=("random", "simclr", "glcnet"),
+                overrides=(*tiny_overrides, "finetune.load=all"),
+            )
+        )
+    plan(SweepSpec(methods=("simclr",), overrides=(*tiny_overrides, "finetune.load=backbone")))

@@ -64,7 +64,12 @@ def masked_contrastive_loss(
     return (log_den - log_pos).mean()
 
 
-def nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """SimCLR's NT-Xent on ``z`` = [first views; second views], shape ``[2N, D]``."""
+def nt_xent(
+    z: torch.Tensor, temperature: float = 0.5, positive_in_denominator: bool = True
+) -> torch.Tensor:
+    """SimCLR's NT-Xent on ``z`` = [first views; second views], shape ``[2N, D]``; with
+    ``positive_in_denominator=False`` GLCNet's variant ``-log(e^pos / sum_neg e^neg)``."""
     pos, neg = nt_xent_masks(z.shape[0], z.device)
-    return masked_contrastive_loss(cosine_logits(z, temperature), pos, neg)
+    return masked_contrastive_loss(
+        cosine_logits(z, temperature), pos, neg, positive_in_denominator=positive_in_denominator
+    )

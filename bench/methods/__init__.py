@@ -1,7 +1,17 @@
 """Method registry: one file per method, each registering itself under its CLI name."""
 
 # Registration order is display order: baselines first, then pretraining methods.
-from bench.methods import random_init, imagenet, simclr, moco, byol, false, grass, multitask  # noqa: F401, I001
+from bench.methods import (  # noqa: F401, I001
+    random_init,
+    imagenet,
+    simclr,
+    moco,
+    byol,
+    false,
+    grass,
+    glcnet,
+    multitask,
+)
 from bench.methods.base import (
     METHODS,
     BaselineMethod,

@@ -52,6 +52,9 @@ class Method:
     preset_pretrain: ClassVar[dict[str, dict[str, Any]]] = {}
     # preset name -> values of this method's own Params
     preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
+    # The largest finetune.load mode (config.LOAD_MODES) this method's weights can serve:
+    # "backbone" unless the method pretrains smp's ASPP/decoder too (decoder_state_dict).
+    transfers: ClassVar[str] = "backbone"
 
     @classmethod
     def unavailable_reason(cls, params: Any, backbone: str) -> str | None:
@@ -102,6 +105,11 @@ class PretrainingMethod(Method, nn.Module):
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """Backbone weights in smp/torchvision ResNet key naming, on CPU."""
         return {k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()}
+
+    def decoder_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Weights of smp's ``DeepLabV3PlusDecoder`` (keys ``aspp.*``, ``block1.*``, ...) for
+        methods whose ``transfers`` goes beyond the backbone; None for the others."""
+        return None
 
 
 class BaselineMethod(Method):
