@@ -58,7 +58,7 @@ METRIC_GOAL = 20.0  # ours / scikit-learn speed
 
 @dataclass(frozen=True)
 class PerfSettings:
-    methods: tuple[str, ...] = ("simclr", "moco", "byol", "false", "grass", "multitask")
+    methods: tuple[str, ...] = ("simclr", "moco", "byol", "false", "grass", "glcnet", "multitask")
     pretrain_steps: int = 6
     finetune_steps: int = 20
     repeats: int = 2

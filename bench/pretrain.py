@@ -288,7 +288,8 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
                     **{f"mean_{k}": v for k, v in extra_means.items()},
                 },
             )
-            checkpoint.save(checkpoint_path, snapshot(epoch + 1, 0, {}))
+            if epoch + 1 < cfg.epochs or stop.requested:  # after the last epoch the
+                checkpoint.save(checkpoint_path, snapshot(epoch + 1, 0, {}))  # weights follow
             stop.check(f"after epoch {epoch + 1}")
 
     train_seconds = time.perf_counter() - started
