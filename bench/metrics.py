@@ -37,23 +37,44 @@ class ConfusionMatrix:
         k = self.num_classes
         pred = predictions.reshape(-1).to(self.matrix.device)
         true = targets.reshape(-1).to(self.matrix.device)
-        # One pass each: ignored pixels go to an extra bin instead of being compacted out,
-        # and the bin index is built in int32 (8-bit inputs, k*k bins fit easily).
-        ignored = true == self.ignore_index if self.ignore_index is not None else None
-        bad_true = true >= k if ignored is None else (true >= k) & ~ignored
         if true.is_floating_point() or pred.is_floating_point():
             raise ValueError("predictions and targets must be integer class indices")
-        if bool(bad_true.any()) or (true.numel() and int(true.min()) < 0):
-            raise ValueError(f"target labels must be in 0..{k - 1} or the ignore index")
         if pred.numel():
             low, high = torch.aminmax(pred)
             if int(low) < 0 or int(high) >= k:
                 raise ValueError(f"predicted labels must be in 0..{k - 1}")
-        index = true.to(torch.int32) * k + pred.to(torch.int32)
+        ignore = self.ignore_index
+        if true.dtype == torch.uint8 and (ignore is None or k <= ignore <= 255):
+            counts = self._counts_of_uint8_targets(true, pred)
+        else:
+            counts = self._counts_any_targets(true, pred)
+        self.matrix += counts.view(k, k)
+
+    def _counts_of_uint8_targets(self, true: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """One pass, nothing compacted (8-bit masks, the harness's case): bin ``t * k + p``
+        over every target value 0..255; with predictions checked to be in 0..k-1 each bin
+        is one (target, prediction) pair, so bins past ``k * k`` hold ignored pixels (the
+        ignore value's bins) or invalid targets (any other bin: an error)."""
+        k = self.num_classes
+        counts = torch.bincount(true.to(torch.int32) * k + pred.to(torch.int32), minlength=k * k)
+        beyond = counts[k * k :]
+        if self.ignore_index is not None:
+            first = (self.ignore_index - k) * k
+            beyond = torch.cat([beyond[:first], beyond[first + k :]])
+        if bool(beyond.any()):
+            raise ValueError(f"target labels must be in 0..{k - 1} or the ignore index")
+        return counts[: k * k]
+
+    def _counts_any_targets(self, true: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        k = self.num_classes
+        ignored = true == self.ignore_index if self.ignore_index is not None else None
+        bad_true = true >= k if ignored is None else (true >= k) & ~ignored
+        if bool(bad_true.any()) or (true.numel() and int(true.min()) < 0):
+            raise ValueError(f"target labels must be in 0..{k - 1} or the ignore index")
+        index = true.to(torch.int64) * k + pred.to(torch.int64)
         if ignored is not None:
-            index.masked_fill_(ignored, k * k)
-        counts = torch.bincount(index, minlength=k * k + 1)
-        self.matrix += counts[: k * k].view(k, k)
+            index.masked_fill_(ignored, k * k)  # an extra bin instead of compacting
+        return torch.bincount(index, minlength=k * k + 1)[: k * k]
 
     def compute(self) -> dict:
         return metrics_from_confusion(self.matrix)

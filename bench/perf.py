@@ -224,6 +224,9 @@ def metric_rates(repeats: int, pixels: int = 16 * 256 * 256, classes: int = 7) -
 
     if not np.array_equal(ours(), sklearn()):
         raise AssertionError("confusion matrices of bench and scikit-learn differ")
+    repeats *= 10  # milliseconds each: many repeats cost little and steady the best
+    for _ in range(3):  # warm-up: thread pools, allocator
+        ours(), sklearn()
     rates = {
         "bench": max(timed(ours) for _ in range(repeats)),
         "sklearn": max(timed(sklearn) for _ in range(repeats)),

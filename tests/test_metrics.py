@@ -58,3 +58,34 @@ def test_rejects_bad_input():
         cm.update(torch.zeros(2, dtype=torch.long), torch.tensor([0, 7]))
     with pytest.raises(ValueError, match="empty"):
         metrics_from_confusion(torch.zeros(3, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("ignore_index", [255, 200, None, 0])
+def test_uint8_fast_path_equals_the_general_path_and_scikit_learn(ignore_index):
+    """8-bit masks take a one-pass path (bins over every target value); it must count the
+    same as int64 targets and as scikit-learn, for any ignore value (or none)."""
+    rng = np.random.default_rng(7)
+    k = 5
+    true = rng.integers(0, k, size=20000).astype(np.uint8)
+    pred = rng.integers(0, k, size=20000)
+    if ignore_index is not None:
+        true[rng.random(20000) < 0.1] = ignore_index
+    fast, general = ConfusionMatrix(k, ignore_index), ConfusionMatrix(k, ignore_index)
+    fast.update(torch.from_numpy(pred), torch.from_numpy(true))
+    general.update(torch.from_numpy(pred), torch.from_numpy(true.astype(np.int64)))
+    keep = true != ignore_index if ignore_index is not None else np.ones_like(true, bool)
+    expected = confusion_matrix(true[keep], pred[keep], labels=range(k))
+    assert fast.matrix.numpy().tolist() == expected.tolist()
+    assert torch.equal(fast.matrix, general.matrix)
+
+
+def test_uint8_targets_outside_the_classes_are_rejected():
+    cm = ConfusionMatrix(3)
+    for bad in (3, 254):
+        with pytest.raises(ValueError, match="target labels"):
+            cm.update(torch.zeros(2, dtype=torch.long), torch.tensor([0, bad], dtype=torch.uint8))
+    with pytest.raises(ValueError, match="predicted labels"):
+        cm.update(torch.tensor([0, 3]), torch.zeros(2, dtype=torch.uint8))
+    assert int(cm.matrix.sum()) == 0  # nothing was counted from rejected batches
+    cm.update(torch.tensor([1, 2]), torch.tensor([1, 255], dtype=torch.uint8))
+    assert int(cm.matrix.sum()) == 1 and int(cm.matrix[1, 1]) == 1
