@@ -61,6 +61,9 @@ class PretrainConfig:
     final_lr_factor: float = 0.001  # cosine ends at lr * this (VISSL: 4.8 -> 0.0048)
     lars_trust: float = 0.001  # LARC trust coefficient (VISSL SimCLR config)
     amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    # torch.compile the networks in place (same weights and state-dict keys); pays a compile
+    # at the first steps, meant for long GPU runs. An execution choice, not part of the id.
+    compile: bool = field(default=False, metadata=NOT_IDENTITY)
     log_every: int = field(default=10, metadata=NOT_IDENTITY)
 
     def __post_init__(self) -> None:
@@ -89,6 +92,7 @@ class FinetuneConfig:
     load: Literal["backbone", "backbone+aspp", "all"] = "backbone+aspp"
     amp: bool = True
     eval_batch_size: int = field(default=64, metadata=NOT_IDENTITY)
+    compile: bool = field(default=False, metadata=NOT_IDENTITY)  # as pretrain.compile
     log_every: int = field(default=25, metadata=NOT_IDENTITY)
     checkpoint_every: int = field(default=50, metadata=NOT_IDENTITY)  # steps; 0 = only on signal
 

@@ -186,6 +186,8 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
     model.to(device)
     if device.type == "cuda":  # NHWC convolutions are faster on tensor cores
         model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()  # in place: state-dict keys unchanged
     optimizer = build_optimizer(
         parameter_groups(model, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.momentum
     )

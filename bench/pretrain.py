@@ -117,6 +117,15 @@ def warmup_cosine_schedule(cfg: PretrainConfig, total_steps: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------
+def compile_networks(module: torch.nn.Module, backend: str = "inductor") -> None:
+    """``torch.compile`` every child network of ``module`` in place (``nn.Module.compile``):
+    the same parameters, buffers and state-dict keys, so checkpoints, EMA updates and the
+    saved backbone are unaffected; only the forward passes run compiled."""
+    for child in module.children():
+        if any(True for _ in child.parameters()):
+            child.compile(backend=backend)
+
+
 def shuffled_batches(
     patches, batch_size: int, generator: torch.Generator, pin_memory: bool = False
 ) -> DataLoader:
@@ -161,6 +170,8 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
     method = build_method(job, dataset.in_channels, mean, std).to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        compile_networks(method)
     optimizer = build_optimizer(
         parameter_groups(method, cfg.weight_decay),
         cfg.optimizer,

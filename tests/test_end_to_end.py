@@ -202,3 +202,18 @@ def test_glcnet_sweep_saves_its_decoder_and_records_the_load_mode(dirs):
     store = RunStore(results)
     assert (store.run_dir(records["glcnet"]["pretrain_id"]) / DECODER).exists()
     assert not (store.run_dir(records["simclr"]["pretrain_id"]) / DECODER).exists()
+
+
+def test_compiled_sweep_gives_the_same_scores(tmp_path):
+    """pretrain.compile / finetune.compile with the real inductor backend on CPU: the sweep
+    completes and scores as the uncompiled one (compiled kernels may round differently)."""
+    common = dict(methods=("simclr",), fractions=(0.5,), overrides=TINY)
+    plain = run_sweep(SweepSpec(**common), tmp_path / "plain", tmp_path / "data")
+    compiled_spec = SweepSpec(
+        **{**common, "overrides": (*TINY, "pretrain.compile=true", "finetune.compile=true")}
+    )
+    compiled = run_sweep(compiled_spec, tmp_path / "compiled", tmp_path / "data")
+    assert plain.ok and compiled.ok
+    assert [j.job_id for j in plain.jobs] == [j.job_id for j in compiled.jobs]
+    (a,), (b,) = plain.finetune_records(), compiled.finetune_records()
+    assert b["miou"] == pytest.approx(a["miou"], abs=0.02)

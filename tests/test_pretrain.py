@@ -97,3 +97,29 @@ def test_batched_reads_keep_the_dataloader_order():
     pairs = list(zip(expected, got, strict=True))
     assert len(pairs) == 6
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_compiled_networks_compute_the_same_loss_and_keep_state_keys(method):
+    """pretrain.compile compiles the child networks in place: the loss of a step is the
+    same, and the state-dict keys (checkpoints, saved backbone) do not change."""
+    from bench.config import PretrainConfig
+    from bench.methods import METHODS
+    from bench.methods.base import StepContext
+    from bench.pretrain import compile_networks
+
+    cls = METHODS.get(method)
+    config = PretrainConfig(view_size=32, batch_size=4)
+    torch.manual_seed(0)
+    plain = cls(cls.Params(), config, 3, [0.5] * 3, [0.25] * 3)
+    compiled = cls(cls.Params(), config, 3, [0.5] * 3, [0.25] * 3)
+    compiled.load_state_dict(plain.state_dict())
+    compile_networks(compiled, backend="eager")  # dynamo's tracing, without codegen
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    images = torch.rand(4, 3, 32, 32)
+    losses = []
+    for model in (plain, compiled):
+        torch.manual_seed(1)
+        loss, _ = model.training_step(images, StepContext(0, 10, 0))
+        losses.append(float(loss.detach()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
