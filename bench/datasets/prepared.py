@@ -181,25 +181,28 @@ class PreparedDataset(SegmentationDataset):
     def dataset_dir(self) -> Path:
         return self.data_root / self.name
 
+    def _other_settings(self) -> dict[str, Any]:
+        """Settings besides the patch grid that differ from their defaults."""
+        defaults = self.Params()
+        return {
+            f.name: getattr(self.params, f.name)
+            for f in dataclasses.fields(self.params)
+            if f.name not in ("patch_size", "stride")
+            and getattr(self.params, f.name) != getattr(defaults, f.name)
+        }
+
     @property
     def prepared_dir(self) -> Path:
         name = f"patch{self.params.patch_size}_stride{self.stride}"
-        defaults = self.Params()
-        for f in dataclasses.fields(self.params):
-            value = getattr(self.params, f.name)
-            if f.name not in ("patch_size", "stride") and value != getattr(defaults, f.name):
-                name += f"_{f.name}-{value}"
+        name += "".join(f"_{key}-{value}" for key, value in self._other_settings().items())
         return self.dataset_dir / name
 
     def prepare_command(self) -> str:
         flags = f" --patch-size {self.params.patch_size}"
         if self.params.stride:
             flags += f" --stride {self.params.stride}"
-        defaults = self.Params()
-        for f in dataclasses.fields(self.params):
-            value = getattr(self.params, f.name)
-            if f.name not in ("patch_size", "stride") and value != getattr(defaults, f.name):
-                flags += f" --set {self.name}.{f.name}={value}"
+        for key, value in self._other_settings().items():
+            flags += f" --set {self.name}.{key}={value}"
         return (
             f"python -m bench prepare {self.name} --raw <folder of the raw release>"
             f" --data-root {self.data_root}{flags}"
