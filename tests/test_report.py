@@ -24,6 +24,8 @@ from scipy import stats
 
 from bench.cli import main
 from bench.config import ConfigError
+from bench.datasets.loveda import LOVEDA_CLASSES
+from bench.datasets.synthetic_scene import CLASS_NAMES
 from bench.report import (
     MIN_PAIRED_SEEDS,
     build_table,
@@ -37,16 +39,7 @@ from bench.report import (
 from bench.store import RunStore, failed_record
 
 GOLDEN = Path(__file__).parent / "golden"
-SYNTHETIC_CLASSES = (
-    "impervious_surface",
-    "building",
-    "low_vegetation",
-    "tree",
-    "car",
-    "water",
-    "clutter",
-)
-LOVEDA_CLASSES = ("background", "building", "road", "water", "barren", "forest", "agriculture")
+SYNTHETIC_CLASSES = CLASS_NAMES
 # Per-class IoU = mIoU + these offsets (they sum to zero, so the classes average to the mIoU).
 OFFSETS = (0.10, -0.05, 0.02, -0.02, -0.10, 0.03, 0.02)
 
