@@ -36,7 +36,12 @@ PROFILE_KEYS: dict[str, tuple[str, type]] = {
     "setup": ("slurm_setup", list),
     "additional_parameters": ("slurm_additional_parameters", dict),
     "python": ("python", str),  # command that runs Python on the nodes (default: this one)
+    # Data-parallel pretraining (bench.distributed): processes (GPUs) per node and nodes of
+    # every pretraining job, unless --set pretrain.gpus / pretrain.nodes say otherwise.
+    "pretrain_gpus": ("", int),
+    "pretrain_nodes": ("", int),
 }
+HARNESS_KEYS = {"python", "pretrain_gpus", "pretrain_nodes"}  # not submitit parameters
 
 # Every job asks SLURM to cancel it when its dependency failed, instead of leaving it
 # pending forever with Reason=DependencyNeverSatisfied.
@@ -107,7 +112,9 @@ def load_profile(path: Path | str | None, overrides: dict[str, Any] | None = Non
 def executor_parameters(profile: Profile) -> dict[str, Any]:
     """``AutoExecutor.update_parameters`` keywords for ``profile`` (without ``python``)."""
     params = {
-        PROFILE_KEYS[key][0]: value for key, value in profile.settings.items() if key != "python"
+        PROFILE_KEYS[key][0]: value
+        for key, value in profile.settings.items()
+        if key not in HARNESS_KEYS
     }
     params["slurm_additional_parameters"] = {
         **ALWAYS_SBATCH,
@@ -129,6 +136,31 @@ def make_executor(cluster: str, folder: Path, profile: Profile, name: str = "ben
         raise ConfigError(f"cannot submit to {cluster}: {error}") from None
     executor.update_parameters(name=name, **executor_parameters(profile))
     return executor
+
+
+def pretrain_layout(job, profile: Profile) -> tuple[int, int]:
+    """(processes per node, nodes) of a job: ``pretrain.gpus`` / ``pretrain.nodes``, else the
+    profile's ``pretrain_gpus`` / ``pretrain_nodes``, else one; (1, 1) for fine-tuning."""
+    if job.kind != "pretrain":
+        return 1, 1
+    per_node = job.pretrain.gpus or profile.settings.get("pretrain_gpus") or 1
+    nodes = job.pretrain.nodes or profile.settings.get("pretrain_nodes") or 1
+    if per_node < 1 or nodes < 1:
+        raise ConfigError("pretrain_gpus and pretrain_nodes must be >= 1")
+    return per_node, nodes
+
+
+def layout_parameters(profile: Profile, per_node: int, nodes: int) -> dict[str, Any]:
+    """``update_parameters`` keywords for a job of ``per_node`` processes on each of
+    ``nodes`` nodes: one task per process, one GPU per task where the profile asks for GPUs
+    (CPU processes otherwise), and srun kills every task when one fails (the others would
+    wait for it in a collective until the timeout)."""
+    params: dict[str, Any] = {"nodes": nodes, "tasks_per_node": per_node}
+    gpus = profile.settings.get("gpus_per_node")
+    if gpus:
+        params["gpus_per_node"] = per_node if per_node * nodes > 1 else gpus
+    params["slurm_srun_args"] = ["--kill-on-bad-exit=1"] if per_node * nodes > 1 else []
+    return params
 
 
 def sbatch_script(profile: Profile, folder: Path, array_size: int | None = None) -> str:

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 NOT_IDENTITY = {"identity": False}
+# Part of the id only when set to something other than the default: a setting added later
+# leaves the ids of every job that does not use it unchanged.
+IDENTITY_IF_SET = {"identity": "if_set"}
 
 # What fine-tuning loads from a pretraining run, each mode a superset of the one before:
 # the encoder; plus smp's decoder.aspp; plus the rest of the decoder (never the class head).
@@ -48,7 +51,13 @@ class PretrainConfig:
     batch_size: int = 64  # images per step; each gives two views
     view_size: int = 48  # side of the augmented views fed to the network
     optimizer: Literal["adam", "adamw", "sgd", "lars"] = "adam"
-    lr: float = 1e-3  # peak learning rate, used as given (paper presets pre-scale it)
+    lr: float = 1e-3  # peak learning rate at lr_base_batch images (as given with "none")
+    # How the peak LR follows the global batch (batch_size, over all processes): "linear"
+    # lr * batch_size / lr_base_batch (Goyal et al. 2017; SimCLR, MoCo, BYOL and VISSL all
+    # state their LR per 256 images), "sqrt" lr * sqrt(batch_size / lr_base_batch) (SimCLR
+    # appendix B.1), "none" lr as given (the Adam recipes of GLCNet and the multitask method).
+    lr_scaling: Literal["none", "linear", "sqrt"] = field(default="none", metadata=IDENTITY_IF_SET)
+    lr_base_batch: int = field(default=256, metadata=IDENTITY_IF_SET)
     weight_decay: float = 1e-6  # not applied to BN and bias parameters (VISSL, BYOL)
     momentum: float = 0.9
     # warmup_cosine: linear warm-up then cosine (SimCLR/VISSL); step: lr * gamma every
@@ -65,9 +74,18 @@ class PretrainConfig:
     # at the first steps, meant for long GPU runs. An execution choice, not part of the id.
     compile: bool = field(default=False, metadata=NOT_IDENTITY)
     log_every: int = field(default=10, metadata=NOT_IDENTITY)
+    # Data-parallel pretraining (bench.distributed): processes per node (one per GPU) and
+    # nodes; None takes the cluster profile's pretrain_gpus / pretrain_nodes, else 1. The
+    # global batch stays batch_size, split evenly over the processes, so these are execution
+    # choices and not part of the id (the record keeps the world size).
+    gpus: int | None = field(default=None, metadata=NOT_IDENTITY)
+    nodes: int | None = field(default=None, metadata=NOT_IDENTITY)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "pretrain.epochs must be >= 1")
+        _require(self.lr_base_batch >= 1, "pretrain.lr_base_batch must be >= 1")
+        _require(self.gpus is None or self.gpus >= 1, "pretrain.gpus must be >= 1")
+        _require(self.nodes is None or self.nodes >= 1, "pretrain.nodes must be >= 1")
         _require(self.batch_size >= 2, "pretrain.batch_size must be >= 2 (contrastive pairs)")
         _require(self.lr > 0, "pretrain.lr must be > 0")
         _require(0 <= self.warmup_fraction < 1, "pretrain.warmup_fraction must be in [0, 1)")
@@ -156,7 +174,8 @@ PRESETS: dict[str, Preset] = {
                     "batch_size": 256,
                     "view_size": 224,
                     "optimizer": "lars",
-                    "lr": 4.8,
+                    "lr": 4.8,  # at 256 images; linear in the global batch (VISSL)
+                    "lr_scaling": "linear",
                     "weight_decay": 1e-6,
                     "momentum": 0.9,
                     "warmup_fraction": 0.1,
@@ -285,13 +304,20 @@ def identity_dict(obj: Any) -> Any:
         return {
             f.name: identity_dict(getattr(obj, f.name))
             for f in dataclasses.fields(obj)
-            if f.metadata.get("identity", True)
+            if _in_identity(f, getattr(obj, f.name))
         }
     if isinstance(obj, (tuple, list)):
         return [identity_dict(v) for v in obj]
     if isinstance(obj, dict):
         return {str(k): identity_dict(v) for k, v in obj.items()}
     return obj
+
+
+def _in_identity(spec: dataclasses.Field, value: Any) -> bool:
+    rule = spec.metadata.get("identity", True)
+    if rule == "if_set":
+        return value != spec.default
+    return bool(rule)
 
 
 def full_dict(obj: Any) -> Any:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import Profile, load_profile, make_executor
+from bench.cluster import Profile, layout_parameters, load_profile, make_executor, pretrain_layout
 from bench.config import ConfigError
 from bench.jobs import Job, execute, job_spec
 from bench.store import RunStore, skipped_record
@@ -35,6 +35,13 @@ class InlineExecutor:
     name = "inline"
 
     def run(self, jobs: list[Job], results_root: Path, data_root=None) -> dict[str, dict[str, Any]]:
+        many = [job.job_id for job in jobs if pretrain_layout(job, load_profile(None)) != (1, 1)]
+        if many:
+            raise ConfigError(
+                f"{len(many)} pretraining job(s) ask for several processes (pretrain.gpus / "
+                "pretrain.nodes); the inline executor runs one process: use --executor slurm "
+                "(or local, one node)"
+            )
         store = RunStore(results_root)
         records: dict[str, dict[str, Any]] = {}
         total = len(jobs)
@@ -149,8 +156,14 @@ class SubmititExecutor:
         folder = results_root / ".submitit" / "%j"
         executor = make_executor("slurm", folder, self.profile)
 
-        pretraining = [job for job in wanted if job.kind == "pretrain"]
-        self._submit_array(executor, "bench-pretrain", pretraining, None, store, data_root, report)
+        layouts: dict[tuple[int, int], list[Job]] = {}  # one array per process layout
+        for job in wanted:
+            if job.kind == "pretrain":
+                layouts.setdefault(pretrain_layout(job, self.profile), []).append(job)
+        for layout, pretraining in layouts.items():
+            self._submit_array(
+                executor, "bench-pretrain", pretraining, None, store, data_root, report, layout
+            )
         pending_ids.update(report.submitted)
 
         groups: dict[str | None, list[Job]] = {}
@@ -170,19 +183,22 @@ class SubmititExecutor:
         return report
 
     def _submit_array(
-        self, executor, name, jobs, after, store, data_root, report: SubmitReport
+        self, executor, name, jobs, after, store, data_root, report: SubmitReport, layout=(1, 1)
     ) -> None:
         if not jobs:
             return
         executor.update_parameters(
-            name=name, slurm_dependency=f"afterok:{after}" if after else None
+            name=name,
+            slurm_dependency=f"afterok:{after}" if after else None,
+            **layout_parameters(self.profile, *layout),
         )
         if after is None:  # update_parameters ignores None: drop an earlier dependency
             executor._executor.parameters.pop("dependency", None)
         for job in jobs:
             store.prepare_run(job, job_spec(job))
+        processes = layout[0] * layout[1]
         submitted = executor.submit_array(
-            [JobSubmission(job, store.root, data_root) for job in jobs]
+            [JobSubmission(job, store.root, data_root, processes) for job in jobs]
         )
         for job, handle in zip(jobs, submitted, strict=True):
             write_submission(
@@ -270,23 +286,39 @@ class SubmititExecutor:
                 and not store.is_done(job.job_id)
                 and all(store.is_done(d) for d in job.depends_on)
             ]
-            for start in range(0, len(stage), parallel):
-                chunk = stage[start : start + parallel]
-                for job in chunk:
-                    store.prepare_run(job, job_spec(job))
-                handles = executor.submit_array(
-                    [JobSubmission(job, results_root, data_root) for job in chunk]
+            layouts: dict[tuple[int, int], list[Job]] = {}
+            for job in stage:
+                layouts.setdefault(pretrain_layout(job, self.profile), []).append(job)
+            for layout, group in layouts.items():
+                self._run_chunks(executor, group, layout, parallel, results_root, data_root, store)
+
+    def _run_chunks(self, executor, jobs, layout, parallel, results_root, data_root, store):
+        """Run ``jobs`` (all of one process layout) ``parallel`` at a time and wait."""
+        per_node, nodes = layout
+        if nodes > 1 or (per_node > 1 and self.cluster == "debug"):
+            where = "one process" if self.cluster == "debug" else "one node"
+            raise ConfigError(
+                f"the {self.cluster} executor runs {where}; pretrain.gpus={per_node} x "
+                f"pretrain.nodes={nodes} needs --executor slurm"
+            )
+        executor.update_parameters(**layout_parameters(self.profile, per_node, nodes))
+        for start in range(0, len(jobs), parallel):
+            chunk = jobs[start : start + parallel]
+            for job in chunk:
+                store.prepare_run(job, job_spec(job))
+            handles = executor.submit_array(
+                [JobSubmission(job, results_root, data_root, per_node) for job in chunk]
+            )
+            for job, handle in zip(chunk, handles, strict=True):
+                write_submission(
+                    store, job, self.cluster, handle.job_id, executor.folder, self.context
                 )
-                for job, handle in zip(chunk, handles, strict=True):
-                    write_submission(
-                        store, job, self.cluster, handle.job_id, executor.folder, self.context
-                    )
-                for job, handle in zip(chunk, handles, strict=True):
-                    try:
-                        handle.result()
-                        log.info("ok: %s (%s)", job.describe(), job.job_id)
-                    except Exception as error:  # noqa: BLE001  (the record says what failed)
-                        log.warning("failed: %s: %s", job.job_id, str(error).strip()[-300:])
+            for job, handle in zip(chunk, handles, strict=True):
+                try:
+                    handle.result()
+                    log.info("ok: %s (%s)", job.describe(), job.job_id)
+                except Exception as error:  # noqa: BLE001  (the record says what failed)
+                    log.warning("failed: %s: %s", job.job_id, str(error).strip()[-300:])
 
 
 def _absolute_data_root(data_root) -> str:

@@ -89,30 +89,51 @@ def job_spec(job: Job) -> dict[str, Any]:
     return {"job_id": job.job_id, "kind": job.kind, **full_dict(job)}
 
 
-def execute(job: Job, results_root: Path | str, data_root: Path | str | None = None) -> dict:
+def execute(
+    job: Job,
+    results_root: Path | str,
+    data_root: Path | str | None = None,
+    processes: int = 1,
+) -> dict:
     """Run ``job`` unless its record says it is done; always return its record.
 
     An exception inside the job becomes a failed record (with the traceback) instead of
-    propagating, so a sweep reports what failed and goes on.
+    propagating, so a sweep reports what failed and goes on. ``processes`` > 1 (a pretraining
+    launched as one task per GPU) joins the job's process group first
+    (:mod:`bench.distributed`); then rank 0 writes the files, and a process that fails alone
+    writes the failed record itself, since the others may never get to it.
     """
+    from bench import distributed
+
+    if processes > 1 and not isinstance(job, PretrainJob):
+        raise ValueError(f"{job.job_id}: only pretraining runs on several processes")
     store = RunStore(results_root)
     done = store.read_record(job.job_id)
     if done is not None and done.get("status") == "ok":
         return done
-    run_dir = store.prepare_run(job, job_spec(job))
-    try:
-        if isinstance(job, PretrainJob):
-            from bench.pretrain import run_pretraining
+    with distributed.process_group(processes) as place:
+        if place.is_main:
+            store.prepare_run(job, job_spec(job))
+        distributed.barrier()
+        run_dir = store.run_dir(job.job_id)
+        try:
+            if isinstance(job, PretrainJob):
+                from bench.pretrain import run_pretraining
 
-            record = run_pretraining(job, run_dir, data_root)
-        else:
-            from bench.finetune import run_finetuning
+                record = run_pretraining(job, run_dir, data_root)
+            else:
+                from bench.finetune import run_finetuning
 
-            record = run_finetuning(job, run_dir, store, data_root)
-    except (KeyboardInterrupt, Preempted):
-        raise  # not a failure: the checkpoint is written, a rerun resumes
-    except Exception as error:  # noqa: BLE001  (reported in the record)
-        log.error("%s failed: %s: %s", job.job_id, type(error).__name__, error)
-        record = failed_record(job, error, traceback.format_exc())
-    store.write_record(job.job_id, record)
+                record = run_finetuning(job, run_dir, store, data_root)
+        except (KeyboardInterrupt, Preempted):
+            raise  # not a failure: the checkpoint is written, a rerun resumes
+        except Exception as error:  # noqa: BLE001  (reported in the record)
+            log.error("%s failed: %s: %s", job.job_id, type(error).__name__, error)
+            record = failed_record(job, error, traceback.format_exc())
+            if not place.is_main:
+                record["failed_process"] = place.rank
+                store.write_record(job.job_id, record)
+                return record
+        if place.is_main:
+            store.write_record(job.job_id, record)
     return record

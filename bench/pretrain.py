@@ -22,11 +22,11 @@ import timm.optim
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
-from bench import checkpoint
-from bench.config import PretrainConfig
+from bench import checkpoint, distributed
+from bench.config import ConfigError, PretrainConfig
 from bench.datasets import DATASETS
 from bench.methods import METHODS, PretrainingMethod, StepContext
-from bench.preemption import StopSignals
+from bench.preemption import Preempted, StopSignals
 from bench.store import (
     BACKBONE,
     CHECKPOINT,
@@ -94,19 +94,32 @@ def build_optimizer(
     raise ValueError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd, lars")
 
 
+def peak_lr(cfg: PretrainConfig) -> float:
+    """``cfg.lr`` scaled to the global batch by ``cfg.lr_scaling`` (the LR of the papers'
+    "lr x batch / 256" rules)."""
+    ratio = cfg.batch_size / cfg.lr_base_batch
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * ratio
+    if cfg.lr_scaling == "sqrt":
+        return cfg.lr * math.sqrt(ratio)
+    return cfg.lr
+
+
 def lr_schedule(cfg: PretrainConfig, total_steps: int, steps_per_epoch: int) -> np.ndarray:
     """The per-step learning rates of ``cfg.schedule``."""
     if cfg.schedule == "step":
         epochs = np.arange(total_steps) // steps_per_epoch
-        return cfg.lr * cfg.step_gamma ** (epochs // cfg.step_epochs)
+        return peak_lr(cfg) * cfg.step_gamma ** (epochs // cfg.step_epochs)
     return warmup_cosine_schedule(cfg, total_steps)
 
 
 def warmup_cosine_schedule(cfg: PretrainConfig, total_steps: int) -> np.ndarray:
     """Per-step LR: linear warm-up from ``lr * warmup_start_factor`` to ``lr`` over the first
-    ``warmup_fraction`` of steps, then cosine to ``lr * final_lr_factor`` (VISSL SimCLR)."""
+    ``warmup_fraction`` of steps, then cosine to ``lr * final_lr_factor`` (VISSL SimCLR);
+    ``lr`` is :func:`peak_lr`."""
     warmup = int(round(cfg.warmup_fraction * total_steps))
-    start, peak, final = cfg.lr * cfg.warmup_start_factor, cfg.lr, cfg.lr * cfg.final_lr_factor
+    peak = peak_lr(cfg)
+    start, final = peak * cfg.warmup_start_factor, peak * cfg.final_lr_factor
     ramp = np.linspace(start, peak, warmup, endpoint=False) if warmup else np.empty(0)
     rest = total_steps - warmup
     t = np.arange(rest) / max(1, rest - 1)
@@ -127,16 +140,31 @@ def compile_networks(module: torch.nn.Module, backend: str = "inductor") -> None
 
 
 def shuffled_batches(
-    patches, batch_size: int, generator: torch.Generator, pin_memory: bool = False
+    patches,
+    batch_size: int,
+    generator: torch.Generator,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """Shuffled full batches, read with one indexed access per batch (a memory-mapped
     prepared dataset reads a batch ~12x faster than item by item, see
     benchmarks/loader_throughput.py). The order is exactly that of
-    ``DataLoader(patches, batch_size, shuffle=True, drop_last=True, generator=generator)``."""
+    ``DataLoader(patches, batch_size, shuffle=True, drop_last=True, generator=generator)``;
+    with ``world_size`` processes each reads its own contiguous shard of every such global
+    batch (:class:`bench.distributed.ShardedBatches`)."""
     batches = BatchSampler(RandomSampler(patches, generator=generator), batch_size, True)
+    if world_size > 1:
+        batches = distributed.ShardedBatches(batches, rank, world_size)
     return DataLoader(
         patches, sampler=batches, batch_size=None, generator=generator, pin_memory=pin_memory
     )
+
+
+def raise_preempted(stop: StopSignals, where: str) -> None:
+    """Stop after checkpointing: every process raises, whichever received the signal."""
+    name = stop.requested or "a stop signal to another process"
+    raise Preempted(f"{name} received; checkpoint written {where}", stop.signum)
 
 
 def build_method(job, in_channels: int, band_mean, band_std) -> PretrainingMethod:
@@ -150,11 +178,32 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Torch's seed for an epoch's augmentations: a single process's for rank 0, a
+    different stream for each other process (its images get their own random views)."""
+    return seed_for(seed, epoch) if rank == 0 else seed_for(seed, epoch, 0xD15, rank)
+
+
+def local_batch_size(cfg: PretrainConfig, world_size: int) -> int:
+    if cfg.batch_size % world_size:
+        raise ConfigError(
+            f"pretrain.batch_size={cfg.batch_size} (the global batch) does not split evenly "
+            f"over {world_size} processes (pretrain.gpus x pretrain.nodes)"
+        )
+    return cfg.batch_size // world_size
+
+
 def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> dict[str, Any]:
     """Pretrain ``job.method``; write checkpoint.pt each epoch, and at the end backbone.pt
-    (plus decoder.pt for methods that pretrain smp's ASPP/decoder)."""
+    (plus decoder.pt for methods that pretrain smp's ASPP/decoder).
+
+    Inside a process group (:mod:`bench.distributed`) every process trains on its shard of
+    each global batch, gradients are averaged, and only rank 0 writes files."""
     cfg: PretrainConfig = job.pretrain
-    device = resolve_device()
+    place = distributed.topology()
+    world, main = place.world_size, place.is_main
+    device = place.device() if world > 1 else resolve_device()
+    local_batch_size(cfg, world)
     dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
     train = dataset.load_split("train")
     steps_per_epoch = len(train) // cfg.batch_size
@@ -168,6 +217,10 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
     torch.manual_seed(seed_for(job.seed, 0xB0))
     mean, std = dataset.band_stats()
     method = build_method(job, dataset.in_channels, mean, std).to(device)
+    if world > 1:
+        if type(method).sync_batchnorm:  # the paper's cross-device BN
+            method = distributed.convert_batchnorm(method, device)
+        distributed.broadcast_state(method)  # identical replicas, whatever the seeding did
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
     if cfg.compile:
@@ -199,29 +252,56 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
             steps_per_epoch,
         )
 
-    def snapshot(epoch: int, batch: int, totals: dict[str, Any]) -> dict[str, Any]:
-        """Everything needed to continue at ``batch`` of ``epoch`` exactly."""
-        return {
+    def save_checkpoint(epoch: int, batch: int, totals: dict[str, Any]) -> None:
+        """Everything needed to continue at ``batch`` of ``epoch`` exactly (rank 0 writes;
+        every process's random state is kept, so a resume with as many processes is exact).
+        """
+        rng = checkpoint.rng_state()
+        rng_ranks = distributed.gather_objects(rng) if world > 1 else None
+        if not main:
+            return
+        state = {
             "job_id": job.job_id,
             "epoch": epoch,
             "batch": batch,
             "model": method.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "rng": checkpoint.rng_state(),
+            "rng": rng,
             "totals": totals,
         }
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+        checkpoint.save(checkpoint_path, state)
+
+    def restore_rng(epoch: int, batch: int) -> None:
+        ranks = state.get("rng_ranks")
+        if world == 1 and ranks is None:
+            checkpoint.set_rng_state(state["rng"])
+        elif ranks is not None and len(ranks) == world:
+            checkpoint.set_rng_state(ranks[place.rank])
+        else:  # written by another number of processes: same data, fresh view randomness
+            log.warning(
+                "%s: the checkpoint was written by %d process(es), this run has %d; the "
+                "data order continues exactly, the augmentations are reseeded",
+                job.job_id,
+                len(ranks) if ranks else 1,
+                world,
+            )
+            torch.manual_seed(seed_for(epoch_seed(job.seed, epoch, place.rank), batch))
 
     started = time.perf_counter()
     images_seen, loss_value = 0, math.nan
     with StopSignals() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             method.train()
-            torch.manual_seed(seed_for(job.seed, epoch))
+            torch.manual_seed(epoch_seed(job.seed, epoch, place.rank))
             loader = shuffled_batches(
                 train,
                 cfg.batch_size,
                 torch.Generator().manual_seed(seed_for(job.seed, epoch, 1)),
                 pin_memory=device.type == "cuda",
+                rank=place.rank,
+                world_size=world,
             )
             epoch_start = time.perf_counter()
             skip = start_batch if epoch == start_epoch else 0
@@ -232,7 +312,7 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
                 if batch_index < skip:
                     continue  # the same seeded order: these batches were trained on already
                 if batch_index == skip and skip:
-                    checkpoint.set_rng_state(state["rng"])
+                    restore_rng(epoch, batch_index)
                 step = epoch * steps_per_epoch + batch_index
                 for group in optimizer.param_groups:
                     group["lr"] = float(schedule[step])
@@ -240,7 +320,13 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
                 ctx = StepContext(step=step, total_steps=total_steps, epoch=epoch)
                 with autocast_for(device, cfg.amp):
                     loss, extras = method.training_step(images, ctx)
-                loss_value = float(loss.detach())
+                # one all-reduce: the loss and scalars over all processes, and whether any
+                # process was told to stop (all must stop at the same step)
+                names = sorted(extras)
+                local = [float(loss.detach()), float(bool(stop.requested))]
+                means = distributed.mean_over_processes(local + [extras[k] for k in names], device)
+                loss_value, stopping = means[0], means[1] > 0
+                extras = dict(zip(names, means[2:], strict=True))
                 if not math.isfinite(loss_value):
                     raise NonFiniteLossError(
                         f"non-finite loss {loss_value} at epoch {epoch} step {step}; "
@@ -248,12 +334,13 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                distributed.average_gradients(method.parameters())
                 scaler.step(optimizer)
                 scaler.update()
                 method.after_optimizer_step(ctx)
                 totals["loss"] += loss_value
-                images_seen += images.shape[0]
-                if extras:  # method-specific scalars: one JSON line per step, epoch means
+                images_seen += images.shape[0] * world
+                if extras and main:  # method-specific scalars: one JSON line per step
                     append_log(
                         run_dir,
                         {
@@ -264,11 +351,12 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
                             **extras,
                         },
                     )
+                if extras:  # and their epoch means
                     for key, value in extras.items():
                         totals["sums"][key] = totals["sums"].get(key, 0.0) + value
                         totals["counts"][key] = totals["counts"].get(key, 0) + 1
                     extra_means = {k: v / totals["counts"][k] for k, v in totals["sums"].items()}
-                if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
+                if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
                     rate = images_seen / max(time.perf_counter() - started, 1e-9)
                     extra = "".join(f" | {k} {v:.3g}" for k, v in extra_means.items())
                     log.info(
@@ -284,30 +372,35 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
                         rate,
                         extra,
                     )
-                if stop.requested:
-                    checkpoint.save(checkpoint_path, snapshot(epoch, batch_index + 1, totals))
-                    stop.check(f"at epoch {epoch + 1}, step {step + 1}")
-            append_log(
-                run_dir,
-                {
-                    "kind": "epoch",
-                    "epoch": epoch + 1,
-                    "step": (epoch + 1) * steps_per_epoch,
-                    "loss": totals["loss"] / steps_per_epoch,
-                    "lr": float(schedule[(epoch + 1) * steps_per_epoch - 1]),
-                    "epoch_seconds": time.perf_counter() - epoch_start,
-                    **{f"mean_{k}": v for k, v in extra_means.items()},
-                },
-            )
-            if epoch + 1 < cfg.epochs or stop.requested:  # after the last epoch the
-                checkpoint.save(checkpoint_path, snapshot(epoch + 1, 0, {}))  # weights follow
-            stop.check(f"after epoch {epoch + 1}")
+                if stopping:
+                    save_checkpoint(epoch, batch_index + 1, totals)
+                    raise_preempted(stop, f"at epoch {epoch + 1}, step {step + 1}")
+            stopping = distributed.mean_over_processes([float(bool(stop.requested))], device)
+            stopping = stopping[0] > 0
+            if main:
+                append_log(
+                    run_dir,
+                    {
+                        "kind": "epoch",
+                        "epoch": epoch + 1,
+                        "step": (epoch + 1) * steps_per_epoch,
+                        "loss": totals["loss"] / steps_per_epoch,
+                        "lr": float(schedule[(epoch + 1) * steps_per_epoch - 1]),
+                        "epoch_seconds": time.perf_counter() - epoch_start,
+                        **{f"mean_{k}": v for k, v in extra_means.items()},
+                    },
+                )
+            if epoch + 1 < cfg.epochs or stopping:  # after the last epoch the weights follow
+                save_checkpoint(epoch + 1, 0, {})
+            if stopping:
+                raise_preempted(stop, f"after epoch {epoch + 1}")
 
     train_seconds = time.perf_counter() - started
-    decoder = method.decoder_state_dict()
-    if decoder is not None:  # before backbone.pt, whose presence marks the weights complete
-        save_weights(run_dir / DECODER, decoder)
-    save_weights(run_dir / BACKBONE, method.backbone_state_dict())
+    if main:
+        decoder = method.decoder_state_dict()
+        if decoder is not None:  # before backbone.pt, whose presence marks the weights done
+            save_weights(run_dir / DECODER, decoder)
+        save_weights(run_dir / BACKBONE, method.backbone_state_dict())
     return {
         "status": "ok",
         "kind": "pretrain",
@@ -326,6 +419,8 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         "train_seconds": train_seconds,
         "images_per_second": images_seen / train_seconds if images_seen else None,
         "device": str(device),
+        "world_size": world,
+        "lr_peak": peak_lr(cfg),
         "finished_at": now_iso(),
         **provenance(),
     }

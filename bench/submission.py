@@ -38,15 +38,22 @@ class JobFailed(RuntimeError):
 class JobSubmission:
     """``execute(job, results_root, data_root)`` as a submitit job that can be requeued."""
 
-    def __init__(self, job: Job, results_root: Path | str, data_root: Path | str | None) -> None:
+    def __init__(
+        self,
+        job: Job,
+        results_root: Path | str,
+        data_root: Path | str | None,
+        processes: int = 1,
+    ) -> None:
         self.job = job
         self.results_root = str(results_root)
         self.data_root = None if data_root is None else str(data_root)
+        self.processes = processes  # tasks of a data-parallel pretraining (bench.distributed)
 
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         try:
-            record = execute(self.job, self.results_root, self.data_root)
+            record = execute(self.job, self.results_root, self.data_root, self.processes)
         except Preempted as stop:
             self._hand_over_to_scheduler(stop)
             raise
@@ -61,8 +68,8 @@ class JobSubmission:
 
         return submitit.helpers.DelayedSubmission(JobSubmission(*self._args()))
 
-    def _args(self) -> tuple[Job, str, str | None]:
-        return self.job, self.results_root, self.data_root
+    def _args(self) -> tuple[Job, str, str | None, int]:
+        return self.job, self.results_root, self.data_root, self.processes
 
     @staticmethod
     def _hand_over_to_scheduler(stop: Preempted) -> None:

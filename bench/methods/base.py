@@ -55,6 +55,9 @@ class Method:
     # The largest finetune.load mode (config.LOAD_MODES) this method's weights can serve:
     # "backbone" unless the method pretrains smp's ASPP/decoder too (decoder_state_dict).
     transfers: ClassVar[str] = "backbone"
+    # Batch norm over the global batch when pretraining on several processes
+    # (bench.distributed): True where the method's paper or release syncs BN across devices.
+    sync_batchnorm: ClassVar[bool] = False
 
     @classmethod
     def unavailable_reason(cls, params: Any, backbone: str) -> str | None:
@@ -96,7 +99,11 @@ class PretrainingMethod(Method, nn.Module):
     def training_step(
         self, images: torch.Tensor, ctx: StepContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss for one batch of [0, 1] images ``[B, C, H, W]`` and scalars to log."""
+        """Loss for one batch of [0, 1] images ``[B, C, H, W]`` and scalars to log.
+
+        On several processes ``images`` is this process's shard of the global batch; a loss
+        over the global batch gathers embeddings with ``bench.distributed.gather_views``.
+        Scalars must have the same keys on every process (they are averaged)."""
         raise NotImplementedError
 
     def after_optimizer_step(self, ctx: StepContext) -> None:

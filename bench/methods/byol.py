@@ -52,6 +52,10 @@ class BYOL(PretrainingMethod):
 
     Params = BYOLParams
     summary = "BYOL: predict an EMA target's projection of the other view (Grill et al. 2020)"
+    # The release normalises with statistics over all devices (cross-replica batch norm).
+    # The loss has no negatives, so it stays a mean over each process's images; targets
+    # stay identical everywhere because every process applies the same averaged update.
+    sync_batchnorm = True
     preset_params = {"quick": {"crop_scale": (0.2, 1.0)}}
     # LARS, LR 0.2 x batch/256, wd 1.5e-6, 10 warm-up epochs of 300, cosine (sec. 3.3).
     preset_pretrain = {

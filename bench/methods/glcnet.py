@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from bench import distributed
 from bench.augment import blur_kernel_size, on_rgb
 from bench.correspondence import (
     ViewGeometry,
@@ -103,6 +104,8 @@ def region_means(feature_map: torch.Tensor, boxes: torch.Tensor, view_size: int)
     per region pixel (``sampling_ratio`` = region side), and averages them.
     ``boxes``: ``[K, 5]`` = (image, x0, y0, x1, y1), square, in view pixels.
     """
+    if len(boxes) == 0:  # no region matched in this process's images
+        return feature_map.new_zeros((0, feature_map.shape[1]), dtype=torch.float32)
     side = feature_map.shape[-1]
     scale = (side - 1) / (view_size - 1)
     widths = (boxes[:, 3] - boxes[:, 1]).round().long().unique()
@@ -146,6 +149,7 @@ class GLCNet(PretrainingMethod):
         "paper": {
             "optimizer": "adam",
             "lr": 1e-3,
+            "lr_scaling": "none",  # a fixed Adam LR in the release
             "weight_decay": 1e-5,
             "epochs": 400,
             "batch_size": 256,
@@ -227,6 +231,9 @@ class GLCNet(PretrainingMethod):
         return captured[0], decoded
 
     def contrast(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """NT-Xent between ``first[i]`` and ``second[i]`` over the rows of every process
+        (gathered with gradients; row counts may differ between processes)."""
+        first, second = distributed.gather_uneven(first), distributed.gather_uneven(second)
         z = torch.cat([first, second])
         return nt_xent(z, self.params.temperature, self.params.positive_in_denominator)
 
@@ -238,7 +245,10 @@ class GLCNet(PretrainingMethod):
         loss_global = self.contrast(
             self.global_projector(style_vector(aspp1)), self.global_projector(style_vector(aspp2))
         )
-        if len(boxes1) >= 2:  # a contrast needs a negative
+        regions = len(boxes1)
+        if distributed.active():  # the same decision on every process
+            regions = int(distributed.all_reduce_sum(torch.tensor(regions, device=images.device)))
+        if regions >= 2:  # a contrast needs a negative
             size = self.config.view_size
             local1 = region_means(self.local_conv(decoded1), boxes1, size)
             local2 = region_means(self.local_conv(decoded2), boxes2, size)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from bench import distributed
 from bench.losses import nt_xent
 from bench.methods.base import StepContext, register_method
 from bench.methods.simclr import SimCLR, SimCLRParams
@@ -121,7 +122,9 @@ class GraSS(SimCLR):
         temperature = self.params.temperature
         views = torch.cat([self.views(images), self.views(images)], dim=0)
         feature_map = self.backbone(self.normalize(views))[-1]
-        z = self.projector(feature_map.mean(dim=(2, 3)))
+        z = distributed.gather_views(self.projector(feature_map.mean(dim=(2, 3))))
+        # on several processes the gradient of the global loss arrives summed over processes,
+        # a positive factor that the threshold rule below ignores
         (gradient,) = torch.autograd.grad(nt_xent(z, temperature), feature_map)
         search_start = time.perf_counter()
         boxes = peak_region_boxes(
@@ -129,7 +132,8 @@ class GraSS(SimCLR):
         )
         search_seconds = time.perf_counter() - search_start
         cropped = crop_and_resize(views, boxes)
-        loss = nt_xent(self.projector(self.embed(self.normalize(cropped))), temperature)
+        z = self.projector(self.embed(self.normalize(cropped)))
+        loss = nt_xent(distributed.gather_views(z), temperature)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / views.shape[-1] ** 2
         return loss, {
             "gs_stage": 1.0,

@@ -5,8 +5,13 @@ arXiv:2003.04297).
 A query encoder (backbone + MLP projector) is trained; the key encoder is its momentum (EMA)
 copy and gets no gradient. Negatives come from a queue of the last K keys, enqueued after
 every step. Loss: cross-entropy over ``[q.k+, q.queue] / tau`` with the positive at index 0.
-Shuffle-BN exists to stop BN leaking information across GPUs; a single-process run has one
-BN batch for queries and one for keys and omits it.
+On several processes (``bench.distributed``) each process's queries are normalised by its
+own BN batch, as in the MoCo release (no SyncBN), and keys use *shuffle BN* (He et al.
+2020, sec. 3.3): the key views of the global batch are gathered, permuted (the same seeded
+permutation on every process), each process encodes one shard, and the keys are gathered and
+put back in image order, so a query and its key never share BN statistics. Every process
+enqueues the keys of the whole global batch, so the queue stays identical everywhere. A
+single process has one BN batch for queries and one for keys and needs no shuffle.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bench import distributed
 from bench.augment import ViewAugmentation, ViewRecipe
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.methods.ema import ema_update, frozen_copy
@@ -97,11 +103,33 @@ class MoCo(PretrainingMethod):
         key_views = self.normalize(self.views(images))
         q = F.normalize(self.projector(self.embed(query_views)).float(), dim=1)
         with torch.no_grad():
-            k = self.key_projector(self.key_backbone(key_views)[-1].mean(dim=(2, 3)))
-            k = F.normalize(k.float(), dim=1)
+            if distributed.active():
+                k, all_keys = self.shuffled_keys(key_views, ctx.step)
+            else:
+                k = all_keys = self.keys(key_views)
         loss = moco_loss(q, k, self.queue, self.params.temperature)
-        self._pending_keys = k
+        self._pending_keys = all_keys
         return loss, {}
+
+    @torch.no_grad()
+    def keys(self, key_views: torch.Tensor) -> torch.Tensor:
+        """L2-normalised key-encoder projections (no gradient)."""
+        k = self.key_projector(self.key_backbone(key_views)[-1].mean(dim=(2, 3)))
+        return F.normalize(k.float(), dim=1)
+
+    @torch.no_grad()
+    def shuffled_keys(self, key_views: torch.Tensor, step: int):
+        """Shuffle BN: this process's keys and the keys of the global batch (image order),
+        each computed in a BN batch of randomly chosen images of the global batch."""
+        place = distributed.topology()
+        everything = distributed.gather(key_views)
+        order = shuffle_order(len(everything), step, key_views.device)
+        n = len(key_views)
+        mine = order[place.rank * n : (place.rank + 1) * n]
+        shuffled = distributed.gather(self.keys(everything[mine]))  # keys of everything[order]
+        all_keys = torch.empty_like(shuffled)
+        all_keys[order] = shuffled
+        return all_keys[place.rank * n : (place.rank + 1) * n], all_keys
 
     @torch.no_grad()
     def after_optimizer_step(self, ctx: StepContext) -> None:
@@ -118,6 +146,13 @@ class MoCo(PretrainingMethod):
         positions = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue[positions] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+
+
+def shuffle_order(size: int, step: int, device: torch.device) -> torch.Tensor:
+    """Shuffle BN's permutation of the global batch at ``step``: seeded by the step, so every
+    process draws the same one without a broadcast (and a resumed run draws it again)."""
+    generator = torch.Generator().manual_seed(0x5EED_0000 + step)
+    return torch.randperm(size, generator=generator).to(device)
 
 
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
 
+from bench import distributed
 from bench.augment import on_rgb
 from bench.losses import nt_xent
 from bench.methods.base import PretrainingMethod, StepContext, register_method
@@ -57,9 +58,16 @@ def undo_transform(image: torch.Tensor, label: int) -> torch.Tensor:
 
 
 def weighted_l1(prediction: torch.Tensor, target: torch.Tensor, corrupted: torch.Tensor):
-    """``sum(w |prediction - target|) / sum(w)`` with ``w = |target - corrupted|``."""
+    """``sum(w |prediction - target|) / sum(w)`` with ``w = |target - corrupted|``, both sums
+    over the global batch: on several processes this process's share of the numerator over
+    the global ``sum(w)``, times the number of processes, so that the mean over processes
+    (and of their gradients) is the global loss."""
     weight = (target - corrupted).abs()
-    return (weight * (prediction - target).abs()).sum() / weight.sum().clamp(min=1e-8)
+    numerator = (weight * (prediction - target).abs()).sum()
+    denominator = weight.sum().detach()
+    if distributed.active():
+        denominator = distributed.all_reduce_sum(denominator) / distributed.topology().world_size
+    return numerator / denominator.clamp(min=1e-8)
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class Multitask(PretrainingMethod):
         "paper": {
             "optimizer": "adam",
             "lr": 5e-4,
+            "lr_scaling": "none",  # a fixed Adam LR in the paper
             "schedule": "step",
             "step_epochs": 2,
             "step_gamma": 0.95,
@@ -178,7 +187,7 @@ class Multitask(PretrainingMethod):
         loss_inp = weighted_l1(reconstruction.float(), target.float(), corrupted_n.float())
         loss_agr = F.cross_entropy(self.agr_head(torch.cat([f_orig, f_trans], dim=1)), labels)
         z = self.exemplar_head(torch.cat([f_orig, f_trans]))
-        loss_ex = nt_xent(z, p.exemplar_temperature)
+        loss_ex = nt_xent(distributed.gather_views(z), p.exemplar_temperature)  # global batch
         loss = (
             p.inpainting_weight * loss_inp + p.agr_weight * loss_agr + p.exemplar_weight * loss_ex
         )

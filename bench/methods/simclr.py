@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench import distributed
 from bench.augment import ViewAugmentation, ViewRecipe
 from bench.losses import nt_xent
 from bench.methods.base import PretrainingMethod, StepContext, register_method
@@ -36,10 +37,14 @@ class SimCLRParams:
 
 @register_method("simclr")
 class SimCLR(PretrainingMethod):
-    """Two augmented views per image; NT-Xent over the 2N projected embeddings."""
+    """Two augmented views per image; NT-Xent over the 2N projected embeddings of the global
+    batch."""
 
     Params = SimCLRParams
     summary = "SimCLR: NT-Xent between two augmented views (Chen et al. 2020)"
+    # "Global BN": mean and variance aggregated over all devices (Chen et al. 2020, sec. 2.2);
+    # VISSL's SimCLR config (FALSE, GraSS) converts BN to SyncBN too.
+    sync_batchnorm = True
     preset_params = {"quick": {"crop_scale": (0.2, 1.0)}}  # 64 px patches: keep crops >= 29 px
 
     def __init__(self, params: SimCLRParams, *args, **kwargs) -> None:
@@ -61,9 +66,10 @@ class SimCLR(PretrainingMethod):
         )
 
     def two_view_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        """``z`` = [projections of all first views; of all second views], ``[2N, D]``."""
+        """``z`` = [projections of all first views; of all second views], ``[2N, D]``, over
+        the global batch (gathered with gradients from every process)."""
         views = torch.cat([self.views(images), self.views(images)], dim=0)
-        return self.projector(self.embed(self.normalize(views)))
+        return distributed.gather_views(self.projector(self.embed(self.normalize(views))))
 
     def training_step(self, images: torch.Tensor, ctx: StepContext):
         loss = nt_xent(self.two_view_embeddings(images), self.params.temperature)
