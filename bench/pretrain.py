@@ -5,6 +5,11 @@ a guard that stops on a non-finite loss, the run's settings inside every checkpo
 line of metrics per epoch in log.jsonl. A checkpoint is written atomically after every epoch;
 a rerun of the same job resumes from it. Each epoch reseeds torch's generator from
 (seed, epoch), so a resumed run computes the same weights as an uninterrupted one on CPU.
+
+The same loop runs data-parallel (``bench.distributed``): each process trains on its
+contiguous shard of every global batch, gradients are averaged after the backward pass,
+the loss, the method's scalars and "a stop signal arrived" are averaged in one all-reduce
+per step (so every process stops at the same step), and only rank 0 writes files.
 """
 
 from __future__ import annotations

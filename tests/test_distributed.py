@@ -196,6 +196,12 @@ def _distributed_steps(rank: int, out_dir: str) -> None:
         make_deterministic(method, rank * shard)
         prepare(method)
         results[name] = step(method, images)
+    # MoCo with BN in training mode: the keys of shuffle BN
+    method = make_method("moco")
+    make_deterministic(method, rank * shard)
+    method.train()
+    method.training_step(images, StepContext(step=5, total_steps=10, epoch=0))
+    results["moco_shuffled_keys"] = method._pending_keys
     torch.save(results, f"{out_dir}/rank{rank}.pt")
 
 
@@ -249,6 +255,29 @@ def test_distributed_step_equals_one_process_on_the_concatenated_batch(name, dis
             torch.testing.assert_close(
                 got["params"][key], expected, msg=lambda m, k=key: f"{name} {k}: {m}"
             )
+
+
+def test_moco_keys_come_from_shuffled_bn_batches(distributed_steps):
+    """Each process encodes the keys of a random shard of the global batch (its own BN
+    batch) and gets back the keys of its own images: recompute exactly that."""
+    from bench.methods.moco import shuffle_order
+
+    method = make_method("moco")
+    make_deterministic(method, 0)
+    method.train()
+    images = images_of_global_batch()
+    key_views = method.normalize(images.flip(-1) * 0.9)  # AlternatingViews' second call
+    order = shuffle_order(GLOBAL_BATCH, 5, images.device)
+    n = GLOBAL_BATCH // WORLD
+    expected = torch.empty(GLOBAL_BATCH, method.params.projector_dim)
+    for rank in range(WORLD):
+        mine = order[rank * n : (rank + 1) * n]
+        expected[mine] = method.keys(key_views[mine])
+    unshuffled = method.keys(key_views)  # one BN batch: what shuffling must change
+    for results in distributed_steps:
+        got = results["moco_shuffled_keys"]
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(got, unshuffled, atol=1e-3)
 
 
 def test_replicas_stay_identical(distributed_steps):
@@ -418,6 +447,15 @@ def test_new_settings_leave_existing_job_ids_alone():
     assert stable_hash(default) == stable_hash(PretrainConfig(gpus=4, nodes=2))
     assert stable_hash(default) != stable_hash(PretrainConfig(lr_scaling="linear"))
     assert "lr_scaling" not in json.dumps(__import__("bench.config").config.identity_dict(default))
+
+
+def test_executors_that_run_one_process_refuse_several(tmp_path):
+    from bench.executors import InlineExecutor
+    from bench.sweep import SweepSpec, plan
+
+    spec = SweepSpec(methods=("simclr",), fractions=(1.0,), overrides=("pretrain.gpus=2",))
+    with pytest.raises(ConfigError, match="inline executor runs one process"):
+        InlineExecutor().run(plan(spec), tmp_path)
 
 
 # ---------------------------------------------------------------------------- the loop
