@@ -147,6 +147,11 @@ def pretrain_layout(job, profile: Profile) -> tuple[int, int]:
     nodes = job.pretrain.nodes or profile.settings.get("pretrain_nodes") or 1
     if per_node < 1 or nodes < 1:
         raise ConfigError("pretrain_gpus and pretrain_nodes must be >= 1")
+    if job.pretrain.batch_size % (per_node * nodes):
+        raise ConfigError(
+            f"pretrain.batch_size={job.pretrain.batch_size} (the global batch) does not split "
+            f"evenly over {per_node} x {nodes} processes (pretrain gpus x nodes)"
+        )
     return per_node, nodes
 
 

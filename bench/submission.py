@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,18 @@ from bench.store import RunStore, atomic_write_json, now_iso
 log = logging.getLogger(__name__)
 
 SUBMISSION = "submission.json"
+# How long the other tasks of a data-parallel job wait for task 0 to requeue it.
+REQUEUE_GRACE_S = 120
+
+
+def _task_rank() -> int:
+    """This task's global rank in a submitit job (0 outside one)."""
+    import submitit
+
+    try:
+        return submitit.JobEnvironment().global_rank
+    except RuntimeError:
+        return 0
 
 
 class JobFailed(RuntimeError):
@@ -71,15 +84,26 @@ class JobSubmission:
     def _args(self) -> tuple[Job, str, str | None, int]:
         return self.job, self.results_root, self.data_root, self.processes
 
-    @staticmethod
-    def _hand_over_to_scheduler(stop: Preempted) -> None:
+    def _hand_over_to_scheduler(self, stop: Preempted) -> None:
         """The training loop took the stop signal (to checkpoint first); now give it to the
         handler that was there before, submitit's checkpoint-and-requeue, which exits. With
-        no such handler (in-process runs, SIGTERM under SLURM) the job just stops."""
-        if stop.signum is None:
+        no such handler (in-process runs, SIGTERM under SLURM) the job just stops.
+
+        In a job of several tasks only task 0 requeues (submitit's rule); the others wait
+        here to be ended by the requeue instead of failing, which would make srun
+        (``--kill-on-bad-exit``) kill task 0 before it has requeued the job."""
+        if stop.signum is None and self.processes == 1:
             return
-        handler = signal.getsignal(stop.signum)
-        if callable(handler) and getattr(handler, "__module__", "").startswith("submitit"):
+        handler = signal.getsignal(stop.signum) if stop.signum is not None else None
+        from_submitit = callable(handler) and getattr(handler, "__module__", "").startswith(
+            "submitit"
+        )
+        if self.processes > 1 and _task_rank() != 0:
+            if from_submitit or stop.signum is None:
+                log.info("%s: waiting up to %ds for task 0 to requeue", stop, REQUEUE_GRACE_S)
+                time.sleep(REQUEUE_GRACE_S)
+            return
+        if from_submitit:
             log.info("%s: checkpoint written; asking submitit to requeue", stop)
             handler(stop.signum, None)
 

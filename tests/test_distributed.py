@@ -530,3 +530,18 @@ def test_two_process_pretraining_writes_once_and_resumes_exactly(tmp_path, monke
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
     assert resumed["final_loss"] == pytest.approx(record["final_loss"], rel=1e-4)
+
+
+def test_a_global_batch_that_does_not_split_is_refused_before_submission():
+    from bench.cluster import load_profile, pretrain_layout
+
+    spec_overrides = ("pretrain.batch_size=64", "pretrain.gpus=3")
+    job = _sweep_job(spec_overrides)
+    with pytest.raises(ConfigError, match="does not split evenly over 3 x 1 processes"):
+        pretrain_layout(job, load_profile(None))
+    profile = load_profile(None, {"pretrain_gpus": 4, "pretrain_nodes": 2})
+    assert pretrain_layout(_sweep_job(("pretrain.batch_size=64",)), profile) == (4, 2)
+    assert pretrain_layout(_sweep_job(("pretrain.batch_size=64", "pretrain.gpus=2")), profile) == (
+        2,
+        2,
+    )
