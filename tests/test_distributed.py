@@ -545,3 +545,19 @@ def test_a_global_batch_that_does_not_split_is_refused_before_submission():
         2,
         2,
     )
+
+
+def test_paper_preset_scales_each_method_lr_as_its_paper_says():
+    from bench.sweep import SweepSpec, plan
+
+    spec = SweepSpec(methods=tuple(CONTRASTIVE), fractions=(0.1,), seeds=(0,), preset="paper")
+    pretraining = {job.method: job.pretrain for job in plan(spec) if job.kind == "pretrain"}
+    linear = {"simclr": 4.8, "false": 4.8, "grass": 4.8, "moco": 0.03, "byol": 0.2}
+    for name, lr in linear.items():  # "lr x batch / 256" (VISSL, MoCo v2, BYOL)
+        cfg = pretraining[name]
+        assert (cfg.lr_scaling, cfg.lr_base_batch, cfg.lr) == ("linear", 256, lr), name
+        bigger = type(cfg)(**{**cfg.__dict__, "batch_size": 4096})
+        assert peak_lr(bigger) == pytest.approx(lr * 16)
+    for name in ("glcnet", "multitask"):  # fixed Adam learning rates
+        assert pretraining[name].lr_scaling == "none"
+        assert peak_lr(pretraining[name]) == pretraining[name].lr
