@@ -251,9 +251,7 @@ def test_usr2_requeues_a_two_process_pretraining_that_resumes(dirs, tiny_overrid
     subprocess.run(
         ["scontrol", "update", f"JobId={scheduler_id}", "StartTime=now"], check=True, timeout=30
     )
-    _wait_for(
-        "the pretraining to finish", lambda: _states(results, jobs)[pretrain.job_id] == "done"
-    )
+    _wait_for("the sweep to finish", lambda: set(_states(results, jobs).values()) == {"done"})
     record = RunStore(results).read_record(pretrain.job_id)
     assert record["world_size"] == 2
     assert record["resumed_from_epoch"] > 0 or record["resumed_from_batch"] > 0
