@@ -149,8 +149,9 @@ def pretrain_layout(job, profile: Profile) -> tuple[int, int]:
         raise ConfigError("pretrain_gpus and pretrain_nodes must be >= 1")
     if job.pretrain.batch_size % (per_node * nodes):
         raise ConfigError(
-            f"pretrain.batch_size={job.pretrain.batch_size} (the global batch) does not split "
-            f"evenly over {per_node} x {nodes} processes (pretrain gpus x nodes)"
+            f"{job.job_id}: pretrain.batch_size={job.pretrain.batch_size} (the global batch) "
+            f"does not split evenly over {per_node * nodes} processes ({per_node} per node x "
+            f"{nodes} nodes); change pretrain.batch_size or pretrain.gpus / pretrain.nodes"
         )
     return per_node, nodes
 
@@ -168,15 +169,50 @@ def layout_parameters(profile: Profile, per_node: int, nodes: int) -> dict[str, 
     return params
 
 
-def sbatch_script(profile: Profile, folder: Path, array_size: int | None = None) -> str:
-    """The sbatch script submitit writes for ``profile`` (one job, or an array of
-    ``array_size`` tasks), without submitting anything. Needs ``srun`` on the PATH, as
-    submitit's SLURM executor does."""
-    executor = make_executor("slurm", folder, profile)._executor
-    executor.parameters = dict(executor.parameters)
+def set_array_parameters(
+    executor, profile: Profile, name: str, layout: tuple[int, int] = (1, 1), after=None
+) -> None:
+    """Set ``executor`` (from :func:`make_executor`) up for the next job array: its name, the
+    process layout (processes per node, nodes) of :func:`layout_parameters`, and
+    ``afterok:<after>`` when it must wait for a SLURM job (no dependency otherwise)."""
+    executor.update_parameters(
+        name=name,
+        slurm_dependency=f"afterok:{after}" if after else None,
+        **layout_parameters(profile, *layout),
+    )
+    if after is None and hasattr(executor._executor, "parameters"):
+        # update_parameters ignores None: drop the dependency of an earlier array
+        executor._executor.parameters.pop("dependency", None)
+
+
+def sbatch_script(
+    profile: Profile,
+    folder: Path,
+    array_size: int | None = None,
+    name: str = "bench-finetune",
+    layout: tuple[int, int] = (1, 1),
+) -> str:
+    """The sbatch script submitit writes for a job array of ``array_size`` tasks (or one
+    job) set up as the SLURM executor sets up its arrays (``name``, process ``layout``),
+    without submitting anything. Needs ``srun`` on the PATH, as submitit's SLURM executor
+    does."""
+    executor = make_executor("slurm", folder, profile)
+    set_array_parameters(executor, profile, name, layout)
+    return rendered_sbatch(executor, array_size)
+
+
+def rendered_sbatch(executor, array_size: int | None = None) -> str:
+    """The sbatch script that ``executor`` (a SLURM :func:`make_executor`) would submit now for
+    an array of ``array_size`` tasks (or one job); nothing is submitted."""
+    slurm = executor._executor
+    parameters = dict(slurm.parameters)
     if array_size is not None:
-        executor.parameters["map_count"] = array_size
-    return executor._make_submission_file_text(executor._submitit_command_str, "uid")
+        parameters["map_count"] = array_size
+    kept, slurm.parameters = slurm.parameters, parameters
+    try:
+        return slurm._make_submission_file_text(slurm._submitit_command_str, "uid")
+    finally:
+        slurm.parameters = kept
 
 
 # ---------------------------------------------------------------------------- SLURM states

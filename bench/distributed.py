@@ -78,18 +78,30 @@ def topology() -> Topology:
 
 
 def topology_from_environment() -> Topology:
-    """Rank and world size from submitit's job environment (inside a submitit job with
-    several tasks) or torchrun's variables; exports MASTER_ADDR/PORT, RANK, WORLD_SIZE and
-    LOCAL_RANK for torch's ``env://`` initialisation."""
+    """Rank and world size from torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR), else
+    from submitit's job environment (inside a submitit job with several tasks); exports
+    MASTER_ADDR/PORT, RANK, WORLD_SIZE and LOCAL_RANK for torch's ``env://`` initialisation.
+
+    Some of those variables may be set already in a submitit job (by the profile's ``setup``
+    lines or the submitting shell): submitit's values replace them, except ``MASTER_PORT``,
+    which submitit keeps (it chooses the port)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
         return Topology(
             int(os.environ["RANK"]),
             int(os.environ["WORLD_SIZE"]),
             int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
         )
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        raise RuntimeError(
+            "this pretraining expects several processes (pretrain.gpus x pretrain.nodes) but "
+            "was started neither by submitit nor by torchrun (no RANK/WORLD_SIZE/MASTER_ADDR); "
+            "run it with --executor slurm (or local, one node)"
+        )
     import submitit
 
-    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    env = submitit.helpers.TorchDistributedEnvironment().export(
+        set_cuda_visible_devices=False, overwrite=True
+    )
     return Topology(env.rank, env.world_size, env.local_rank)
 
 

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import Profile, layout_parameters, load_profile, make_executor, pretrain_layout
+from bench.cluster import (
+    Profile,
+    layout_parameters,
+    load_profile,
+    make_executor,
+    pretrain_layout,
+    set_array_parameters,
+)
 from bench.config import ConfigError
 from bench.jobs import Job, execute, job_spec
 from bench.store import RunStore, skipped_record
@@ -187,13 +194,7 @@ class SubmititExecutor:
     ) -> None:
         if not jobs:
             return
-        executor.update_parameters(
-            name=name,
-            slurm_dependency=f"afterok:{after}" if after else None,
-            **layout_parameters(self.profile, *layout),
-        )
-        if after is None:  # update_parameters ignores None: drop an earlier dependency
-            executor._executor.parameters.pop("dependency", None)
+        set_array_parameters(executor, self.profile, name, layout, after)
         for job in jobs:
             store.prepare_run(job, job_spec(job))
         processes = layout[0] * layout[1]

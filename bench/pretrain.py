@@ -264,6 +264,7 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         rng = checkpoint.rng_state()
         rng_ranks = distributed.gather_objects(rng) if world > 1 else None
         if not main:
+            distributed.barrier()  # wait for rank 0's write
             return
         state = {
             "job_id": job.job_id,
@@ -277,6 +278,7 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         if rng_ranks is not None:
             state["rng_ranks"] = rng_ranks
         checkpoint.save(checkpoint_path, state)
+        distributed.barrier()  # nobody stops (or is killed) before the checkpoint is written
 
     def restore_rng(epoch: int, batch: int) -> None:
         ranks = state.get("rng_ranks")

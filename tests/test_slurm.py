@@ -194,3 +194,69 @@ def _job_field(scheduler_id, name):
     ).stdout
     fields = dict(part.split("=", 1) for part in shown.split() if "=" in part)
     return fields.get(name)
+
+
+def test_two_process_pretraining_runs_as_two_tasks_of_one_job(
+    dirs, tiny_overrides, cluster, capsys
+):
+    """``--set pretrain.gpus=2`` on the local cluster (1 node, 2 CPUs): the pretraining job
+    is 2 tasks of 1 CPU in one gloo group, rank 0 writes; its fine-tuning then runs."""
+    results, data = dirs
+    spec = SweepSpec(
+        methods=("simclr",), fractions=(1.0,), overrides=(*tiny_overrides, "pretrain.gpus=2")
+    )
+    swept = run_sweep(spec, results, data, "slurm", cluster, timeout_s=DEADLINE_S)
+    assert swept.ok, swept.records
+    pretrain, finetune = swept.jobs
+    record = swept.records[pretrain.job_id]
+    assert record["world_size"] == 2 and record["steps"] == 2 * (48 // 16)
+    assert swept.records[finetune.job_id]["pretrain_id"] == pretrain.job_id
+
+    scheduler_id = _submission(results, pretrain)["scheduler_job_id"]
+    script = _sbatch_text(results, scheduler_id)
+    assert "#SBATCH --ntasks-per-node=2\n" in script and "#SBATCH --nodes=1\n" in script
+    assert " --kill-on-bad-exit=1 " in script
+    logs = sorted(p.name for p in (results / ".submitit" / scheduler_id).glob("*_log.err"))
+    assert logs == [f"{scheduler_id}_0_log.err", f"{scheduler_id}_1_log.err"]
+    tune_script = _sbatch_text(results, _submission(results, finetune)["scheduler_job_id"])
+    assert "#SBATCH --ntasks-per-node=1\n" in tune_script
+    assert "--kill-on-bad-exit" not in tune_script
+
+    assert main(["status", "--results", str(results)]) == 0
+    assert "2 jobs: 2 done" in capsys.readouterr().out
+
+
+def test_usr2_requeues_a_two_process_pretraining_that_resumes(dirs, tiny_overrides, cluster):
+    """Both tasks get USR2 and stop at the same step, rank 0 checkpoints and submitit
+    requeues the job (rank 0's handler); both tasks resume from that checkpoint."""
+    results, data = dirs
+    spec = SweepSpec(
+        methods=("simclr",),
+        fractions=(1.0,),
+        overrides=(*tiny_overrides, "pretrain.epochs=6", "pretrain.gpus=2"),
+    )
+    jobs, report = submit_sweep(spec, results, data, cluster)
+    pretrain = jobs[0]
+    scheduler_id = report.submitted[pretrain.job_id]
+    run_dir = RunStore(results).run_dir(pretrain.job_id)
+    _wait_for("a pretraining checkpoint", lambda: (run_dir / CHECKPOINT).exists())
+    subprocess.run(["scancel", "--signal=USR2", scheduler_id], check=True, timeout=30)
+    _wait_for(
+        "the requeued job to be pending",
+        lambda: (
+            _job_field(scheduler_id, "Restarts") == "1"
+            and _job_field(scheduler_id, "JobState") == "PENDING"
+        ),
+    )
+    subprocess.run(
+        ["scontrol", "update", f"JobId={scheduler_id}", "StartTime=now"], check=True, timeout=30
+    )
+    _wait_for("the sweep to finish", lambda: set(_states(results, jobs).values()) == {"done"})
+    record = RunStore(results).read_record(pretrain.job_id)
+    assert record["world_size"] == 2
+    assert record["resumed_from_epoch"] > 0 or record["resumed_from_batch"] > 0
+    lines = [json.loads(line) for line in (run_dir / LOG).read_text().splitlines()]
+    assert [line["epoch"] for line in lines if line.get("kind") == "epoch"] == [1, 2, 3, 4, 5, 6]
+    for rank in (0, 1):  # both tasks ran again after the requeue
+        text = (results / ".submitit" / scheduler_id / f"{scheduler_id}_{rank}_log.err").read_text()
+        assert text.count(f"process {rank} of 2 (local rank {rank}) joined") == 2
