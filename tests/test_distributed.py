@@ -537,7 +537,9 @@ def test_a_global_batch_that_does_not_split_is_refused_before_submission():
 
     spec_overrides = ("pretrain.batch_size=64", "pretrain.gpus=3")
     job = _sweep_job(spec_overrides)
-    with pytest.raises(ConfigError, match=r"does not split evenly over 3 processes \(3 per node x 1 nodes\)"):
+    with pytest.raises(
+        ConfigError, match=r"does not split evenly over 3 processes \(3 per node x 1 nodes\)"
+    ):
         pretrain_layout(job, load_profile(None))
     profile = load_profile(None, {"pretrain_gpus": 4, "pretrain_nodes": 2})
     assert pretrain_layout(_sweep_job(("pretrain.batch_size=64",)), profile) == (4, 2)
