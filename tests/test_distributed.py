@@ -513,6 +513,10 @@ def test_two_process_pretraining_writes_once_and_resumes_exactly(tmp_path, monke
     assert record["world_size"] == WORLD and record["steps"] == 2 * (48 // 8)
     lines = [json.loads(x) for x in (whole / job.job_id / "log.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines if x["kind"] == "epoch"] == [1, 2]  # written once
+    # one checkpoint (after epoch 1) written by one process: a second writer would have
+    # moved the first to checkpoint.prev.pt
+    assert (whole / job.job_id / "checkpoint.pt").exists()
+    assert not (whole / job.job_id / "checkpoint.prev.pt").exists()
 
     # a stop signal reaches rank 1 mid-epoch 2: both stop at the same step, rank 0 checkpoints
     launch(_run_loop, str(stopped), str(data), LOOP, 8)
