@@ -10,7 +10,9 @@ per process by design) with BN in eval mode, which removes the only intended dif
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 
@@ -500,7 +502,8 @@ LOOP = (
 )
 
 
-def test_two_process_pretraining_writes_once_and_resumes_exactly(tmp_path, monkeypatch):
+def test_two_process_pretraining_writes_once_and_resumes_exactly(tmp_path, monkeypatch, caplog):
+    from bench.jobs import execute
     from bench.store import RunStore
 
     data = tmp_path / "data"
@@ -526,6 +529,7 @@ def test_two_process_pretraining_writes_once_and_resumes_exactly(tmp_path, monke
     # signalled after step 9 (epoch 2, batch 3); the flag is shared at the next step's
     # all-reduce, so both processes finish batch 4 and stop there
     assert (state["epoch"], state["batch"]) == (1, 4) and len(state["rng_ranks"]) == WORLD
+    shutil.copytree(stopped, tmp_path / "single")  # the same checkpoint, for one process
     launch(_run_loop, str(stopped), str(data), LOOP, None)  # resume
     resumed = RunStore(stopped).read_record(job.job_id)
     assert resumed["status"] == "ok" and resumed["resumed_from_batch"] == 4
@@ -534,6 +538,13 @@ def test_two_process_pretraining_writes_once_and_resumes_exactly(tmp_path, monke
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
     assert resumed["final_loss"] == pytest.approx(record["final_loss"], rel=1e-4)
+
+    # one process can take over a two-process checkpoint: same data order, reseeded views
+    with caplog.at_level(logging.WARNING):
+        alone = execute(job, tmp_path / "single", data)
+    assert alone["status"] == "ok" and alone["resumed_from_batch"] == 4
+    assert alone["world_size"] == 1
+    assert "written by 2 process(es), this run has 1" in caplog.text
 
 
 def test_a_global_batch_that_does_not_split_is_refused_before_submission():
