@@ -46,6 +46,23 @@ def _wait_for(what, predicate, timeout_s=DEADLINE_S, every_s=0.5):
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def _preempt_and_restart(scheduler_id):
+    """USR2 as before a time limit: submitit's handler asks SLURM to requeue the job (same
+    job id, Restarts=1). SLURM holds a requeued job ~2 min before it may start again; let
+    it start now (test speed only)."""
+    subprocess.run(["scancel", "--signal=USR2", scheduler_id], check=True, timeout=30)
+    _wait_for(
+        "the requeued job to be pending",
+        lambda: (
+            _job_field(scheduler_id, "Restarts") == "1"
+            and _job_field(scheduler_id, "JobState") == "PENDING"
+        ),
+    )
+    subprocess.run(
+        ["scontrol", "update", f"JobId={scheduler_id}", "StartTime=now"], check=True, timeout=30
+    )
+
+
 def _states(results, jobs):
     status = job_status(RunStore(results), [job.job_id for job in jobs])
     return {job_id: entry["state"] for job_id, entry in status.items()}
@@ -167,19 +184,7 @@ def test_usr2_checkpoints_requeues_and_resumes_and_resubmission_adds_nothing(
     assert again.submitted == {}
     assert again.already == {pretrain.job_id: "running", jobs[1].job_id: "queued"}
 
-    subprocess.run(["scancel", "--signal=USR2", scheduler_id], check=True, timeout=30)
-    # submitit's handler asks SLURM to requeue the job: same job id, Restarts=1. SLURM holds
-    # a requeued job ~2 min before it may start again; let it start now (test speed only).
-    _wait_for(
-        "the requeued job to be pending",
-        lambda: (
-            _job_field(scheduler_id, "Restarts") == "1"
-            and _job_field(scheduler_id, "JobState") == "PENDING"
-        ),
-    )
-    subprocess.run(
-        ["scontrol", "update", f"JobId={scheduler_id}", "StartTime=now"], check=True, timeout=30
-    )
+    _preempt_and_restart(scheduler_id)
     _wait_for("the sweep to finish", lambda: set(_states(results, jobs).values()) == {"done"})
     record = RunStore(results).read_record(pretrain.job_id)
     assert record["resumed_from_epoch"] > 0 or record["resumed_from_batch"] > 0
@@ -240,17 +245,7 @@ def test_usr2_requeues_a_two_process_pretraining_that_resumes(dirs, tiny_overrid
     scheduler_id = report.submitted[pretrain.job_id]
     run_dir = RunStore(results).run_dir(pretrain.job_id)
     _wait_for("a pretraining checkpoint", lambda: (run_dir / CHECKPOINT).exists())
-    subprocess.run(["scancel", "--signal=USR2", scheduler_id], check=True, timeout=30)
-    _wait_for(
-        "the requeued job to be pending",
-        lambda: (
-            _job_field(scheduler_id, "Restarts") == "1"
-            and _job_field(scheduler_id, "JobState") == "PENDING"
-        ),
-    )
-    subprocess.run(
-        ["scontrol", "update", f"JobId={scheduler_id}", "StartTime=now"], check=True, timeout=30
-    )
+    _preempt_and_restart(scheduler_id)
     _wait_for("the sweep to finish", lambda: set(_states(results, jobs).values()) == {"done"})
     record = RunStore(results).read_record(pretrain.job_id)
     assert record["world_size"] == 2
