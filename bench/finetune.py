@@ -92,15 +92,22 @@ def initial_backbone(
     """The encoder weights the fine-tuning starts from (None: random) and their source."""
     if job.pretrain_job is not None:
         path = store.run_dir(job.pretrain_job.job_id) / BACKBONE
-        if not path.exists():
-            raise FileNotFoundError(
-                f"pretrained backbone {path} is missing: pretraining job "
-                f"{job.pretrain_job.job_id} has not finished"
-            )
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+        weights = read_weights(
+            path,
+            f"pretrained backbone {path} is missing: pretraining job "
+            f"{job.pretrain_job.job_id} has not finished",
+        )
         return weights, f"pretrained backbone of {job.pretrain_job.job_id}"
     method = METHODS.get(job.method)
     return method.initial_backbone(job.method_params, job.backbone, in_channels)
+
+
+def read_weights(path, missing: str) -> dict[str, torch.Tensor]:
+    """A state dict saved by pretraining, read safely; ``missing`` says what to do if the
+    file is not there."""
+    if not path.exists():
+        raise FileNotFoundError(missing)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_mode_for(job) -> str:
@@ -115,12 +122,11 @@ def load_pretrained_decoder(model, job, store: RunStore, mode: str) -> None:
     if mode == "backbone":
         return
     path = store.run_dir(job.pretrain_job.job_id) / DECODER
-    if not path.exists():
-        raise FileNotFoundError(
-            f"finetune.load={mode} needs the pretrained decoder {path}, which is missing: "
-            f"rerun pretraining job {job.pretrain_job.job_id} or use finetune.load=backbone"
-        )
-    weights = torch.load(path, map_location="cpu", weights_only=True)
+    weights = read_weights(
+        path,
+        f"finetune.load={mode} needs the pretrained decoder {path}, which is missing: "
+        f"rerun pretraining job {job.pretrain_job.job_id} or use finetune.load=backbone",
+    )
     if mode == "all":
         load_strict(model.decoder, weights, "decoder")
         return

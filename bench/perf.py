@@ -43,6 +43,7 @@ from bench.pretrain import (
     build_method,
     build_optimizer,
     lr_schedule,
+    optimizer_for,
     parameter_groups,
     resolve_device,
     seed_for,
@@ -110,13 +111,7 @@ def bare_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float]:
     schedule = lr_schedule(cfg, steps, steps)
     torch.manual_seed(seed_for(job.seed, 0xB0))
     method = build_method(job, dataset.in_channels, *dataset.band_stats()).to(device)
-    optimizer = build_optimizer(
-        parameter_groups(method, cfg.weight_decay),
-        cfg.optimizer,
-        cfg.lr,
-        cfg.momentum,
-        cfg.lars_trust,
-    )
+    optimizer = optimizer_for(method, cfg)
     method.train()
     torch.manual_seed(seed_for(job.seed, 0))
     batches = shuffled_batches(

@@ -110,6 +110,18 @@ def peak_lr(cfg: PretrainConfig) -> float:
     return cfg.lr
 
 
+def optimizer_for(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """``cfg``'s optimiser over ``model``'s parameters (its LR is set per step from the
+    schedule)."""
+    return build_optimizer(
+        parameter_groups(model, cfg.weight_decay),
+        cfg.optimizer,
+        cfg.lr,
+        cfg.momentum,
+        cfg.lars_trust,
+    )
+
+
 def lr_schedule(cfg: PretrainConfig, total_steps: int, steps_per_epoch: int) -> np.ndarray:
     """The per-step learning rates of ``cfg.schedule``."""
     if cfg.schedule == "step":
@@ -230,13 +242,7 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         method = method.to(memory_format=torch.channels_last)
     if cfg.compile:
         compile_networks(method)
-    optimizer = build_optimizer(
-        parameter_groups(method, cfg.weight_decay),
-        cfg.optimizer,
-        cfg.lr,
-        cfg.momentum,
-        cfg.lars_trust,
-    )
+    optimizer = optimizer_for(method, cfg)
     scaler = torch.amp.GradScaler(
         "cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     )
