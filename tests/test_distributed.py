@@ -79,11 +79,16 @@ def images_of_global_batch() -> torch.Tensor:
 
 
 def make_method(name: str):
+    """``name`` with band statistics 0 / 1, so the views stay in [0, 1]. With mean 0.5 and
+    std 0.25 these random networks' early-layer gradients are ill-conditioned in float32:
+    one process in float32 differed from float64 by 0.85% at conv1 (torch 2.14.1, CPU), more
+    than the tolerance below, so BYOL and GraSS failed on float noise alone. At 0 / 1 the
+    distributed gradients use at most 26% of the tolerance."""
     cls = METHODS.get(name)
     torch.manual_seed(0)
     params = cls.Params(**PARAMS[name])
     return cls(
-        params, PretrainConfig(batch_size=GLOBAL_BATCH, view_size=SIZE), 3, [0.5] * 3, [0.25] * 3
+        params, PretrainConfig(batch_size=GLOBAL_BATCH, view_size=SIZE), 3, [0.0] * 3, [1.0] * 3
     )
 
 
