@@ -15,7 +15,6 @@ from bench.datasets.prepared import PreparedDataset, class_count_table
 from bench.executors import EXECUTORS
 from bench.methods import METHODS
 from bench.preemption import Preempted
-from bench.registry import UnknownNameError
 from bench.report import (
     AUTO,
     FORMATS,
@@ -23,16 +22,49 @@ from bench.report import (
     PLOT_FORMATS,
     SUFFIXES,
     build_table,
+    check_baseline,
+    check_format,
+    check_metrics,
     comparison_table,
     per_class_table,
     plot_fraction_curves,
     render,
 )
-from bench.store import RunStore, atomic_write_bytes
+from bench.store import (
+    RunStore,
+    UnreadableRecord,
+    atomic_write_bytes,
+    check_output_dir,
+    check_output_file,
+)
 from bench.submission import job_status
-from bench.sweep import SweepSpec, job_states, plan, rerun_failed, run_sweep, submit_sweep
+from bench.sweep import (
+    SweepSpec,
+    check_spec,
+    data_problems,
+    job_states,
+    plan,
+    rerun_failed,
+    run_sweep,
+    submit_sweep,
+)
 
 log = logging.getLogger("bench")
+
+# Exit codes (README "When things go wrong")
+FAILED_JOBS = 1  # some jobs failed or were skipped
+BAD_INPUT = 2  # one line says what is wrong; nothing was written
+INCOMPLETE = 3  # unreadable records were left out of a table, plot or status
+INTERRUPTED = 130
+STOPPED = 143
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and the exit code of bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(BAD_INPUT)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -119,18 +151,21 @@ def _profile(args: argparse.Namespace) -> Profile | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    spec = _spec(args)
+    check_metrics(args.metric)  # the table's options, before any compute
+    check_baseline(args.baseline, check_spec(spec).methods)
     if args.executor != "slurm" and (args.cluster or args.slurm):
         log.info(
             "--cluster/--slurm settings: %s executor uses timeout_min, etc. only", args.executor
         )
     if args.executor == "slurm" and not args.wait:
-        jobs, report = submit_sweep(_spec(args), args.results, args.data_root, _profile(args))
+        jobs, report = submit_sweep(spec, args.results, args.data_root, _profile(args))
         print(f"{len(jobs)} jobs: {report.summary()}")
         for job_id, why in report.held_back.items():
             print(f"HELD    {job_id}: {why}")
         print(f"follow them with: python -m bench status --results {args.results}")
         return 0
-    result = run_sweep(_spec(args), args.results, args.data_root, args.executor, _profile(args))
+    result = run_sweep(spec, args.results, args.data_root, args.executor, _profile(args))
     print()
     print(comparison_table(result.finetune_records(), args.metric, args.baseline))
     failed, skipped = result.by_status("failed"), result.by_status("skipped")
@@ -140,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"FAILED  {record['job_id']}: {record['error']}")
     for record in skipped:
         print(f"SKIPPED {record['job_id']}: {record['error']}")
-    return 0 if result.ok else 1
+    return 0 if result.ok else FAILED_JOBS
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -153,6 +188,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print("\n".join(rows))
     counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
     print(f"\n{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for problem in data_problems(jobs, args.data_root):
+        print(f"note: {problem}; `run` refuses this sweep until then")
     return 0
 
 
@@ -175,20 +212,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    try:
-        cls = DATASETS.get(args.dataset)
-    except UnknownNameError as error:
-        raise ConfigError(str(error)) from None
+    cls = DATASETS.get(args.dataset)
     given = {"patch_size": args.patch_size, "stride": args.stride, "name": args.name}
     given = {k: v for k, v in given.items() if v is not None}
     user = parse_overrides(args.overrides)
     for section in user:
         if section != args.dataset:
             raise ConfigError(f"prepare {args.dataset} takes only --set {args.dataset}.KEY=VALUE")
-    try:
-        params = build_section(cls.Params, args.dataset, given, user.get(args.dataset))
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{args.dataset}: {error}") from None
+    params = build_section(cls.Params, args.dataset, given, user.get(args.dataset))
     data_root = args.data_root if args.data_root is not None else default_data_root()
     dataset = cls(params, DataConfig(), data_root)
     if not isinstance(dataset, PreparedDataset):
@@ -225,44 +256,77 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _results_records(results: Path) -> list[dict]:
+def _check_results_folder(results: Path) -> None:
     if not results.is_dir():
-        raise ConfigError(f"results folder {results} does not exist")
-    return list(RunStore(results).records())
+        state = "is not a folder" if results.exists() else "does not exist"
+        raise ConfigError(f"results folder {results} {state}")
+
+
+def _results_records(results: Path) -> tuple[list[dict], list[UnreadableRecord]]:
+    """The valid records of ``results``; each unreadable one is named on stderr (it is left
+    out, and the command exits with INCOMPLETE)."""
+    _check_results_folder(results)
+    records, unreadable = RunStore(results).scan()
+    for bad in unreadable:
+        print(f"warning: left out {bad}", file=sys.stderr)
+    return records, unreadable
+
+
+def _table_format(args: argparse.Namespace) -> str:
+    if args.format is not None:
+        return check_format(args.format)
+    if args.output is None:
+        return "md"
+    suffix = args.output.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ConfigError(
+            f"cannot tell the table format from {args.output.name!r}; name the file "
+            f"{' or '.join(SUFFIXES)}, or give --format ({', '.join(FORMATS)})"
+        )
+    return SUFFIXES[suffix]
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    records = _results_records(args.results)
-    fmt = args.format or SUFFIXES.get(args.output.suffix.lower() if args.output else "", "md")
+    fmt = _table_format(args)
+    check_metrics(args.metric)
+    if args.output is not None:
+        check_output_file(args.output)
+    if not args.per_class and (args.dataset is not None or args.fraction is not None):
+        raise ConfigError("--dataset and --fraction choose the --per-class table; add it")
+    records, unreadable = _results_records(args.results)
     if args.per_class:
-        table = per_class_table(records, args.dataset, args.fraction, args.baseline)
+        table = per_class_table(
+            records, args.dataset, args.fraction, args.baseline, unreadable=len(unreadable)
+        )
     else:
-        if args.dataset is not None or args.fraction is not None:
-            raise ConfigError("--dataset and --fraction choose the --per-class table; add it")
-        table = build_table(records, args.metric, args.baseline)
+        table = build_table(records, args.metric, args.baseline, unreadable=len(unreadable))
     if table is None:
         print(NO_RESULTS)
-        return 0
+        return INCOMPLETE if unreadable else 0
     text = render(table, fmt)
     if args.output is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
         atomic_write_bytes(args.output, (text.rstrip("\n") + "\n").encode())
         print(f"wrote {args.output}")
-    return 0
+    return INCOMPLETE if unreadable else 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    records = _results_records(args.results)
     output_dir = args.output_dir or args.results / "plots"
+    check_metrics(args.metric)
+    _check_results_folder(args.results)
+    check_output_dir(output_dir)
+    records, unreadable = _results_records(args.results)
     for path in plot_fraction_curves(records, output_dir, args.metric, args.format):
         print(f"wrote {path}")
-    return 0
+    if unreadable:
+        print(f"{len(unreadable)} unreadable record(s) left out of the plots", file=sys.stderr)
+    return INCOMPLETE if unreadable else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    if not args.results.is_dir():
-        raise ConfigError(f"results folder {args.results} does not exist")
+    _check_results_folder(args.results)
     store = RunStore(args.results)
     job_ids = store.run_ids()
     status = job_status(store, job_ids)
@@ -282,7 +346,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for line in unknown:
             print(f"NOT RESUBMITTED {line}")
         return 1 if unknown else 0
-    return 0
+    return INCOMPLETE if counts.get("corrupt") else 0
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -303,11 +367,12 @@ def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m bench",
         description="Benchmark self-supervised pretraining for remote-sensing segmentation.",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the table")
+    quiet_help = "only warnings and the table"
+    parser.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     sub = parser.add_subparsers(dest="command", required=True)
     metric = {
         "type": _names,
@@ -436,6 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_cluster_arguments(status)
     status.set_defaults(func=cmd_status)
+    for command in sub.choices.values():  # -q before or after the sub-command
+        command.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help
+        )
     return parser
 
 
@@ -451,10 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Preempted as stop:
         print(f"preempted: {stop}; rerun the same command to resume", file=sys.stderr)
-        return 143
+        return STOPPED

@@ -2,26 +2,25 @@
 
 Every setting lives in a frozen dataclass *section*: ``data``, ``pretrain``, ``finetune``, one
 section per method (``simclr``, ...) and one per dataset (``synthetic``, ...). A preset fills
-sections with values; the user's ``--set section.field=value`` overrides win. A field whose
-metadata says ``identity=False`` (logging cadence, worker counts) does not change the result,
-so it is left out of the job's hash.
+sections with values; the user's ``--set section.field=value`` overrides win. Each field is
+declared with :func:`setting`: its default, its valid range (checked whenever a section is
+made, so ``plan``, ``run``, ``submit`` and the Python API refuse the same values with the
+same message) and whether it changes the result (``identity=False``: logging cadence,
+worker counts; left out of the job's hash).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-NOT_IDENTITY = {"identity": False}
-# Part of the id only when set to something other than the default: a setting added later
-# leaves the ids of every job that does not use it unchanged.
-IDENTITY_IF_SET = {"identity": "if_set"}
 
 # What fine-tuning loads from a pretraining run, each mode a superset of the one before:
 # the encoder; plus smp's decoder.aspp; plus the rest of the decoder (never the class head).
@@ -32,97 +31,185 @@ class ConfigError(ValueError):
     """A bad setting; the message says which key and what is valid."""
 
 
+class SettingError(ConfigError):
+    """A setting outside its declared range: ``key`` (``section.field`` once the section is
+    known) ``must ...``, and the value given."""
+
+    def __init__(self, key: str, requirement: str, value: Any) -> None:
+        super().__init__(f"{key} {requirement}, got {value!r}")
+        self.key, self.requirement, self.value = key, requirement, value
+
+    def in_section(self, section: str) -> SettingError:
+        return SettingError(f"{section}.{self.key}", self.requirement, self.value)
+
+
+# ----------------------------------------------------------------------------------------
+# Valid ranges, declared next to each setting
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Bounds:
+    """The valid values of a number, or of every number of a tuple: ``ge``/``gt`` below,
+    ``le``/``lt`` above; ``ordered``: a tuple's values must not decrease (min <= max)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    ordered: bool = False
+
+    def holds(self, value: Any) -> bool:
+        if isinstance(value, tuple):
+            ordered = all(a <= b for a, b in itertools.pairwise(value))
+            return all(map(self.holds, value)) and (ordered or not self.ordered)
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+    def requirement(self, name: str, is_tuple: bool) -> str:
+        """``must satisfy 0 < alpha <= 1``, ``must be >= 1``, ``must satisfy 0 < low <= high
+        <= 1``, ``must have each value >= 1`` ..."""
+        low = f"{self.ge:g} <=" if self.ge is not None else None
+        low = f"{self.gt:g} <" if self.gt is not None else low
+        high = f"<= {self.le:g}" if self.le is not None else None
+        high = f"< {self.lt:g}" if self.lt is not None else high
+        if is_tuple and self.ordered:
+            return "must satisfy " + " ".join(p for p in (low, "low <= high", high) if p)
+        subject = "each value" if is_tuple else name
+        if low and high:
+            return f"must satisfy {low} {subject} {high}"
+        one_sided = high or (f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}")
+        return f"must have each value {one_sided}" if is_tuple else f"must be {one_sided}"
+
+
+def setting(default: Any, *, identity: bool | str = True, **bounds: Any) -> Any:
+    """A dataclass field with its valid range (``Bounds`` keywords) and whether it is part
+    of the job id: True; False (an execution choice: logging cadence, workers); ``"if_set"``:
+    only when set to something other than the default, so a setting added later leaves the
+    ids of every job that does not use it unchanged."""
+    metadata: dict[str, Any] = {} if identity is True else {"identity": identity}
+    if bounds:
+        metadata["bounds"] = Bounds(**bounds)
+    return field(default=default, metadata=metadata)
+
+
+@functools.cache
+def _annotations(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_fields(obj: Any) -> None:
+    """Raise :class:`SettingError` for the first field of ``obj`` outside its declared
+    ``Bounds`` or not one of its ``Literal`` choices (None passes where it is allowed)."""
+    hints = _annotations(type(obj))
+    for spec in dataclasses.fields(obj):
+        value = getattr(obj, spec.name)
+        if value is None:
+            continue
+        choices = _literal_choices(hints[spec.name])
+        if choices and value not in choices:
+            raise SettingError(spec.name, f"must be one of {', '.join(map(str, choices))}", value)
+        bounds = spec.metadata.get("bounds")
+        if bounds is not None and not bounds.holds(value):
+            raise SettingError(
+                spec.name, bounds.requirement(spec.name, isinstance(value, tuple)), value
+            )
+
+
+def _literal_choices(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    return ()
+
+
+class Settings:
+    """Base of every settings section (a frozen dataclass): its fields are checked against
+    their declared ranges when it is made, whoever makes it (a preset, ``--set``, Python).
+    Subclasses with checks across fields call ``super().__post_init__()`` first."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class NoSettings(Settings):
+    """The section of a method or dataset without settings of its own."""
+
+
 # ----------------------------------------------------------------------------------------
 # Sections shared by every method and dataset
 # ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Settings):
     """What the harness reads from any dataset."""
 
     bands: Literal["rgb", "rgbir"] = "rgb"  # rgbir adds the near-infrared band (4 channels)
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Settings):
     """The method-agnostic pretraining loop (optimiser, schedule, sizes)."""
 
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    epochs: int = 3
-    batch_size: int = 64  # images per step; each gives two views
-    view_size: int = 48  # side of the augmented views fed to the network
+    epochs: int = setting(3, ge=1)
+    batch_size: int = setting(64, ge=2)  # images per step, two views each: >= 2 for negatives
+    view_size: int = setting(48, ge=8)  # side of the augmented views fed to the network
     optimizer: Literal["adam", "adamw", "sgd", "lars"] = "adam"
-    lr: float = 1e-3  # peak learning rate at lr_base_batch images (as given with "none")
+    lr: float = setting(1e-3, gt=0)  # peak learning rate at lr_base_batch images
     # How the peak LR follows the global batch (batch_size, over all processes): "linear"
     # lr * batch_size / lr_base_batch (Goyal et al. 2017; SimCLR, MoCo, BYOL and VISSL all
     # state their LR per 256 images), "sqrt" lr * sqrt(batch_size / lr_base_batch) (SimCLR
     # appendix B.1), "none" lr as given (the Adam recipes of GLCNet and the multitask method).
-    lr_scaling: Literal["none", "linear", "sqrt"] = field(default="none", metadata=IDENTITY_IF_SET)
-    lr_base_batch: int = field(default=256, metadata=IDENTITY_IF_SET)
-    weight_decay: float = 1e-6  # not applied to BN and bias parameters (VISSL, BYOL)
-    momentum: float = 0.9
+    lr_scaling: Literal["none", "linear", "sqrt"] = setting("none", identity="if_set")
+    lr_base_batch: int = setting(256, ge=1, identity="if_set")
+    weight_decay: float = setting(1e-6, ge=0)  # not applied to BN and bias (VISSL, BYOL)
+    momentum: float = setting(0.9, ge=0, lt=1)
     # warmup_cosine: linear warm-up then cosine (SimCLR/VISSL); step: lr * gamma every
     # step_epochs epochs (StepLR of the multitask method)
     schedule: Literal["warmup_cosine", "step"] = "warmup_cosine"
-    step_epochs: int = 2
-    step_gamma: float = 0.95
-    warmup_fraction: float = 0.1  # linear warm-up over this fraction of all steps
-    warmup_start_factor: float = 0.125  # warm-up starts at lr * this (VISSL: 0.6 -> 4.8)
-    final_lr_factor: float = 0.001  # cosine ends at lr * this (VISSL: 4.8 -> 0.0048)
-    lars_trust: float = 0.001  # LARC trust coefficient (VISSL SimCLR config)
+    step_epochs: int = setting(2, ge=1)
+    step_gamma: float = setting(0.95, gt=0, le=1)
+    warmup_fraction: float = setting(0.1, ge=0, lt=1)  # linear warm-up over this fraction
+    warmup_start_factor: float = setting(0.125, ge=0, le=1)  # from lr * this (VISSL 0.6/4.8)
+    final_lr_factor: float = setting(0.001, ge=0, le=1)  # cosine ends at lr * this (VISSL)
+    lars_trust: float = setting(0.001, gt=0)  # LARC trust coefficient (VISSL SimCLR config)
     amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
     # torch.compile the networks in place (same weights and state-dict keys); pays a compile
     # at the first steps, meant for long GPU runs. An execution choice, not part of the id.
-    compile: bool = field(default=False, metadata=NOT_IDENTITY)
-    log_every: int = field(default=10, metadata=NOT_IDENTITY)
+    compile: bool = setting(False, identity=False)
+    log_every: int = setting(10, ge=1, identity=False)  # steps between progress lines
     # Data-parallel pretraining (bench.distributed): processes per node (one per GPU) and
     # nodes; None takes the cluster profile's pretrain_gpus / pretrain_nodes, else 1. The
     # global batch stays batch_size, split evenly over the processes, so these are execution
     # choices and not part of the id (the record keeps the world size).
-    gpus: int | None = field(default=None, metadata=NOT_IDENTITY)
-    nodes: int | None = field(default=None, metadata=NOT_IDENTITY)
-
-    def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "pretrain.epochs must be >= 1")
-        _require(self.lr_base_batch >= 1, "pretrain.lr_base_batch must be >= 1")
-        _require(self.gpus is None or self.gpus >= 1, "pretrain.gpus must be >= 1")
-        _require(self.nodes is None or self.nodes >= 1, "pretrain.nodes must be >= 1")
-        _require(self.batch_size >= 2, "pretrain.batch_size must be >= 2 (contrastive pairs)")
-        _require(self.lr > 0, "pretrain.lr must be > 0")
-        _require(0 <= self.warmup_fraction < 1, "pretrain.warmup_fraction must be in [0, 1)")
+    gpus: int | None = setting(None, ge=1, identity=False)
+    nodes: int | None = setting(None, ge=1, identity=False)
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Settings):
     """Downstream protocol: smp DeepLabV3+ fine-tuned on the labelled subset."""
 
     protocol: Literal["full", "frozen"] = "full"  # frozen: encoder fixed, BN in eval (FALSE)
-    steps: int = 100
-    batch_size: int = 8
+    steps: int = setting(100, ge=1)
+    batch_size: int = setting(8, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    momentum: float = 0.9
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(1e-5, ge=0)
+    momentum: float = setting(0.9, ge=0, lt=1)
     schedule: Literal["poly", "cosine", "constant"] = "poly"
-    poly_power: float = 0.9  # MMSegmentation's poly schedule (FALSE protocol)
+    poly_power: float = setting(0.9, gt=0)  # MMSegmentation's poly schedule (FALSE protocol)
     output_stride: Literal[8, 16] = 16
     # Pretrained parts loaded into DeepLabV3+ (LOAD_MODES); GLCNet's protocol loads backbone
     # and ASPP with a fresh decoder. Methods that pretrain only a backbone load only that.
     load: Literal["backbone", "backbone+aspp", "all"] = "backbone+aspp"
     amp: bool = True
-    eval_batch_size: int = field(default=64, metadata=NOT_IDENTITY)
-    compile: bool = field(default=False, metadata=NOT_IDENTITY)  # as pretrain.compile
-    log_every: int = field(default=25, metadata=NOT_IDENTITY)
-    checkpoint_every: int = field(default=50, metadata=NOT_IDENTITY)  # steps; 0 = only on signal
-
-    def __post_init__(self) -> None:
-        _require(self.steps >= 1, "finetune.steps must be >= 1")
-        _require(self.batch_size >= 1, "finetune.batch_size must be >= 1")
-        _require(self.lr > 0, "finetune.lr must be > 0")
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+    eval_batch_size: int = setting(64, ge=1, identity=False)
+    compile: bool = setting(False, identity=False)  # as pretrain.compile
+    log_every: int = setting(25, ge=1, identity=False)
+    checkpoint_every: int = setting(50, ge=0, identity=False)  # steps; 0 = only on signal
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,6 +288,16 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def check_unique(kind: str, values) -> None:
+    """Refuse a list that names something twice (``seed 0 is given twice``)."""
+    seen = set()
+    for value in values:
+        if value in seen:
+            shown = f"{value:g}" if isinstance(value, float) else value
+            raise ConfigError(f"{kind} {shown} is given twice; give each {kind} once")
+        seen.add(value)
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
@@ -228,7 +325,7 @@ def build_section(cls: type, section: str, *layers: dict[str, Any] | None) -> An
     """Instantiate ``cls`` from defaults overlaid by ``layers`` (later wins).
 
     String values (from the command line) are parsed to the field's type; unknown fields
-    fail listing the valid ones.
+    fail listing the valid ones; every failure is a :class:`ConfigError` naming the key.
     """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -241,7 +338,12 @@ def build_section(cls: type, section: str, *layers: dict[str, Any] | None) -> An
                     + ", ".join(f"{section}.{n}" for n in names)
                 )
             kwargs[key] = parse_value(value, hints[key], f"{section}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except SettingError as error:
+        raise error.in_section(section) from None
+    except (TypeError, ValueError) as error:  # a check across fields in __post_init__
+        raise ConfigError(f"{section}: {error}") from None
 
 
 def parse_value(value: Any, annotation: Any, key: str) -> Any:

@@ -11,11 +11,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from bench.config import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
-    """An unknown registry name; the message lists the valid choices."""
+class UnknownNameError(ConfigError, KeyError):
+    """An unknown registry name; the message lists the valid choices. A ConfigError, so
+    every command reports it as bad input."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

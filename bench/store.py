@@ -13,10 +13,12 @@ import os
 import platform
 import socket
 import subprocess
-from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from bench.config import ConfigError
 
 RECORD = "result.json"
 SPEC = "spec.json"
@@ -42,6 +44,31 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def check_output_file(path: Path) -> None:
+    """Before any work: a file can be written at ``path`` (its folder exists and is writable,
+    and ``path`` is not a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"output {path} is a folder; give a file name")
+    _check_writable_folder(path.parent, f"cannot write {path}")
+
+
+def check_output_dir(path: Path) -> None:
+    """Before any work: ``path`` is a writable folder, or can be made in an existing one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output folder {path} is a file, not a folder")
+    _check_writable_folder(path if path.exists() else path.parent, f"cannot write into {path}")
+
+
+def _check_writable_folder(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"{what}: {folder} {state}")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{what}: {folder} is not writable")
+
+
 STORE_VERSION = 1  # layout of results folders; bump when old records cannot be read
 MARKER = "bench-store.json"
 
@@ -55,8 +82,6 @@ class RunStore:
     def open_for_writing(self) -> None:
         """Check the folder is writable and of this layout version (ConfigError if not), and
         mark it as a results folder."""
-        from bench.config import ConfigError
-
         marker = self.root / MARKER
         if marker.exists():
             try:
@@ -87,14 +112,16 @@ class RunStore:
         atomic_write_json(run_dir / SPEC, spec)
         return run_dir
 
+    def read(self, job_id: str) -> dict[str, Any] | UnreadableRecord | None:
+        """The record of ``job_id``; None when there is none; :class:`UnreadableRecord` when
+        the file is not a valid record (say why; never silently dropped)."""
+        return read_record_file(self.run_dir(job_id) / RECORD)
+
     def read_record(self, job_id: str) -> dict[str, Any] | None:
-        path = self.run_dir(job_id) / RECORD
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except json.JSONDecodeError:
-            return None  # an unreadable record counts as not done
+        """The valid record of ``job_id``, else None: a missing or unreadable record means
+        the job is not done, and a rerun redoes it."""
+        record = self.read(job_id)
+        return record if isinstance(record, dict) else None
 
     def is_done(self, job_id: str) -> bool:
         record = self.read_record(job_id)
@@ -109,15 +136,92 @@ class RunStore:
             return []
         return sorted(path.parent.name for path in self.root.glob(f"*/{SPEC}"))
 
-    def records(self) -> Iterator[dict[str, Any]]:
-        """Every readable record under the root, in a stable order."""
-        if not self.root.is_dir():
-            return
-        for path in sorted(self.root.glob(f"*/{RECORD}")):
-            try:
-                yield json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
+    def records(self) -> list[dict[str, Any]]:
+        """Every valid record under the root (:meth:`scan` also says which are unreadable)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[dict[str, Any]], list[UnreadableRecord]]:
+        """Every record under the root in a stable order: the valid ones, and the unreadable
+        ones with why."""
+        records, unreadable = [], []
+        paths = sorted(self.root.glob(f"*/{RECORD}")) if self.root.is_dir() else []
+        for path in paths:
+            record = read_record_file(path)
+            (records if isinstance(record, dict) else unreadable).append(record)
+        return records, unreadable
+
+
+# ---------------------------------------------------------------------------- validity
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A result.json that is not a valid record: where, and why."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+_NUMBER = (int, float)
+# field -> JSON types every record has; then what a finished fine-tuning record adds
+RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "status": (str,),
+    "kind": (str,),
+    "job_id": (str,),
+    "method": (str,),
+    "dataset": (str,),
+    "seed": (int,),
+}
+FINETUNE_FIELDS: dict[str, tuple[type, ...]] = {
+    "fraction": _NUMBER,
+    "miou": _NUMBER,
+    "kappa": _NUMBER,
+    "oa": _NUMBER,
+    "mean_f1": _NUMBER,
+    "per_class_iou": (list,),
+    "class_names": (list,),
+}
+
+
+def read_record_file(path: Path) -> dict[str, Any] | UnreadableRecord | None:
+    """The record at ``path``, None if there is no file, or why it is not a valid record."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        return UnreadableRecord(Path(path), f"cannot be read ({error})")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return UnreadableRecord(Path(path), f"is not valid JSON ({error})")
+    problem = record_problem(record, Path(path).parent.name)
+    return UnreadableRecord(Path(path), problem) if problem else record
+
+
+def record_problem(record: Any, job_id: str | None = None) -> str | None:
+    """Why ``record`` is not a valid result record (None when it is)."""
+    if not isinstance(record, dict):
+        return f"holds a JSON {type(record).__name__}, not a record (a JSON object)"
+    wanted = dict(RECORD_FIELDS)
+    if record.get("kind") == "finetune" and record.get("status") == "ok":
+        wanted.update(FINETUNE_FIELDS)
+    for name, kinds in wanted.items():
+        if name not in record:
+            return f"has no field {name!r}"
+        value = record[name]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"field {name!r} is {value!r}, expected {' or '.join(k.__name__ for k in kinds)}"
+    if record["status"] not in ("ok", "failed") or record["kind"] not in ("pretrain", "finetune"):
+        return f"has status {record['status']!r} and kind {record['kind']!r}"
+    if job_id is not None and record["job_id"] != job_id:
+        return f"belongs to job {record['job_id']}, not to the folder it is in"
+    if record["kind"] == "finetune" and "fraction" in record:
+        fraction = record["fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, _NUMBER) or not 0 < fraction <= 1:
+            return f"field 'fraction' is {fraction!r}, expected a number in (0, 1]"
+    return None
 
 
 def append_log(run_dir: Path, entry: dict[str, Any]) -> None:

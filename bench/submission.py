@@ -24,7 +24,7 @@ from typing import Any
 from bench.cluster import scheduler_states, state_kind
 from bench.jobs import Job, execute
 from bench.preemption import Preempted
-from bench.store import RunStore, atomic_write_json, now_iso
+from bench.store import RunStore, UnreadableRecord, atomic_write_json, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,10 @@ def last_line(text: str | None) -> str:
 
 
 def job_status(store: RunStore, job_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Per job id: ``state`` (planned, queued, running, done, failed), ``detail`` (error's
-    last line or SLURM state) and ``scheduler_job_id``. A result record ``ok`` means done; a
-    queued or running SLURM job wins over an older failed record (it is being retried)."""
+    """Per job id: ``state`` (planned, queued, running, done, failed, corrupt), ``detail``
+    (error's last line, SLURM state, or why the record is unreadable) and
+    ``scheduler_job_id``. A result record ``ok`` means done; a queued or running SLURM job wins
+    over an older failed or unreadable record (it is being retried)."""
     submissions = {job_id: read_submission(store, job_id) for job_id in job_ids}
     slurm_ids = [
         s["scheduler_job_id"] for s in submissions.values() if s and s.get("executor") == "slurm"
@@ -150,15 +151,17 @@ def job_status(store: RunStore, job_ids: list[str]) -> dict[str, dict[str, Any]]
     slurm = scheduler_states(slurm_ids)
     status: dict[str, dict[str, Any]] = {}
     for job_id in job_ids:
-        record = store.read_record(job_id)
+        record = store.read(job_id)
         submission = submissions[job_id]
         scheduler_id = submission.get("scheduler_job_id") if submission else None
         slurm_state = slurm.get(scheduler_id, "") if scheduler_id else ""
         kind = state_kind(slurm_state) if slurm_state else ""
-        if record is not None and record.get("status") == "ok":
+        if isinstance(record, dict) and record["status"] == "ok":
             state, detail = "done", ""
         elif kind in ("queued", "running"):
             state, detail = kind, slurm_state
+        elif isinstance(record, UnreadableRecord):
+            state, detail = "corrupt", f"{record}; a rerun of its sweep redoes the job"
         elif record is not None:
             state = "failed"
             detail = last_line(record.get("traceback")) or str(record.get("error", ""))

@@ -19,8 +19,10 @@ from bench.config import (
     ConfigError,
     DataConfig,
     FinetuneConfig,
+    Preset,
     PretrainConfig,
     build_section,
+    check_unique,
     get_preset,
     parse_overrides,
 )
@@ -29,8 +31,7 @@ from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import check_fraction
 from bench.jobs import FinetuneJob, Job, PretrainJob
 from bench.methods import METHODS
-from bench.registry import UnknownNameError
-from bench.store import RunStore
+from bench.store import RunStore, UnreadableRecord
 
 if TYPE_CHECKING:
     from bench.executors import SubmitReport
@@ -54,116 +55,141 @@ class SweepSpec:
     overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _section(cls: type, name: str, *layers: dict[str, Any] | None) -> Any:
-    try:
-        return build_section(cls, name, *layers)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{name}: {error}") from None
+@dataclass(frozen=True)
+class CheckedSpec:
+    """A :class:`SweepSpec` whose names, lists and ``--set`` values were checked."""
+
+    preset: Preset
+    methods: dict[str, type]  # name -> registry class, in the order given
+    datasets: dict[str, type]
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    user: dict[str, dict[str, str]]  # --set values by section
+    methods_named: bool  # the user named the methods (else: every registered one)
 
 
-def plan(spec: SweepSpec) -> list[Job]:
-    """The sweep's jobs in an order that respects dependencies (pretraining before its
-    fine-tunings). Unknown names or settings raise ConfigError listing the valid ones."""
+def check_spec(spec: SweepSpec) -> CheckedSpec:
+    """Every name, list and setting of ``spec`` checked before any work: unknown names,
+    empty lists, duplicates, fractions outside (0, 1], negative seeds and settings outside
+    their ranges raise :class:`ConfigError` naming the valid choices."""
     preset = get_preset(spec.preset)
-    if spec.methods is not None and not spec.methods:
-        raise ConfigError(f"no methods given; valid methods: {', '.join(METHODS.names())}")
-    if not spec.datasets:
-        raise ConfigError(f"no datasets given; valid datasets: {', '.join(DATASETS.names())}")
     methods = spec.methods if spec.methods is not None else tuple(METHODS.names())
-    try:
-        method_classes = {m: METHODS.get(m) for m in methods}
-        dataset_classes = {d: DATASETS.get(d) for d in spec.datasets}
-    except UnknownNameError as error:
-        raise ConfigError(str(error)) from None
-    if len(set(methods)) != len(methods) or len(set(spec.datasets)) != len(spec.datasets):
-        raise ConfigError("a method or dataset is named twice")
+    check_names("method", methods, METHODS)
+    check_names("dataset", spec.datasets, DATASETS)
+    if not spec.fractions:
+        raise ConfigError("no label fractions given; give fractions in (0, 1], e.g. 0.01,0.1")
     try:
         fractions = tuple(check_fraction(f) for f in spec.fractions)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if not fractions:
-        raise ConfigError("no label fractions given")
-    seeds = preset.seeds if spec.seeds is None else spec.seeds
+    check_unique("label fraction", fractions)
+    seeds = preset.seeds if spec.seeds is None else tuple(spec.seeds)
     if not seeds:
-        raise ConfigError("no seeds given")
-
+        raise ConfigError("no seeds given; give non-negative integers, e.g. 0,1,2")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        bad = next(s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0)
+        raise ConfigError(f"seeds must be non-negative integers, got {bad!r}")
+    check_unique("seed", seeds)
     user = parse_overrides(spec.overrides)
-    known = set(GENERIC_SECTIONS) | set(METHODS.names()) | set(DATASETS.names())
-    for section in user:
+    check_overrides(user)
+    return CheckedSpec(
+        preset=preset,
+        methods={m: METHODS.get(m) for m in methods},
+        datasets={d: DATASETS.get(d) for d in spec.datasets},
+        fractions=fractions,
+        seeds=seeds,
+        user=user,
+        methods_named=spec.methods is not None,
+    )
+
+
+def check_names(kind: str, names: tuple[str, ...], registry) -> None:
+    """``names`` are not empty, all registered and each given once."""
+    if not names:
+        raise ConfigError(f"no {kind}s given; valid {kind}s: {', '.join(registry.names())}")
+    for name in names:
+        registry.get(name)  # UnknownNameError (a ConfigError) lists the valid names
+    check_unique(kind, names)
+
+
+def check_overrides(user: dict[str, dict[str, str]]) -> None:
+    """Every ``--set`` section exists and every value is valid, also in sections this sweep
+    does not use (a typo there would otherwise pass silently)."""
+    known = [*GENERIC_SECTIONS, *METHODS.names(), *DATASETS.names()]
+    for section, values in user.items():
         if section not in known:
             raise ConfigError(
                 f"unknown settings section {section!r} in --set; valid sections: "
-                + ", ".join([*GENERIC_SECTIONS, *METHODS.names(), *DATASETS.names()])
+                + ", ".join(known)
             )
-    # Validate every override once, also for sections this sweep does not use.
-    for name in user:
-        if name in METHODS:
-            _section(METHODS.get(name).Params, name, user[name])
-        elif name in DATASETS:
-            _section(DATASETS.get(name).Params, name, user[name])
-    data = _section(DataConfig, "data", preset.values.get("data"), user.get("data"))
-    finetune = _section(
+        if section in METHODS:
+            build_section(METHODS.get(section).Params, section, values)
+        elif section in DATASETS:
+            build_section(DATASETS.get(section).Params, section, values)
+
+
+def plan(spec: SweepSpec) -> list[Job]:
+    """The sweep's jobs in an order that respects dependencies (pretraining before its
+    fine-tunings). Unknown names or bad settings raise ConfigError listing the valid ones."""
+    sweep = check_spec(spec)
+    preset, user = sweep.preset, sweep.user
+    data = build_section(DataConfig, "data", preset.values.get("data"), user.get("data"))
+    finetune = build_section(
         FinetuneConfig, "finetune", preset.values.get("finetune"), user.get("finetune")
     )
-    check_load_mode(finetune.load, method_classes, explicit="load" in user.get("finetune", {}))
-
+    check_load_mode(finetune.load, sweep.methods, explicit="load" in user.get("finetune", {}))
     jobs: list[Job] = []
-    for dataset, dataset_cls in dataset_classes.items():
-        dataset_params = _section(
+    for dataset, dataset_cls in sweep.datasets.items():
+        dataset_params = build_section(
             dataset_cls.Params, dataset, preset.values.get(dataset), user.get(dataset)
         )
-        for method, method_cls in method_classes.items():
-            method_params = _section(
-                method_cls.Params,
-                method,
-                method_cls.preset_params.get(preset.name),
-                user.get(method),
+        common = {"dataset": dataset, "dataset_params": dataset_params, "data": data}
+        for method, method_cls in sweep.methods.items():
+            jobs += _method_jobs(sweep, method, method_cls, common, finetune)
+    return jobs
+
+
+def _method_jobs(
+    sweep: CheckedSpec, method: str, method_cls: type, common: dict[str, Any], finetune
+) -> list[Job]:
+    """One method's jobs on one dataset: per seed its pretraining (if any), then one
+    fine-tuning per fraction; none, with a warning, for a method that cannot run here and
+    that the user did not name."""
+    preset, user = sweep.preset, sweep.user
+    method_params = build_section(
+        method_cls.Params, method, method_cls.preset_params.get(preset.name), user.get(method)
+    )
+    pretrain = build_section(
+        PretrainConfig,
+        "pretrain",
+        preset.values.get("pretrain"),
+        method_cls.preset_pretrain.get(preset.name),
+        user.get("pretrain"),
+    )
+    reason = method_cls.unavailable_reason(method_params, pretrain.backbone)
+    if reason and sweep.methods_named:
+        raise ConfigError(f"method {method!r} cannot run here: {reason}")
+    if reason:
+        log.warning("leaving %s out of the default sweep: %s", method, reason)
+        return []
+    common = {**common, "method": method, "method_params": method_params, "preset": preset.name}
+    jobs: list[Job] = []
+    for seed in sweep.seeds:
+        pretrain_job = None
+        if method_cls.pretrains:
+            pretrain_job = PretrainJob(pretrain=pretrain, seed=seed, **common)
+            jobs.append(pretrain_job)
+        jobs += [
+            FinetuneJob(
+                pretrain_job=pretrain_job,
+                finetune=finetune,
+                backbone=pretrain.backbone,
+                fraction=fraction,
+                seed=seed,
+                **common,
             )
-            pretrain = _section(
-                PretrainConfig,
-                "pretrain",
-                preset.values.get("pretrain"),
-                method_cls.preset_pretrain.get(preset.name),
-                user.get("pretrain"),
-            )
-            reason = method_cls.unavailable_reason(method_params, pretrain.backbone)
-            if reason and spec.methods is not None:
-                raise ConfigError(f"method {method!r} cannot run here: {reason}")
-            if reason:
-                log.warning("leaving %s out of the default sweep: %s", method, reason)
-                continue
-            for seed in seeds:
-                pretrain_job = None
-                if method_cls.pretrains:
-                    pretrain_job = PretrainJob(
-                        method=method,
-                        method_params=method_params,
-                        dataset=dataset,
-                        dataset_params=dataset_params,
-                        data=data,
-                        pretrain=pretrain,
-                        seed=seed,
-                        preset=preset.name,
-                    )
-                    jobs.append(pretrain_job)
-                for fraction in fractions:
-                    jobs.append(
-                        FinetuneJob(
-                            method=method,
-                            method_params=method_params,
-                            pretrain_job=pretrain_job,
-                            dataset=dataset,
-                            dataset_params=dataset_params,
-                            data=data,
-                            finetune=finetune,
-                            backbone=pretrain.backbone,
-                            fraction=fraction,
-                            seed=seed,
-                            preset=preset.name,
-                        )
-                    )
+            for fraction in sweep.fractions
+        ]
     return jobs
 
 
@@ -236,7 +262,8 @@ def run_sweep(
 
 def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
     """Before anything runs: every dataset is prepared (else the error names the prepare
-    command), has the requested bands, and every fraction labels at least one patch."""
+    command), has the requested bands, every fraction labels at least one patch and every
+    pretraining batch fits in the training patches."""
     train_sizes: dict[tuple, int] = {}
     for job in jobs:
         key = (job.dataset, job.dataset_params, job.data)
@@ -246,6 +273,23 @@ def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
             train_sizes[key] = dataset.train_size()
         if job.kind == "finetune":
             check_fraction_usable(job.dataset, job.fraction, train_sizes[key])
+        elif job.pretrain.batch_size > train_sizes[key]:
+            raise ConfigError(
+                f"pretrain.batch_size={job.pretrain.batch_size} exceeds the {train_sizes[key]} "
+                f"training patches of {job.dataset}: not one full batch per epoch"
+            )
+
+
+def data_problems(jobs: list[Job], data_root: Path | str | None) -> list[str]:
+    """What :func:`check_data` would refuse, one line per dataset (for ``plan``, which only
+    shows the jobs)."""
+    problems = []
+    for dataset in dict.fromkeys(job.dataset for job in jobs):
+        try:
+            check_data([job for job in jobs if job.dataset == dataset], data_root)
+        except ConfigError as error:
+            problems.append(str(error).splitlines()[0])
+    return problems
 
 
 def submit_sweep(
@@ -308,14 +352,16 @@ def rerun_failed(
 
 
 def job_states(jobs: list[Job], results_dir: Path | str) -> dict[str, str]:
-    """``done``, ``failed`` or ``pending`` for each planned job, from the run store."""
+    """``done``, ``failed``, ``corrupt`` (an unreadable record: the job runs again) or
+    ``pending`` for each planned job, from the run store."""
     store = RunStore(results_dir)
     states = {}
     for job in jobs:
-        record = store.read_record(job.job_id)
-        states[job.job_id] = (
-            "pending"
-            if record is None
-            else ("done" if record.get("status") == "ok" else str(record.get("status")))
-        )
+        record = store.read(job.job_id)
+        if record is None:
+            states[job.job_id] = "pending"
+        elif isinstance(record, UnreadableRecord):
+            states[job.job_id] = "corrupt"
+        else:
+            states[job.job_id] = "done" if record["status"] == "ok" else record["status"]
     return states

@@ -144,5 +144,15 @@ def test_leftover_temporary_files_are_not_records(tmp_path):
     run.mkdir(parents=True)
     (run / f".{RECORD}.123.tmp").write_text('{"status": "ok", "half": ')  # killed mid-write
     assert store.read_record("job-a") is None and list(store.records()) == []
-    store.write_record("job-a", {"status": "ok", "kind": "finetune"})
+    store.write_record(
+        "job-a",
+        {
+            "status": "ok",
+            "kind": "pretrain",
+            "job_id": "job-a",
+            "method": "m",
+            "dataset": "d",
+            "seed": 0,
+        },
+    )
     assert [r["status"] for r in store.records()] == ["ok"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bench.config import ConfigError, DataConfig
+from bench.config import ConfigError, DataConfig, NoSettings
 from bench.registry import Registry
 
 IGNORE_INDEX = 255  # label value excluded from losses and metrics
@@ -97,16 +96,11 @@ class PatchSet(Dataset):
         return PatchSet(self._images, self._masks, ids, self.bands, rows)
 
 
-@dataclass(frozen=True)
-class NoParams:
-    """A dataset without settings of its own."""
-
-
 class SegmentationDataset:
     """Base of every registered dataset; subclasses state their facts as class attributes."""
 
     name: ClassVar[str]
-    Params: ClassVar[type] = NoParams
+    Params: ClassVar[type] = NoSettings
     class_names: ClassVar[tuple[str, ...]]
     class_colours: ClassVar[tuple[tuple[int, int, int], ...]]
     ignore_index: ClassVar[int] = IGNORE_INDEX

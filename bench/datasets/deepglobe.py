@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.config import setting
 from bench.datasets.base import DatasetError, register_dataset
 from bench.datasets.prepared import PreparedDataset, RawTile, TileParams, seeded_split
 from bench.datasets.readers import colours_to_index, read_raster
@@ -21,13 +22,8 @@ from bench.datasets.readers import colours_to_index, read_raster
 
 @dataclass(frozen=True)
 class DeepGlobeParams(TileParams):
-    test_fraction: float = 0.2  # share of image ids held out for testing
-    split_seed: int = 0  # fixes the split; run seeds do not change it
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+    test_fraction: float = setting(0.2, gt=0, lt=1)  # share of image ids held out for testing
+    split_seed: int = setting(0, ge=0)  # fixes the split; run seeds do not change it
 
 
 @register_dataset("deepglobe")

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bench.config import setting
 from bench.datasets.base import DatasetError, register_dataset
 from bench.datasets.prepared import PreparedDataset, RawTile, TileParams, seeded_split
 from bench.datasets.readers import (
@@ -54,8 +55,9 @@ FOLDER_LAYOUT = (
 @dataclass(frozen=True)
 class FolderParams(TileParams):
     name: str = "default"  # names the prepared copy: data/folder/<name>/...
-    test_fraction: float = 0.2  # used when the folder has no train.txt/test.txt
-    split_seed: int = 0
+    # used when the folder has no train.txt/test.txt
+    test_fraction: float = setting(0.2, gt=0, lt=1)
+    split_seed: int = setting(0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -98,26 +100,43 @@ def read_class_file(raw: Path) -> ClassSpec:
         names.append(str(entry["name"]))
         if "colour" in entry or "color" in entry:
             colour = entry.get("colour", entry.get("color"))
-            if not (isinstance(colour, list) and len(colour) == 3):
-                raise DatasetError(f"{path}: colour of {entry['name']} must be [r, g, b]")
-            colours.append(tuple(int(c) for c in colour))
+            colours.append(_colour(colour, path, f"colour of class {entry['name']}"))
         elif "value" in entry:
-            values.append(int(entry["value"]))
+            values.append(_label_value(entry["value"], path, f"value of class {entry['name']}"))
         else:
             raise DatasetError(f"{path}: class {entry['name']} needs a colour or a value")
     if colours and values:
         raise DatasetError(f"{path}: give every class a colour, or every class a value")
     if len(set(names)) != len(names) or len(set(colours or values)) != len(colours or values):
         raise DatasetError(f"{path}: class names, colours and values must be unique")
-    if any(not 0 <= v <= 254 for v in values) or any(
-        not 0 <= c <= 255 for colour in colours for c in colour
-    ):
-        raise DatasetError(f"{path}: values must be in 0..254 and colours in 0..255")
     ignore = spec.get("ignore") or []
-    ignore = tuple(tuple(int(c) for c in i) if colours else int(i) for i in ignore)
+    if not isinstance(ignore, list):
+        raise DatasetError(f"{path}: 'ignore' must be a list, got {ignore!r}")
+    read = _colour if colours else _label_value
+    ignore = tuple(read(item, path, "each entry of 'ignore'") for item in ignore)
     return ClassSpec(
         tuple(names), tuple(colours) or None, tuple(values) if values else None, ignore
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _colour(value: Any, path: Path, what: str) -> tuple[int, int, int]:
+    if not (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(_is_int(c) and 0 <= c <= 255 for c in value)
+    ):
+        raise DatasetError(f"{path}: {what} must be [r, g, b] with integers 0..255, got {value!r}")
+    return tuple(value)
+
+
+def _label_value(value: Any, path: Path, what: str) -> int:
+    if not (_is_int(value) and 0 <= value <= 254):
+        raise DatasetError(f"{path}: {what} must be an integer label value 0..254, got {value!r}")
+    return value
 
 
 @register_dataset("folder")
@@ -226,8 +245,8 @@ def _by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
 
 @dataclass(frozen=True)
 class XiangtanParams(TileParams):
-    test_fraction: float = 0.2
-    split_seed: int = 0
+    test_fraction: float = setting(0.2, gt=0, lt=1)
+    split_seed: int = setting(0, ge=0)
 
 
 @register_dataset("xiangtan")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -39,7 +40,6 @@ ISPRS_COLOURS = (
     (255, 0, 0),
 )
 ISPRS_IGNORE = ((0, 0, 0),)
-LABEL_KINDS = ("full", "no_boundary")
 
 POTSDAM_TRAIN = (
     "2_10 2_11 2_12 3_10 3_11 3_12 4_10 4_11 4_12 5_10 5_11 5_12 "
@@ -54,12 +54,7 @@ VAIHINGEN_TEST = (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38
 class IsprsParams(TileParams):
     """``labels``: ``full`` or ``no_boundary`` (the eroded ``_noBoundary`` label files)."""
 
-    labels: str = "full"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.labels not in LABEL_KINDS:
-            raise ValueError(f"labels must be one of {', '.join(LABEL_KINDS)}, got {self.labels}")
+    labels: Literal["full", "no_boundary"] = "full"
 
 
 class _Isprs(PreparedDataset):

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bench.config import Settings, setting
 from bench.datasets.base import (
     BAND_COUNTS,
     IGNORE_INDEX,
@@ -53,18 +54,12 @@ SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
-class TileParams:
+class TileParams(Settings):
     """How raw tiles are cut. 256 px patches without overlap, as GLCNet and FALSE cut
     Potsdam (DATASETS.md)."""
 
-    patch_size: int = 256
-    stride: int = 0  # 0: equal to patch_size (no overlap)
-
-    def __post_init__(self) -> None:
-        if self.patch_size < 8:
-            raise ValueError(f"patch_size must be at least 8, got {self.patch_size}")
-        if self.stride < 0:
-            raise ValueError(f"stride must be >= 0 (0: the patch size), got {self.stride}")
+    patch_size: int = setting(256, ge=8)
+    stride: int = setting(0, ge=0)  # 0: equal to patch_size (no overlap)
 
 
 @dataclass(frozen=True)

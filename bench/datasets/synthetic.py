@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.config import canonical_json, stable_hash
+from bench.config import Settings, canonical_json, setting, stable_hash
 from bench.datasets import synthetic_scene
 from bench.datasets.base import PatchSet, SegmentationDataset, register_dataset
 
@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SyntheticParams:
-    patch_size: int = 64
-    n_train: int = 1024  # unlabelled pool for pretraining; label fractions are drawn from it
-    n_test: int = 256
-    data_seed: int = 0  # fixes the dataset itself; run seeds do not change it
+class SyntheticParams(Settings):
+    patch_size: int = setting(64, ge=8)
+    # unlabelled pool for pretraining; label fractions are drawn from it
+    n_train: int = setting(1024, ge=1)
+    n_test: int = setting(256, ge=1)
+    data_seed: int = setting(0, ge=0)  # fixes the dataset itself; run seeds do not change it
 
 
 @register_dataset("synthetic")

@@ -18,14 +18,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bench.config import PretrainConfig
+from bench.config import NoSettings, PretrainConfig
 from bench.models import build_backbone
 from bench.registry import Registry
-
-
-@dataclass(frozen=True)
-class NoParams:
-    """A method without hyperparameters of its own."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,7 @@ class Method:
     """Attributes shared by every registry entry."""
 
     name: ClassVar[str]
-    Params: ClassVar[type] = NoParams
+    Params: ClassVar[type] = NoSettings
     pretrains: ClassVar[bool] = True
     summary: ClassVar[str] = ""
     # preset name -> PretrainConfig values this method's paper uses (over the preset's own)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.augment import ViewAugmentation, ViewRecipe
+from bench.config import Settings, setting
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.methods.ema import cosine_momentum, ema_update, frozen_copy
 from bench.models import BACKBONE_WIDTH
@@ -31,19 +32,15 @@ def bn_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 
 @dataclass(frozen=True)
-class BYOLParams:
-    base_momentum: float = 0.996  # tau_base (Grill et al., sec. 3.3)
-    hidden_dim: int = 4096  # projector and predictor hidden width (sec. 3.3)
-    projection_dim: int = 256
+class BYOLParams(Settings):
+    base_momentum: float = setting(0.996, ge=0, lt=1)  # tau_base (Grill et al., sec. 3.3)
+    hidden_dim: int = setting(4096, ge=1)  # projector and predictor hidden width (sec. 3.3)
+    projection_dim: int = setting(256, ge=1)
     # Views (Grill et al., table 6): crop 0.08-1, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8,
     # grayscale 0.2, blur p 1.0 / 0.1, solarize p 0 / 0.2.
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    blur_probs: tuple[float, float] = (1.0, 0.1)
-    solarize_probs: tuple[float, float] = (0.0, 0.2)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.base_momentum < 1.0:
-            raise ValueError("byol.base_momentum must be in [0, 1)")
+    crop_scale: tuple[float, float] = setting((0.08, 1.0), gt=0, le=1, ordered=True)
+    blur_probs: tuple[float, float] = setting((1.0, 0.1), ge=0, le=1)  # view 1, view 2
+    solarize_probs: tuple[float, float] = setting((0.0, 0.2), ge=0, le=1)
 
 
 @register_method("byol")

@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 
+from bench.config import setting
 from bench.losses import masked_contrastive_loss, nt_xent_masks, partner_index
 from bench.losses.ntxent import cosine_logits
 from bench.methods.base import StepContext, register_method
@@ -38,16 +39,11 @@ from bench.methods.simclr import SimCLR, SimCLRParams
 
 @dataclass(frozen=True)
 class FALSEParams(SimCLRParams):
-    alpha: float = 1.0  # FNCC confidence weight, 0 < alpha <= 1 (FALSE sec. II-C; release: 1)
-    positive_threshold: float = 0.9  # T: a positive pair is confident if cos >= T (sec. II-B)
+    # FNCC confidence weight, 0 < alpha <= 1 (FALSE sec. II-C; release: 1)
+    alpha: float = setting(1.0, gt=0, le=1)
+    # T: a positive pair is confident if its cosine >= T (sec. II-B)
+    positive_threshold: float = setting(0.9, ge=-1, le=1)
     selection: Literal["global", "per_anchor"] = "global"  # global = the released code
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.alpha <= 1.0:
-            raise ValueError(f"false.alpha must satisfy 0 < alpha <= 1, got {self.alpha}")
-        if not -1.0 <= self.positive_threshold <= 1.0:
-            raise ValueError("false.positive_threshold is a cosine and must be in [-1, 1]")
 
 
 @torch.no_grad()

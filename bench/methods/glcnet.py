@@ -38,6 +38,7 @@ from torchvision.ops import roi_align
 
 from bench import distributed
 from bench.augment import blur_kernel_size, on_rgb
+from bench.config import Settings, setting
 from bench.correspondence import (
     ViewGeometry,
     make_view,
@@ -53,40 +54,35 @@ OUTPUT_STRIDE = 16  # the paper's DeepLabV3+ (ResNet at output stride 16)
 
 
 @dataclass(frozen=True)
-class GLCNetParams:
-    global_weight: float = 0.5  # lambda of lambda L_global + (1 - lambda) L_local (sec. III-D)
-    temperature: float = 0.5  # tau of both contrastive losses (release: NTXentLoss(..., 0.5))
+class GLCNetParams(Settings):
+    # lambda of lambda L_global + (1 - lambda) L_local (sec. III-D)
+    global_weight: float = setting(0.5, ge=0, le=1)
+    # tau of both contrastive losses (release: NTXentLoss(..., 0.5))
+    temperature: float = setting(0.5, gt=0)
     # GLCNet's loss as the paper writes it: -log(e^pos / sum_neg e^neg). The released
     # NTXentLoss keeps the positive in the denominator (its mask is 1 - I); true reproduces it.
     positive_in_denominator: bool = False
-    global_hidden_dim: int = 256  # style projector 512 -> 256 -> 64 (release proj)
-    global_dim: int = 64
-    local_channels: int = 64  # decoder output channels pooled over regions (release conv41)
-    local_hidden_dim: int = 64  # region projector 64 -> 64 -> 64 (release proj1)
-    local_dim: int = 64
-    region_size: int = 48  # side of the matched regions in view pixels (release patch_size)
-    regions_per_image: int = 4  # release patch_num
-    crop_scale: tuple[float, float] = (0.4, 1.0)  # random resized crop of both views
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_prob: float = 0.6  # release: one of [h, v, both, none, none]
-    rot90_prob: float = 0.8
-    jitter_prob: float = 0.8
-    hue: float = 1 / 6  # +-30 OpenCV hue units of 180 = +-1/6 of the circle
-    saturation: float = 5 / 255
-    brightness: float = 15 / 255
-    band_copy_prob: float = 0.1  # release random_image_to_gray: one band copied to all
-    blur_prob: float = 0.5
-    blur_sigma: tuple[float, float] = (0.8, 1.4)  # OpenCV's sigma for its 3-7 px kernels
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.global_weight <= 1.0:
-            raise ValueError("glcnet.global_weight must be in [0, 1]")
-        if self.temperature <= 0:
-            raise ValueError("glcnet.temperature must be > 0")
-        if self.region_size < 8:
-            raise ValueError("glcnet.region_size must be >= 8 pixels")
-        if self.regions_per_image < 1:
-            raise ValueError("glcnet.regions_per_image must be >= 1")
+    global_hidden_dim: int = setting(256, ge=1)  # style projector 512 -> 256 -> 64 (proj)
+    global_dim: int = setting(64, ge=1)
+    local_channels: int = setting(64, ge=1)  # decoder channels pooled over regions (conv41)
+    local_hidden_dim: int = setting(64, ge=1)  # region projector 64 -> 64 -> 64 (proj1)
+    local_dim: int = setting(64, ge=1)
+    region_size: int = setting(48, ge=8)  # side of the matched regions in view pixels
+    regions_per_image: int = setting(4, ge=1)  # release patch_num
+    # random resized crop of both views
+    crop_scale: tuple[float, float] = setting((0.4, 1.0), gt=0, le=1, ordered=True)
+    crop_ratio: tuple[float, float] = setting((3 / 4, 4 / 3), gt=0, ordered=True)
+    flip_prob: float = setting(0.6, ge=0, le=1)  # release: one of [h, v, both, none, none]
+    rot90_prob: float = setting(0.8, ge=0, le=1)
+    jitter_prob: float = setting(0.8, ge=0, le=1)
+    hue: float = setting(1 / 6, ge=0, le=0.5)  # +-30 OpenCV hue units of 180 = +-1/6 circle
+    saturation: float = setting(5 / 255, ge=0)
+    brightness: float = setting(15 / 255, ge=0)
+    # release random_image_to_gray: one band copied to all
+    band_copy_prob: float = setting(0.1, ge=0, le=1)
+    blur_prob: float = setting(0.5, ge=0, le=1)
+    # OpenCV's sigma for its 3-7 px kernels
+    blur_sigma: tuple[float, float] = setting((0.8, 1.4), gt=0, ordered=True)
 
 
 def style_vector(features: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from bench import distributed
+from bench.config import setting
 from bench.losses import nt_xent
 from bench.methods.base import StepContext, register_method
 from bench.methods.simclr import SimCLR, SimCLRParams
@@ -41,15 +42,9 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 @dataclass(frozen=True)
 class GraSSParams(SimCLRParams):
     # ID warm-up length; None = one third of pretrain.epochs (the release leaves it open).
-    warmup_epochs: int | None = None
-    control_ratio: float = 0.5  # r, region threshold min + r (max - min) (GraSS sec. III-B)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.control_ratio < 1.0:
-            raise ValueError("grass.control_ratio must be in [0, 1)")
-        if self.warmup_epochs is not None and self.warmup_epochs < 0:
-            raise ValueError("grass.warmup_epochs must be >= 0")
+    warmup_epochs: int | None = setting(None, ge=0)
+    # r, region threshold min + r (max - min) (GraSS sec. III-B)
+    control_ratio: float = setting(0.5, ge=0, lt=1)
 
 
 def grad_cam(features: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:

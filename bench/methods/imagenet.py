@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from bench.config import Settings, setting
 from bench.methods.base import BaselineMethod, register_method
 
 WEIGHTS_ENV = "BENCH_IMAGENET_WEIGHTS"
@@ -37,9 +38,9 @@ TIMM_MODELS = {
 
 
 @dataclass(frozen=True)
-class ImageNetParams:
+class ImageNetParams(Settings):
     # Where the file is does not change the result; its SHA-256 goes into the record.
-    weights: str = field(default="", metadata={"identity": False})
+    weights: str = setting("", identity=False)
 
 
 def candidate_files(backbone: str) -> list[Path]:

@@ -23,32 +23,26 @@ import torch.nn.functional as F
 
 from bench import distributed
 from bench.augment import ViewAugmentation, ViewRecipe
+from bench.config import Settings, setting
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.methods.ema import ema_update, frozen_copy
 from bench.models import BACKBONE_WIDTH, mlp_projector
 
 
 @dataclass(frozen=True)
-class MoCoParams:
-    temperature: float = 0.2  # MoCo v2 (Chen et al. 2020, sec. 3); G-RSIM used 0.07
-    momentum: float = 0.999  # key-encoder EMA m (He et al. 2020, sec. 3.2)
-    queue_size: int = 65536  # K negatives (He et al. 2020); 2,048 in G-RSIM
-    projector_hidden_dim: int = 0  # MLP head w -> w -> 128 (MoCo v2); 0 = backbone width w
-    projector_dim: int = 128
+class MoCoParams(Settings):
+    temperature: float = setting(0.2, gt=0)  # MoCo v2 (Chen et al. 2020, sec. 3); G-RSIM 0.07
+    momentum: float = setting(0.999, ge=0, lt=1)  # key-encoder EMA m (He et al. 2020, 3.2)
+    queue_size: int = setting(65536, ge=1)  # K negatives (He et al. 2020); 2,048 in G-RSIM
+    # MLP head w -> w -> 128 (MoCo v2); 0 = backbone width w
+    projector_hidden_dim: int = setting(0, ge=0)
+    projector_dim: int = setting(128, ge=1)
     # MoCo v2 augmentation: crop 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2,
     # blur p 0.5, h-flip.
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("moco.temperature must be > 0")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError("moco.momentum must be in [0, 1)")
-        if self.queue_size < 1:
-            raise ValueError("moco.queue_size must be >= 1")
+    crop_scale: tuple[float, float] = setting((0.2, 1.0), gt=0, le=1, ordered=True)
+    jitter_prob: float = setting(0.8, ge=0, le=1)
+    grayscale_prob: float = setting(0.2, ge=0, le=1)
+    blur_prob: float = setting(0.5, ge=0, le=1)
 
 
 @register_method("moco")

@@ -31,6 +31,7 @@ from torch import nn
 
 from bench import distributed
 from bench.augment import on_rgb
+from bench.config import Settings, setting
 from bench.losses import nt_xent
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.models import BACKBONE_WIDTH
@@ -71,20 +72,17 @@ def weighted_l1(prediction: torch.Tensor, target: torch.Tensor, corrupted: torch
 
 
 @dataclass(frozen=True)
-class MultitaskParams:
-    inpainting_weight: float = 20.0  # loss weights 20 / 1 / 1 (Li et al. 2021, sec. III-D)
-    agr_weight: float = 1.0
-    exemplar_weight: float = 1.0
-    block_ratio: tuple[float, float] = (0.2, 1 / 3)  # block side r * min(H, W), r ~ U(a, b)
-    exemplar_temperature: float = 1.0  # tau of the exemplar NT-Xent (sec. III-C)
-    exemplar_hidden_dim: int = 1024
-    exemplar_dim: int = 512
-    decoder_channels: tuple[int, int, int, int, int] = (256, 128, 64, 32, 16)
-
-    def __post_init__(self) -> None:
-        low, high = self.block_ratio
-        if not 0 < low <= high <= 1:
-            raise ValueError("multitask.block_ratio must satisfy 0 < low <= high <= 1")
+class MultitaskParams(Settings):
+    # loss weights 20 / 1 / 1 (Li et al. 2021, sec. III-D)
+    inpainting_weight: float = setting(20.0, ge=0)
+    agr_weight: float = setting(1.0, ge=0)
+    exemplar_weight: float = setting(1.0, ge=0)
+    # block side r * min(H, W), r ~ U(low, high)
+    block_ratio: tuple[float, float] = setting((0.2, 1 / 3), gt=0, le=1, ordered=True)
+    exemplar_temperature: float = setting(1.0, gt=0)  # tau of the exemplar NT-Xent (III-C)
+    exemplar_hidden_dim: int = setting(1024, ge=1)
+    exemplar_dim: int = setting(512, ge=1)
+    decoder_channels: tuple[int, int, int, int, int] = setting((256, 128, 64, 32, 16), ge=1)
 
 
 @register_method("multitask")

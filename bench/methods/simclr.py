@@ -9,30 +9,28 @@ import torch
 
 from bench import distributed
 from bench.augment import ViewAugmentation, ViewRecipe
+from bench.config import Settings, setting
 from bench.losses import nt_xent
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.models import BACKBONE_WIDTH, mlp_projector
 
 
 @dataclass(frozen=True)
-class SimCLRParams:
+class SimCLRParams(Settings):
     # tau = 0.5 in the VISSL config of FALSE/GraSS; Chen et al. use 0.1-0.5 (Table 5).
-    temperature: float = 0.5
+    temperature: float = setting(0.5, gt=0)
     # Projector Linear(w, w) - ReLU - Linear(w, 128), no BN (VISSL SimCLR head);
     # 0 means the backbone width w (2048 for ResNet-50, 512 for ResNet-18).
-    projector_hidden_dim: int = 0
-    projector_dim: int = 128
+    projector_hidden_dim: int = setting(0, ge=0)
+    projector_dim: int = setting(128, ge=1)
     # Views (Chen et al., appendix A): crop scale 0.08-1, h-flip, ColorJitter(0.8, 0.8, 0.8,
     # 0.2) with p 0.8, grayscale p 0.2, Gaussian blur p 0.5 with sigma in [0.1, 2].
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    jitter_strength: float = 0.8  # brightness = contrast = saturation; hue = strength / 4
-    jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError("simclr.temperature must be > 0")
+    crop_scale: tuple[float, float] = setting((0.08, 1.0), gt=0, le=1, ordered=True)
+    # brightness = contrast = saturation; hue = strength / 4 (at most 0.5)
+    jitter_strength: float = setting(0.8, ge=0, le=2)
+    jitter_prob: float = setting(0.8, ge=0, le=1)
+    grayscale_prob: float = setting(0.2, ge=0, le=1)
+    blur_prob: float = setting(0.5, ge=0, le=1)
 
 
 @register_method("simclr")

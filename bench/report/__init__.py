@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from bench.report.formats import FORMATS, SUFFIXES, latex_escape, render
+from bench.report.formats import FORMATS, SUFFIXES, check_format, latex_escape, render
 from bench.report.plots import PLOT_FORMATS, plot_fraction_curves
 from bench.report.table import (
     ALPHA,
@@ -21,6 +21,8 @@ from bench.report.table import (
     Column,
     Table,
     build_table,
+    check_baseline,
+    check_metrics,
     method_order,
     paired_test,
     per_class_table,
@@ -54,6 +56,9 @@ __all__ = [
     "Column",
     "Table",
     "build_table",
+    "check_baseline",
+    "check_format",
+    "check_metrics",
     "comparison_table",
     "latex_escape",
     "method_order",

@@ -176,7 +176,12 @@ def caption_lines(table: Table, style: Style) -> list[str]:
         footer += ")"
     footer += (
         f"; cells with fewer seeds: {table.partial_cells}; failed runs: {table.failed_runs}; "
-        f"skipped runs: {table.skipped_runs}."
+        f"skipped runs: {table.skipped_runs}"
+        + (
+            f"; unreadable records left out: {table.unreadable_records}."
+            if table.unreadable_records
+            else "."
+        )
     )
     lines.append(e(footer))
     if table.kind == "comparison":
@@ -324,9 +329,13 @@ FORMATS: dict[str, Callable[[Table], str]] = {
 SUFFIXES = {".md": "md", ".tex": "latex", ".csv": "csv", ".html": "html", ".htm": "html"}
 
 
-def render(table: Table, fmt: str = "md") -> str:
+def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         from bench.config import ConfigError
 
         raise ConfigError(f"unknown table format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    return FORMATS[fmt](table)
+    return fmt
+
+
+def render(table: Table, fmt: str = "md") -> str:
+    return FORMATS[check_format(fmt)](table)

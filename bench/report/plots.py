@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
-from bench.report.table import build_table, method_order
+from bench.report.table import build_table, check_metrics, method_order
 from bench.store import atomic_write_bytes
 
 PLOT_FORMATS = ("png", "svg")
@@ -36,6 +36,7 @@ def plot_fraction_curves(
         raise ConfigError(
             f"unknown plot format {bad[0] if bad else ''!r}; valid: {', '.join(PLOT_FORMATS)}"
         )
+    metrics = check_metrics(metrics)  # all of them before the first file is written
     records = list(records)
     paths = []
     for metric in metrics:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from bench.config import PRESETS, ConfigError
+from bench.config import PRESETS, ConfigError, check_unique
 from bench.methods import METHODS
 
 METRIC_LABELS = {"miou": "mIoU", "kappa": "Kappa", "oa": "OA", "mean_f1": "F1"}
@@ -104,6 +104,7 @@ class Table:
     failed_runs: int
     skipped_runs: int
     presets: tuple[str, ...]
+    unreadable_records: int = 0  # result.json files left out because they are not records
 
     def cell(self, method: str, column: Column) -> Cell:
         return self.cells[self.methods.index(method)][self.columns.index(column)]
@@ -181,6 +182,7 @@ def _check_one_run_per_seed(frame: pd.DataFrame) -> None:
 
 
 def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
+    """Known metrics, each named once (ConfigError naming the valid ones otherwise)."""
     metrics = tuple(metrics)
     unknown = [m for m in metrics if m not in METRIC_LABELS]
     if unknown or not metrics:
@@ -188,6 +190,7 @@ def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
             f"unknown metric {unknown[0] if unknown else ''!r}; "
             f"valid metrics: {', '.join(METRIC_LABELS)}"
         )
+    check_unique("metric", metrics)
     return metrics
 
 
@@ -195,11 +198,13 @@ def build_table(
     records: Iterable[dict[str, Any]],
     metrics: Iterable[str] = ("miou", "kappa"),
     baseline: str | None = AUTO,
+    unreadable: int = 0,
 ) -> Table | None:
     """The comparison table of fine-tuning records; None when there are none.
 
     Columns are the (dataset, fraction) pairs that have records (datasets and fractions
-    sorted) x ``metrics``; ``baseline`` is a method name, ``AUTO`` or None.
+    sorted) x ``metrics``; ``baseline`` is a method name, ``AUTO`` or None; ``unreadable``
+    counts records left out because they could not be read (said in the footer).
     """
     metrics = check_metrics(metrics)
     frame = records_frame(records)
@@ -223,7 +228,8 @@ def build_table(
                 }
             )
         )
-    return _assemble("comparison", frame, columns, pd.concat(observations), baseline)
+    table = _assemble("comparison", frame, columns, pd.concat(observations), baseline)
+    return replace(table, unreadable_records=unreadable)
 
 
 def per_class_table(
@@ -231,6 +237,7 @@ def per_class_table(
     dataset: str | None = None,
     fraction: float | None = None,
     baseline: str | None = AUTO,
+    unreadable: int = 0,
 ) -> Table | None:
     """Per-class IoU of one dataset at one label fraction (each inferred when unique)."""
     frame = records_frame(records)
@@ -263,7 +270,8 @@ def per_class_table(
                     "value": math.nan if value is None else 100 * float(value),
                 }
             )
-    return _assemble("per-class", frame, columns, pd.DataFrame(observations), baseline)
+    table = _assemble("per-class", frame, columns, pd.DataFrame(observations), baseline)
+    return replace(table, unreadable_records=unreadable)
 
 
 def _pick(frame: pd.DataFrame, field: str, wanted: Any, option: str) -> Any:
@@ -279,6 +287,16 @@ def _pick(frame: pd.DataFrame, field: str, wanted: Any, option: str) -> Any:
             f"the results have {', '.join(map(str, choices))}"
         )
     return matches[0]
+
+
+def check_baseline(baseline: str | None, methods: Iterable[str]) -> None:
+    """Before a sweep: an explicit ``baseline`` must be one of the sweep's ``methods``."""
+    methods = list(methods)
+    if baseline not in (None, "none", AUTO) and baseline not in methods:
+        raise ConfigError(
+            f"baseline {baseline!r} is not a method of this sweep; "
+            f"valid baselines: {', '.join(methods)}, none"
+        )
 
 
 def _resolve_baseline(baseline: str | None, methods: list[str]) -> str | None:

@@ -67,4 +67,4 @@ def test_prepare_cli_errors(tmp_path, capsys):
     assert main([*args, "--data-root", str(tmp_path / "d"), "--set", "loveda_urban.sizes=3"]) == 2
     assert "valid keys" in capsys.readouterr().err
     assert main([*args, "--data-root", str(tmp_path / "d"), "--patch-size", "3"]) == 2
-    assert "patch_size must be at least 8" in capsys.readouterr().err
+    assert "loveda_urban.patch_size must be >= 8, got 3" in capsys.readouterr().err

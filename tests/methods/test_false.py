@@ -139,9 +139,7 @@ def test_fncc_values_follow_the_formula(alpha):
 def test_alpha_is_validated_with_a_clear_error():
     for bad in ("0", "1.5", "-0.1"):
         with pytest.raises(ConfigError, match="0 < alpha <= 1"):
-            from bench.sweep import _section
-
-            _section(FALSEParams, "false", {"alpha": bad})
+            build_section(FALSEParams, "false", {"alpha": bad})
     assert build_section(FALSEParams, "false", {"alpha": "0.9"}).alpha == 0.9
 
 
