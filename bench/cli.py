@@ -40,6 +40,8 @@ from bench.store import (
 from bench.submission import job_status
 from bench.sweep import (
     SweepSpec,
+    check_fractions,
+    check_seeds,
     check_spec,
     data_problems,
     job_states,
@@ -87,6 +89,16 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,7 +201,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
     print(f"\n{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     for problem in data_problems(jobs, args.data_root):
-        print(f"note: {problem}; `run` refuses this sweep until then")
+        print(f"note (`run` refuses this sweep until it is fixed): {problem}")
     return 0
 
 
@@ -213,6 +225,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     cls = DATASETS.get(args.dataset)
+    check_seeds(args.seeds)
+    check_fractions(args.fractions)
     given = {"patch_size": args.patch_size, "stride": args.stride, "name": args.name}
     given = {k: v for k, v in given.items() if v is not None}
     user = parse_overrides(args.overrides)
@@ -287,10 +301,10 @@ def _table_format(args: argparse.Namespace) -> str:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    fmt = _table_format(args)
-    check_metrics(args.metric)
     if args.output is not None:
         check_output_file(args.output)
+    fmt = _table_format(args)
+    check_metrics(args.metric)
     if not args.per_class and (args.dataset is not None or args.fraction is not None):
         raise ConfigError("--dataset and --fraction choose the --per-class table; add it")
     records, unreadable = _results_records(args.results)
@@ -449,9 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
         "perf", help="measure harness overhead and throughput (ratios in one process)"
     )
     perf.add_argument("--methods", type=_names, default=None, help="pretraining methods")
-    perf.add_argument("--steps", type=int, default=6, help="pretraining steps per run")
-    perf.add_argument("--finetune-steps", type=int, default=20, help="fine-tuning steps per run")
-    perf.add_argument("--repeats", type=int, default=2, help="runs per measurement (best kept)")
+    perf.add_argument("--steps", type=_positive, default=6, help="pretraining steps per run")
+    perf.add_argument(
+        "--finetune-steps", type=_positive, default=20, help="fine-tuning steps per run"
+    )
+    perf.add_argument(
+        "--repeats", type=_positive, default=2, help="runs per measurement (best kept)"
+    )
     perf.add_argument("--output", type=Path, default=Path("perf.json"), help="JSON report")
     perf.set_defaults(func=cmd_perf)
 

@@ -131,10 +131,11 @@ class RunStore:
         atomic_write_json(self.run_dir(job_id) / RECORD, record)
 
     def run_ids(self) -> list[str]:
-        """Every run directory's job id (those with a spec.json), sorted."""
+        """Every run directory's job id (those with a spec.json or a result.json), sorted."""
         if not self.root.is_dir():
             return []
-        return sorted(path.parent.name for path in self.root.glob(f"*/{SPEC}"))
+        runs = {path.parent.name for name in (SPEC, RECORD) for path in self.root.glob(f"*/{name}")}
+        return sorted(runs)
 
     def records(self) -> list[dict[str, Any]]:
         """Every valid record under the root (:meth:`scan` also says which are unreadable)."""

@@ -76,20 +76,8 @@ def check_spec(spec: SweepSpec) -> CheckedSpec:
     methods = spec.methods if spec.methods is not None else tuple(METHODS.names())
     check_names("method", methods, METHODS)
     check_names("dataset", spec.datasets, DATASETS)
-    if not spec.fractions:
-        raise ConfigError("no label fractions given; give fractions in (0, 1], e.g. 0.01,0.1")
-    try:
-        fractions = tuple(check_fraction(f) for f in spec.fractions)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    check_unique("label fraction", fractions)
-    seeds = preset.seeds if spec.seeds is None else tuple(spec.seeds)
-    if not seeds:
-        raise ConfigError("no seeds given; give non-negative integers, e.g. 0,1,2")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        bad = next(s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0)
-        raise ConfigError(f"seeds must be non-negative integers, got {bad!r}")
-    check_unique("seed", seeds)
+    fractions = check_fractions(spec.fractions)
+    seeds = check_seeds(preset.seeds if spec.seeds is None else spec.seeds)
     user = parse_overrides(spec.overrides)
     check_overrides(user)
     return CheckedSpec(
@@ -101,6 +89,30 @@ def check_spec(spec: SweepSpec) -> CheckedSpec:
         user=user,
         methods_named=spec.methods is not None,
     )
+
+
+def check_fractions(fractions) -> tuple[float, ...]:
+    """Label fractions: at least one, each in (0, 1] and given once."""
+    if not fractions:
+        raise ConfigError("no label fractions given; give fractions in (0, 1], e.g. 0.01,0.1")
+    try:
+        fractions = tuple(check_fraction(f) for f in fractions)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    check_unique("label fraction", fractions)
+    return fractions
+
+
+def check_seeds(seeds) -> tuple[int, ...]:
+    """Seeds: at least one, each a non-negative integer (numpy's generators take no negative
+    seed) given once."""
+    if not seeds:
+        raise ConfigError("no seeds given; give non-negative integers, e.g. 0,1,2")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seeds must be non-negative integers, got {seed!r}")
+    check_unique("seed", seeds)
+    return tuple(seeds)
 
 
 def check_names(kind: str, names: tuple[str, ...], registry) -> None:

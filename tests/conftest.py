@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 # Settings that make a whole sweep take seconds: 32 px patches, a few dozen of them.
@@ -28,3 +30,12 @@ def dirs(tmp_path, monkeypatch):
     results, data = tmp_path / "results", tmp_path / "data"
     monkeypatch.setenv("BENCH_DATA_ROOT", str(data))
     return results, data
+
+
+def file_tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with its size and modification time (to show that a command
+    wrote or changed nothing)."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(Path(root).rglob("*"))
+    }
