@@ -24,32 +24,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import checkpoint
 from bench.config import LOAD_MODES, FinetuneConfig
-from bench.datasets import DATASETS, PatchSet
+from bench.datasets import PatchSet, create_dataset
 from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import labelled_indices, write_subset
-from bench.methods import METHODS
-from bench.metrics import METRIC_NOTE, ConfusionMatrix
-from bench.models import build_segmentation_model, load_backbone_strict, load_strict
-from bench.preemption import StopSignals
-from bench.pretrain import (
-    NonFiniteLossError,
+from bench.engine import (
+    StepOutcome,
+    Trainer,
     autocast_for,
     build_optimizer,
     parameter_groups,
+    place_on,
     resolve_device,
     seed_for,
 )
-from bench.store import (
-    BACKBONE,
-    CHECKPOINT,
-    DECODER,
-    RunStore,
-    append_log,
-    now_iso,
-    provenance,
-)
+from bench.methods import METHODS
+from bench.metrics import METRIC_NOTE, ConfusionMatrix
+from bench.models import build_segmentation_model, load_backbone_strict, load_strict
+from bench.store import BACKBONE, CHECKPOINT, DECODER, append_log, now_iso, provenance
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +54,11 @@ def lr_at(cfg: FinetuneConfig, step: int) -> float:
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
     return cfg.lr
+
+
+def lr_schedule(cfg: FinetuneConfig) -> np.ndarray:
+    """The learning rate of every step (:func:`lr_at`), for the engine."""
+    return np.array([lr_at(cfg, step) for step in range(cfg.steps)])
 
 
 def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
@@ -87,11 +84,11 @@ def random_dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Te
 
 
 def initial_backbone(
-    job, store: RunStore, in_channels: int
+    job, pretrained_dir: Path | None, in_channels: int
 ) -> tuple[dict[str, torch.Tensor] | None, str]:
     """The encoder weights the fine-tuning starts from (None: random) and their source."""
     if job.pretrain_job is not None:
-        path = store.run_dir(job.pretrain_job.job_id) / BACKBONE
+        path = Path(pretrained_dir) / BACKBONE
         weights = read_weights(
             path,
             f"pretrained backbone {path} is missing: pretraining job "
@@ -116,12 +113,12 @@ def load_mode_for(job) -> str:
     return LOAD_MODES[min(LOAD_MODES.index(job.finetune.load), LOAD_MODES.index(provided))]
 
 
-def load_pretrained_decoder(model, job, store: RunStore, mode: str) -> None:
+def load_pretrained_decoder(model, job, pretrained_dir: Path | None, mode: str) -> None:
     """Load the pretraining run's ASPP (``backbone+aspp``) or whole decoder (``all``) into
     ``model.decoder``, strictly; nothing for ``backbone``."""
     if mode == "backbone":
         return
-    path = store.run_dir(job.pretrain_job.job_id) / DECODER
+    path = Path(pretrained_dir) / DECODER
     weights = read_weights(
         path,
         f"finetune.load={mode} needs the pretrained decoder {path}, which is missing: "
@@ -134,15 +131,17 @@ def load_pretrained_decoder(model, job, store: RunStore, mode: str) -> None:
     load_strict(model.decoder.aspp, aspp, "ASPP")
 
 
-def load_initial_weights(model, job, store: RunStore, in_channels: int) -> tuple[str, str]:
+def load_initial_weights(
+    model, job, pretrained_dir: Path | None, in_channels: int
+) -> tuple[str, str]:
     """Load the start of fine-tuning into ``model``; return where the encoder came from and
     which parts were loaded (a ``LOAD_MODES`` entry, or ``none`` for a random encoder)."""
-    weights, init_source = initial_backbone(job, store, in_channels)
+    weights, init_source = initial_backbone(job, pretrained_dir, in_channels)
     if weights is None:
         return init_source, "none"
     load_backbone_strict(model.encoder, weights)
     mode = load_mode_for(job)
-    load_pretrained_decoder(model, job, store, mode)
+    load_pretrained_decoder(model, job, pretrained_dir, mode)
     return init_source, mode
 
 
@@ -171,36 +170,76 @@ def evaluate(
     return confusion.compute()
 
 
-def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[str, Any]:
+def finetuning_model(job, dataset, pretrained_dir: Path | None, device) -> tuple:
+    """DeepLabV3+ for ``job``, seeded from the job's seed, starting from the method's
+    weights (the encoder frozen in the ``frozen`` protocol), on ``device``; with where the
+    encoder came from and what was loaded."""
     cfg: FinetuneConfig = job.finetune
-    device = resolve_device()
-    dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
-    train, test = dataset.load_split("train"), dataset.load_split("test")
-    check_fraction_usable(job.dataset, job.fraction, len(train))
-    chosen = labelled_indices(len(train), job.fraction, job.seed)
-    labelled = train.subset(chosen)
-    subset_path = write_subset(dataset.prepared_dir, labelled.ids, job.fraction, job.seed)
-    normalize = Normalizer(*dataset.band_stats(), device)
-
     torch.manual_seed(seed_for(job.seed, 0xF7))
     model = build_segmentation_model(
         job.backbone, dataset.in_channels, dataset.num_classes, cfg.output_stride
     )
-    init_source, loaded = load_initial_weights(model, job, store, dataset.in_channels)
+    init_source, loaded = load_initial_weights(model, job, pretrained_dir, dataset.in_channels)
     if cfg.protocol == "frozen":
         model.encoder.requires_grad_(False)
-    model.to(device)
-    if device.type == "cuda":  # NHWC convolutions are faster on tensor cores
-        model.to(memory_format=torch.channels_last)
+    model = place_on(model, device)
     if cfg.compile:
         model.compile()  # in place: state-dict keys unchanged
-    optimizer = build_optimizer(
-        parameter_groups(model, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.momentum
-    )
-    scaler = torch.amp.GradScaler(
-        "cuda", enabled=device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
+    return model, init_source, loaded
+
+
+def finetuning_trainer(job, model, device, run_dir: Path | None) -> Trainer:
+    cfg: FinetuneConfig = job.finetune
+    groups = parameter_groups(model, cfg.weight_decay)
+    return Trainer(
+        job_id=job.job_id,
+        model=model,
+        optimizer=build_optimizer(groups, cfg.optimizer, cfg.lr, cfg.momentum),
+        schedule=lr_schedule(cfg),
+        device=device,
+        amp=cfg.amp,
+        checkpoint_path=run_dir / CHECKPOINT if run_dir is not None else None,
+        what="fine-tuning",
     )
 
+
+def segmentation_loss(model, images, masks, cfg: FinetuneConfig, ignore_index: int):
+    """The step's cross-entropy, with the encoder's BN statistics kept in the ``frozen``
+    protocol (those of the pretrained backbone)."""
+    model.train()
+    if cfg.protocol == "frozen":
+        model.encoder.eval()
+    logits = model(images)
+    return F.cross_entropy(logits.float(), masks, ignore_index=ignore_index), {}
+
+
+def labelled_batches(labelled, order, normalize, device, steps: range):
+    """``(step, (images, masks))`` for ``steps``: the step's labelled patches, flipped and
+    rotated at random, normalised, on ``device``."""
+    for step in steps:
+        images, masks = random_dihedral(*labelled[order[step]])
+        if device.type == "cuda":  # page-locked, so the copies below overlap compute
+            images, masks = images.pin_memory(), masks.pin_memory()
+        images = normalize(images.to(device, non_blocking=True))
+        yield step, (images, masks.to(device, non_blocking=True).long())
+
+
+def run_finetuning(
+    job, run_dir: Path, data_root=None, pretrained_dir: Path | None = None
+) -> dict[str, Any]:
+    """Fine-tune DeepLabV3+ on ``job``'s labelled subset and score it on the test split;
+    ``pretrained_dir`` is the run folder of the job's pretraining (its backbone.pt and
+    decoder.pt), None for baselines."""
+    cfg: FinetuneConfig = job.finetune
+    device = resolve_device()
+    dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
+    train, test = dataset.load_split("train"), dataset.load_split("test")
+    check_fraction_usable(job.dataset, job.fraction, len(train))
+    labelled = train.subset(labelled_indices(len(train), job.fraction, job.seed))
+    subset_path = write_subset(dataset.prepared_dir, labelled.ids, job.fraction, job.seed)
+    normalize = Normalizer(*dataset.band_stats(), device)
+    model, init_source, loaded = finetuning_model(job, dataset, pretrained_dir, device)
+    trainer = finetuning_trainer(job, model, device, run_dir)
     log.info(
         "  finetune %s | %d labelled of %d training patches (%s)",
         job.method,
@@ -208,72 +247,28 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
         len(train),
         subset_path,
     )
-    checkpoint_path = run_dir / CHECKPOINT
-    start_step, running = 0, 0.0
-    state = checkpoint.load(checkpoint_path, job.job_id)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step, running = int(state["step"]), float(state["running"])
-        checkpoint.set_rng_state(state["rng"])
+    resumed = trainer.load() or {"step": 0, "running": 0.0}
+    start_step = int(resumed["step"])
+    if "rng" in resumed:
+        trainer.restore_rng(resumed, seed_for(job.seed, 0xF7, start_step))
         log.info("%s: resumed from checkpoint at step %d/%d", job.job_id, start_step, cfg.steps)
+    progress = FinetuneLog(job, run_dir, float(resumed["running"]), start_step)
 
-    started = time.perf_counter()
+    def train_step(batch, step: int) -> StepOutcome:
+        images, masks = batch
+        forward = lambda: segmentation_loss(model, images, masks, cfg, dataset.ignore_index)  # noqa: E731
+        outcome = trainer.step(step, forward)
+        progress.step(step, outcome)
+        return outcome
+
+    def position(step: int) -> tuple[dict[str, Any], str]:
+        return {"step": step + 1, "running": progress.running}, f"at fine-tuning step {step + 1}"
+
     order = batch_indices(len(labelled), cfg.batch_size, cfg.steps, job.seed)
-    with StopSignals() as stop:
-        for step in range(start_step, cfg.steps):
-            model.train()
-            if cfg.protocol == "frozen":
-                model.encoder.eval()  # BN statistics stay those of the pretrained backbone
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, step)
-            images, masks = labelled[order[step]]
-            images, masks = random_dihedral(images, masks)
-            if device.type == "cuda":  # page-locked, so the copies below overlap compute
-                images, masks = images.pin_memory(), masks.pin_memory()
-            images = normalize(images.to(device, non_blocking=True))
-            masks = masks.to(device, non_blocking=True).long()
-            with autocast_for(device, cfg.amp):
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=dataset.ignore_index)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"non-finite fine-tuning loss at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            running += float(loss.detach())
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                count = (step % cfg.log_every) + 1
-                log.info(
-                    "  finetune %s f=%g | step %d/%d | loss %.4f | %.2f s/step",
-                    job.method,
-                    job.fraction,
-                    step + 1,
-                    cfg.steps,
-                    running / count,
-                    (time.perf_counter() - started) / (step + 1 - start_step),
-                )
-                append_log(
-                    run_dir, {"step": step + 1, "loss": running / count, "lr": lr_at(cfg, step)}
-                )
-                running = 0.0
-            periodic = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
-            if (stop.requested or periodic) and step + 1 < cfg.steps:
-                checkpoint.save(
-                    checkpoint_path,
-                    {
-                        "job_id": job.job_id,
-                        "step": step + 1,
-                        "running": running,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "rng": checkpoint.rng_state(),
-                    },
-                )
-                stop.check(f"at fine-tuning step {step + 1}")
-    train_seconds = time.perf_counter() - started
-
+    batches = labelled_batches(labelled, order, normalize, device, range(start_step, cfg.steps))
+    with trainer.stop:
+        trainer.run(batches, train_step, position, cfg.checkpoint_every, cfg.steps - 1)
+    train_seconds = time.perf_counter() - progress.started
     eval_start = time.perf_counter()
     scores = evaluate(
         model,
@@ -295,6 +290,51 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
         100 * scores["oa"],
     )
     return {
+        **finetune_record(job, dataset, len(labelled), len(train), len(test)),
+        "init": init_source,
+        "load": cfg.load,  # asked for
+        "loaded": loaded,  # what was loaded: less than asked when the method has no more
+        "resumed_from_step": start_step,
+        **scores,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "device": str(device),
+        "finished_at": now_iso(),
+        **provenance(),
+    }
+
+
+class FinetuneLog:
+    """The running loss, a progress line and a log.jsonl line every ``log_every`` steps."""
+
+    def __init__(self, job, run_dir: Path, running: float, start_step: int) -> None:
+        self.job, self.run_dir, self.running = job, run_dir, running
+        self.start_step = start_step
+        self.started = time.perf_counter()
+
+    def step(self, step: int, outcome: StepOutcome) -> None:
+        cfg = self.job.finetune
+        self.running += outcome.loss
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            count = (step % cfg.log_every) + 1
+            seconds = (time.perf_counter() - self.started) / (step + 1 - self.start_step)
+            log.info(
+                "  finetune %s f=%g | step %d/%d | loss %.4f | %.2f s/step",
+                self.job.method,
+                self.job.fraction,
+                step + 1,
+                cfg.steps,
+                self.running / count,
+                seconds,
+            )
+            entry = {"step": step + 1, "loss": self.running / count, "lr": outcome.lr}
+            append_log(self.run_dir, entry)
+            self.running = 0.0
+
+
+def finetune_record(job, dataset, n_labelled: int, n_train: int, n_test: int) -> dict[str, Any]:
+    """What a fine-tuning record says about the job and its data."""
+    return {
         "status": "ok",
         "kind": "finetune",
         "job_id": job.job_id,
@@ -304,23 +344,13 @@ def run_finetuning(job, run_dir: Path, store: RunStore, data_root=None) -> dict[
         "fraction": job.fraction,
         "seed": job.seed,
         "preset": job.preset,
-        "protocol": cfg.protocol,
-        "init": init_source,
-        "load": cfg.load,  # asked for
-        "loaded": loaded,  # what was loaded: less than asked when the method has no more
+        "protocol": job.finetune.protocol,
         "backbone": job.backbone,
         "bands": job.data.bands,
-        "resumed_from_step": start_step,
-        "n_labelled": len(labelled),
-        "n_train": len(train),
-        "n_test": len(test),
+        "n_labelled": n_labelled,
+        "n_train": n_train,
+        "n_test": n_test,
         "class_names": list(dataset.class_names),
         "ignore_index": dataset.ignore_index,
         "metric_note": METRIC_NOTE,
-        **scores,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "device": str(device),
-        "finished_at": now_iso(),
-        **provenance(),
     }

@@ -84,6 +84,13 @@ class FinetuneJob:
 Job = PretrainJob | FinetuneJob
 
 
+def pretrained_dir(job: Job, store: RunStore) -> Path | None:
+    """The run folder holding the weights a fine-tuning starts from (None: a baseline)."""
+    if isinstance(job, FinetuneJob) and job.pretrain_job is not None:
+        return store.run_dir(job.pretrain_job.job_id)
+    return None
+
+
 def job_spec(job: Job) -> dict[str, Any]:
     """Everything about a job as JSON (spec.json); ``identity`` marks what the id hashes."""
     return {"job_id": job.job_id, "kind": job.kind, **full_dict(job)}
@@ -124,7 +131,7 @@ def execute(
             else:
                 from bench.finetune import run_finetuning
 
-                record = run_finetuning(job, run_dir, store, data_root)
+                record = run_finetuning(job, run_dir, data_root, pretrained_dir(job, store))
         except (KeyboardInterrupt, Preempted):
             raise  # not a failure: the checkpoint is written, a rerun resumes
         except Exception as error:  # noqa: BLE001  (reported in the record)

@@ -28,25 +28,27 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tabulate import tabulate
 
 from bench.config import DataConfig
-from bench.datasets import DATASETS
-from bench.finetune import Normalizer, batch_indices, lr_at, random_dihedral
+from bench.datasets import DATASETS, create_dataset
+from bench.engine import resolve_device
+from bench.finetune import (
+    Normalizer,
+    batch_indices,
+    finetuning_model,
+    finetuning_trainer,
+    labelled_batches,
+    segmentation_loss,
+)
 from bench.jobs import FinetuneJob, PretrainJob, execute
 from bench.methods.base import StepContext
 from bench.metrics import ConfusionMatrix
-from bench.models import build_segmentation_model
 from bench.pretrain import (
-    autocast_for,
-    build_method,
-    build_optimizer,
+    epoch_batches,
     lr_schedule,
-    optimizer_for,
-    parameter_groups,
-    resolve_device,
-    seed_for,
+    pretraining_model,
+    pretraining_trainer,
     shuffled_batches,
 )
 from bench.sweep import SweepSpec, plan
@@ -103,34 +105,25 @@ def harness_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float
 
 
 def bare_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float]:
-    """The same computation as ``run_pretraining`` (one epoch), without the harness."""
-    cfg, device = job.pretrain, resolve_device()
-    dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
+    """The same computation as ``run_pretraining`` (one epoch: same model, seeds, batches
+    and engine step), without the harness around it (logging, checkpoints, record)."""
+    device = resolve_device()
+    dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
     train = dataset.load_split("train")
-    steps = len(train) // cfg.batch_size
-    schedule = lr_schedule(cfg, steps, steps)
-    torch.manual_seed(seed_for(job.seed, 0xB0))
-    method = build_method(job, dataset.in_channels, *dataset.band_stats()).to(device)
-    optimizer = optimizer_for(method, cfg)
-    method.train()
-    torch.manual_seed(seed_for(job.seed, 0))
-    batches = shuffled_batches(
-        train, cfg.batch_size, torch.Generator().manual_seed(seed_for(job.seed, 0, 1))
+    steps = len(train) // job.pretrain.batch_size
+    method = pretraining_model(job, dataset, device, world=1)
+    trainer = pretraining_trainer(
+        job, method, device, lr_schedule(job.pretrain, steps, steps), None
     )
+    method.train()
+    batches = epoch_batches(train, job.pretrain, job.seed, 0, device, trainer.place)
     start = time.perf_counter()
     for step, (images, _) in enumerate(batches):
-        for group in optimizer.param_groups:
-            group["lr"] = float(schedule[step])
         images = images.to(device, non_blocking=True).float().div_(255.0)
         ctx = StepContext(step=step, total_steps=steps, epoch=0)
-        with autocast_for(device, cfg.amp):
-            loss, _ = method.training_step(images, ctx)
-        loss_value = float(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        outcome = trainer.step(step, lambda: method.training_step(images, ctx))  # noqa: B023
         method.after_optimizer_step(ctx)
-    return steps * cfg.batch_size / (time.perf_counter() - start), loss_value
+    return steps * job.pretrain.batch_size / (time.perf_counter() - start), outcome.loss
 
 
 # -- 2: fine-tuning ----------------------------------------------------------------------
@@ -160,35 +153,24 @@ def harness_finetuning(job: FinetuneJob, data_root: Path) -> float:
 
 
 def bare_finetuning(job: FinetuneJob, data_root: Path) -> float:
-    cfg, device = job.finetune, resolve_device()
-    dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
+    """The same computation as ``run_finetuning``'s training (model, seeds, batches and
+    engine step), without the harness around it."""
+    device = resolve_device()
+    dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
     train = dataset.load_split("train")
     normalize = Normalizer(*dataset.band_stats(), device)
-    torch.manual_seed(seed_for(job.seed, 0xF7))
-    model = build_segmentation_model(
-        job.backbone, dataset.in_channels, dataset.num_classes, cfg.output_stride
-    ).to(device)
-    optimizer = build_optimizer(
-        parameter_groups(model, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.momentum
-    )
-    order = batch_indices(len(train), cfg.batch_size, cfg.steps, job.seed)
-    model.train()
+    model, _, _ = finetuning_model(job, dataset, None, device)
+    trainer = finetuning_trainer(job, model, device, None)
+    order = batch_indices(len(train), job.finetune.batch_size, job.finetune.steps, job.seed)
     start = time.perf_counter()
-    for step in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        images, masks = random_dihedral(*train[order[step]])
-        images = normalize(images.to(device, non_blocking=True))
-        with autocast_for(device, cfg.amp):
-            logits = model(images)
-        loss = F.cross_entropy(
-            logits.float(), masks.to(device).long(), ignore_index=dataset.ignore_index
+    for step, (images, masks) in labelled_batches(
+        train, order, normalize, device, range(job.finetune.steps)
+    ):
+        trainer.step(
+            step,
+            lambda: segmentation_loss(model, images, masks, job.finetune, dataset.ignore_index),  # noqa: B023
         )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        float(loss.detach())
-    return cfg.steps * cfg.batch_size / (time.perf_counter() - start)
+    return job.finetune.steps * job.finetune.batch_size / (time.perf_counter() - start)
 
 
 # -- 3: metrics ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from bench.config import (
     get_preset,
     parse_overrides,
 )
-from bench.datasets import DATASETS
+from bench.datasets import DATASETS, create_dataset
 from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import check_fraction
 from bench.jobs import FinetuneJob, Job, PretrainJob
@@ -280,7 +280,7 @@ def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
     for job in jobs:
         key = (job.dataset, job.dataset_params, job.data)
         if key not in train_sizes:
-            dataset = DATASETS.get(job.dataset)(job.dataset_params, job.data, data_root)
+            dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
             dataset.check_ready()
             train_sizes[key] = dataset.train_size()
         if job.kind == "finetune":

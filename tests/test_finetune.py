@@ -112,7 +112,7 @@ def test_load_modes_load_glcnet_parts_strictly(tmp_path, tiny_overrides):
         torch.manual_seed(1)  # another initialisation than the pretrained weights
         model = build_segmentation_model(pretrain.pretrain.backbone, 3, num_classes=6)
         fresh = {k: v.clone() for k, v in model.state_dict().items()}
-        source, loaded = load_initial_weights(model, jobs[1], store, 3)
+        source, loaded = load_initial_weights(model, jobs[1], store.run_dir(pretrain.job_id), 3)
         assert loaded == mode and source == f"pretrained backbone of {pretrain.job_id}"
         assert same(model.encoder, encoder)
         aspp_loaded = same(model.decoder.aspp, part(decoder, "aspp."))
@@ -144,8 +144,9 @@ def test_backbone_only_methods_load_the_backbone_and_explicit_asks_fail_at_plan(
         store, pretrain, SimCLR(pretrain.method_params, pretrain.pretrain, 3, [0.5] * 3, [0.25] * 3)
     )
     model = build_segmentation_model(finetune.backbone, 3, num_classes=6)
-    assert load_initial_weights(model, finetune, store, 3)[1] == "backbone"  # ... than there is
-    assert load_initial_weights(model, random_job, store, 3)[1] == "none"
+    pretrained = store.run_dir(pretrain.job_id)
+    assert load_initial_weights(model, finetune, pretrained, 3)[1] == "backbone"  # ... than there is
+    assert load_initial_weights(model, random_job, None, 3)[1] == "none"
     with pytest.raises(ConfigError, match=r"finetune.load=all .* random, simclr.* glcnet"):
         plan(
             SweepSpec(

@@ -4,11 +4,8 @@ import torch
 
 from bench import checkpoint
 from bench.config import PretrainConfig
-from bench.pretrain import (
-    build_optimizer,
-    parameter_groups,
-    warmup_cosine_schedule,
-)
+from bench.engine import build_optimizer, parameter_groups
+from bench.pretrain import warmup_cosine_schedule
 
 
 def test_warmup_then_cosine_matches_vissl_recipe():

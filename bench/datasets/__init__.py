@@ -8,6 +8,7 @@ from bench.datasets.base import (
     DatasetError,
     PatchSet,
     SegmentationDataset,
+    create_dataset,
     default_data_root,
     register_dataset,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "DatasetError",
     "PatchSet",
     "SegmentationDataset",
+    "create_dataset",
     "default_data_root",
     "register_dataset",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -138,6 +138,18 @@ class SegmentationDataset:
     def band_stats(self) -> tuple[list[float], list[float]]:
         """Per-band mean and std of the training images on the 0..1 scale."""
         raise NotImplementedError
+
+
+def create_dataset(
+    name: str,
+    params: Any = None,
+    data: DataConfig | None = None,
+    data_root: Path | str | None = None,
+) -> SegmentationDataset:
+    """The registered dataset ``name`` (the ``timm.create_model`` habit): unset arguments
+    (None) take their defaults, the dataset's own settings and the ``data`` section."""
+    cls = DATASETS.get(name)
+    return cls(cls.Params() if params is None else params, data or DataConfig(), data_root)
 
 
 def check_fraction_usable(dataset: str, fraction: float, train_size: int) -> None:

@@ -18,6 +18,7 @@ from bench.methods.base import (
     Method,
     PretrainingMethod,
     StepContext,
+    create_method,
     register_method,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "Method",
     "PretrainingMethod",
     "StepContext",
+    "create_method",
     "register_method",
 ]

@@ -130,3 +130,26 @@ class BaselineMethod(Method):
 
 METHODS: Registry[type[Method]] = Registry("method")
 register_method = METHODS.register
+
+
+def create_method(
+    name: str,
+    params: Any = None,
+    config: PretrainConfig | None = None,
+    in_channels: int = 3,
+    band_mean: list[float] | None = None,
+    band_std: list[float] | None = None,
+) -> PretrainingMethod:
+    """The registered pretraining method ``name``, ready to train (the ``timm.create_model``
+    habit): unset arguments (None) take their defaults; band statistics default to 0 / 1
+    (images used as they are)."""
+    cls = METHODS.get(name)
+    if not cls.pretrains:
+        raise ValueError(f"{name} is a baseline: it has nothing to pretrain")
+    return cls(
+        cls.Params() if params is None else params,
+        config or PretrainConfig(),
+        in_channels,
+        band_mean if band_mean is not None else [0.0] * in_channels,
+        band_std if band_std is not None else [1.0] * in_channels,
+    )
