@@ -1,4 +1,7 @@
-"""Command line: a thin argparse layer over the typed functions (``bench.run_sweep`` ...)."""
+"""Command line: a thin argparse layer over the typed functions the tests also call
+(``bench.run_sweep``, ``bench.sweep.plan``, ``bench.report.results_table``,
+``bench.datasets.prepare_dataset``, ``bench.states.job_statuses`` ...); it parses, calls one,
+and prints what it returns."""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ import time
 from pathlib import Path
 
 from bench.cluster import Profile, load_profile, parse_cluster_overrides
-from bench.config import PRESETS, ConfigError, DataConfig, build_section, parse_overrides
-from bench.datasets import DATASETS, default_data_root
-from bench.datasets.prepared import PreparedDataset, class_count_table
+from bench.config import PRESETS, ConfigError
+from bench.datasets import DATASETS, prepare_dataset
+from bench.datasets.prepared import class_count_table
 from bench.executors import EXECUTORS
 from bench.methods import METHODS
 from bench.preemption import Preempted
@@ -20,16 +23,16 @@ from bench.report import (
     FORMATS,
     NO_RESULTS,
     PLOT_FORMATS,
-    SUFFIXES,
-    build_table,
     check_baseline,
-    check_format,
     check_metrics,
     comparison_table,
-    per_class_table,
     plot_fraction_curves,
+    read_results,
     render,
+    results_table,
+    table_format,
 )
+from bench.states import JobState, job_statuses, summary
 from bench.store import (
     RunStore,
     UnreadableRecord,
@@ -37,18 +40,15 @@ from bench.store import (
     check_output_dir,
     check_output_file,
 )
-from bench.submission import job_status
 from bench.sweep import (
     SweepSpec,
-    check_fractions,
-    check_seeds,
     check_spec,
     data_problems,
-    job_states,
     plan,
     rerun_failed,
     run_sweep,
     submit_sweep,
+    sweep_status,
 )
 
 log = logging.getLogger("bench")
@@ -69,6 +69,9 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(BAD_INPUT)
 
 
+# ----------------------------------------------------------------------------------------
+# Arguments shared by several commands
+# ----------------------------------------------------------------------------------------
 def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -161,15 +164,55 @@ def _profile(args: argparse.Namespace) -> Profile | None:
     return load_profile(args.cluster, overrides)
 
 
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster",
+        type=Path,
+        default=None,
+        metavar="PROFILE.yaml",
+        help="cluster profile (see slurm/example.yaml) for the slurm/local executors",
+    )
+    parser.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a cluster profile setting, e.g. --slurm partition=gpu (repeatable)",
+    )
+
+
+def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metric",
+        type=_names,
+        default=("miou", "kappa"),
+        help="metrics in the table: miou, kappa, oa, mean_f1 (default: miou,kappa)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=AUTO,
+        help="method the Δ columns and paired t-tests compare with, or none "
+        "(default: random when it has records)",
+    )
+
+
+def _warn_unreadable(unreadable: list[UnreadableRecord]) -> int:
+    """Name each unreadable record on stderr; the exit code that says so."""
+    for bad in unreadable:
+        print(f"warning: left out {bad}", file=sys.stderr)
+    return INCOMPLETE if unreadable else 0
+
+
+# ----------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     spec = _spec(args)
     check_metrics(args.metric)  # the table's options, before any compute
     check_baseline(args.baseline, check_spec(spec).methods)
     if args.executor != "slurm" and (args.cluster or args.slurm):
-        log.info(
-            "--cluster/--slurm settings: %s executor uses timeout_min, etc. only", args.executor
-        )
+        log.info("--cluster/--slurm: the %s executor uses timeout_min, etc. only", args.executor)
     if args.executor == "slurm" and not args.wait:
         jobs, report = submit_sweep(spec, args.results, args.data_root, _profile(args))
         print(f"{len(jobs)} jobs: {report.summary()}")
@@ -180,26 +223,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_sweep(spec, args.results, args.data_root, args.executor, _profile(args))
     print()
     print(comparison_table(result.finetune_records(), args.metric, args.baseline))
-    failed, skipped = result.by_status("failed"), result.by_status("skipped")
     elapsed = time.perf_counter() - start
     print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {args.results}")
-    for record in failed:
-        print(f"FAILED  {record['job_id']}: {record['error']}")
-    for record in skipped:
-        print(f"SKIPPED {record['job_id']}: {record['error']}")
+    for status in ("failed", "skipped"):
+        for record in result.by_status(status):
+            print(f"{status.upper():<7} {record['job_id']}: {record['error']}")
     return 0 if result.ok else FAILED_JOBS
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     jobs = plan(_spec(args))
-    states = job_states(jobs, args.results)
-    rows = []
+    statuses = sweep_status(jobs, args.results)
     for job in jobs:
         after = ",".join(job.depends_on) or "-"
-        rows.append(f"{states[job.job_id]:<8} {job.kind:<9} {job.job_id:<58} after {after}")
-    print("\n".join(rows))
-    counts = {s: list(states.values()).count(s) for s in sorted(set(states.values()))}
-    print(f"\n{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        print(f"{statuses[job.job_id].state!s:<8} {job.kind:<9} {job.job_id:<58} after {after}")
+    print(f"\n{summary(statuses.values())}")
     for problem in data_problems(jobs, args.data_root):
         print(f"note (`run` refuses this sweep until it is fixed): {problem}")
     return 0
@@ -224,28 +262,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    cls = DATASETS.get(args.dataset)
-    check_seeds(args.seeds)
-    check_fractions(args.fractions)
     given = {"patch_size": args.patch_size, "stride": args.stride, "name": args.name}
-    given = {k: v for k, v in given.items() if v is not None}
-    user = parse_overrides(args.overrides)
-    for section in user:
-        if section != args.dataset:
-            raise ConfigError(f"prepare {args.dataset} takes only --set {args.dataset}.KEY=VALUE")
-    params = build_section(cls.Params, args.dataset, given, user.get(args.dataset))
-    data_root = args.data_root if args.data_root is not None else default_data_root()
-    dataset = cls(params, DataConfig(), data_root)
-    if not isinstance(dataset, PreparedDataset):
-        for split in ("train", "test"):
-            dataset.load_split(split)
+    dataset, manifest = prepare_dataset(
+        args.dataset,
+        args.raw,
+        args.data_root,
+        settings={k: v for k, v in given.items() if v is not None},
+        overrides=args.overrides,
+        seeds=args.seeds,
+        fractions=args.fractions,
+        force=args.force,
+    )
+    if manifest is None:
         print(f"{args.dataset} is generated, not read from files; cached in {dataset.prepared_dir}")
         return 0
-    if args.raw is None:
-        raise ConfigError(
-            f"prepare {args.dataset} needs --raw FOLDER; expected layout:\n{cls.layout}"
-        )
-    manifest = dataset.prepare(args.raw, args.seeds, args.fractions, force=args.force)
     print(class_count_table(manifest))
     print(f"\n{args.dataset} prepared in {dataset.prepared_dir}")
     return 0
@@ -260,9 +290,6 @@ def cmd_perf(args: argparse.Namespace) -> int:
         finetune_steps=args.finetune_steps,
         repeats=args.repeats,
     )
-    unknown = [m for m in settings.methods if m not in METHODS or not METHODS.get(m).pretrains]
-    if unknown:
-        raise ConfigError(f"perf measures pretraining methods; not one: {', '.join(unknown)}")
     report = run_perf(settings)
     print(format_report(report))
     write_report(report, args.output)
@@ -270,185 +297,95 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_results_folder(results: Path) -> None:
-    if not results.is_dir():
-        state = "is not a folder" if results.exists() else "does not exist"
-        raise ConfigError(f"results folder {results} {state}")
-
-
-def _results_records(results: Path) -> tuple[list[dict], list[UnreadableRecord]]:
-    """The valid records of ``results``; each unreadable one is named on stderr (it is left
-    out, and the command exits with INCOMPLETE)."""
-    _check_results_folder(results)
-    records, unreadable = RunStore(results).scan()
-    for bad in unreadable:
-        print(f"warning: left out {bad}", file=sys.stderr)
-    return records, unreadable
-
-
-def _table_format(args: argparse.Namespace) -> str:
-    if args.format is not None:
-        return check_format(args.format)
-    if args.output is None:
-        return "md"
-    suffix = args.output.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise ConfigError(
-            f"cannot tell the table format from {args.output.name!r}; name the file "
-            f"{' or '.join(SUFFIXES)}, or give --format ({', '.join(FORMATS)})"
-        )
-    return SUFFIXES[suffix]
-
-
 def cmd_table(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_file(args.output)
-    fmt = _table_format(args)
-    check_metrics(args.metric)
-    if not args.per_class and (args.dataset is not None or args.fraction is not None):
-        raise ConfigError("--dataset and --fraction choose the --per-class table; add it")
-    records, unreadable = _results_records(args.results)
-    if args.per_class:
-        table = per_class_table(
-            records, args.dataset, args.fraction, args.baseline, unreadable=len(unreadable)
-        )
-    else:
-        table = build_table(records, args.metric, args.baseline, unreadable=len(unreadable))
-    if table is None:
-        print(NO_RESULTS)
-        return INCOMPLETE if unreadable else 0
-    text = render(table, fmt)
-    if args.output is None:
+    fmt = table_format(args.format, args.output)
+    table, unreadable = results_table(
+        args.results, args.metric, args.baseline, args.per_class, args.dataset, args.fraction
+    )
+    code = _warn_unreadable(unreadable)
+    text = NO_RESULTS if table is None else render(table, fmt)
+    if args.output is None or table is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
         atomic_write_bytes(args.output, (text.rstrip("\n") + "\n").encode())
         print(f"wrote {args.output}")
-    return INCOMPLETE if unreadable else 0
+    return code
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or args.results / "plots"
     check_metrics(args.metric)
-    _check_results_folder(args.results)
+    RunStore(args.results).check_exists()
     check_output_dir(output_dir)
-    records, unreadable = _results_records(args.results)
+    records, unreadable = read_results(args.results)
+    code = _warn_unreadable(unreadable)
     for path in plot_fraction_curves(records, output_dir, args.metric, args.format):
         print(f"wrote {path}")
-    if unreadable:
-        print(f"{len(unreadable)} unreadable record(s) left out of the plots", file=sys.stderr)
-    return INCOMPLETE if unreadable else 0
+    return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    _check_results_folder(args.results)
     store = RunStore(args.results)
-    job_ids = store.run_ids()
-    status = job_status(store, job_ids)
-    for job_id in job_ids:
-        entry = status[job_id]
-        line = f"{entry['state']:<8} {job_id:<58} {entry['scheduler_job_id'] or '-':<10}"
-        if entry["detail"]:
-            line += f" {entry['detail']}"
-        print(line.rstrip())
-    counts = {}
-    for entry in status.values():
-        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
-    print(f"\n{len(job_ids)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    store.check_exists()
+    statuses = job_statuses(store, store.run_ids())
+    for job_id, status in statuses.items():
+        line = f"{status.state!s:<8} {job_id:<58} {status.scheduler_job_id or '-':<10}"
+        print((f"{line} {status.detail}" if status.detail else line).rstrip())
+    print(f"\n{summary(statuses.values())}")
     if args.rerun_failed:
         report, unknown = rerun_failed(args.results, _profile(args))
         print(f"resubmitted {len(report.submitted)} failed job(s) to SLURM")
         for line in unknown:
             print(f"NOT RESUBMITTED {line}")
         return 1 if unknown else 0
-    return INCOMPLETE if counts.get("corrupt") else 0
+    return INCOMPLETE if any(s.state is JobState.CORRUPT for s in statuses.values()) else 0
 
 
-def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+# ----------------------------------------------------------------------------------------
+# The parser
+# ----------------------------------------------------------------------------------------
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_sweep_arguments(parser)
+    _add_table_arguments(parser)
     parser.add_argument(
-        "--cluster",
-        type=Path,
-        default=None,
-        metavar="PROFILE.yaml",
-        help="cluster profile (see slurm/example.yaml) for the slurm/local executors",
-    )
-    parser.add_argument(
-        "--slurm",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a cluster profile setting, e.g. --slurm partition=gpu (repeatable)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="python -m bench",
-        description="Benchmark self-supervised pretraining for remote-sensing segmentation.",
-    )
-    quiet_help = "only warnings and the table"
-    parser.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
-    sub = parser.add_subparsers(dest="command", required=True)
-    metric = {
-        "type": _names,
-        "default": ("miou", "kappa"),
-        "help": "metrics in the table: miou, kappa, oa, mean_f1 (default: miou,kappa)",
-    }
-    baseline = {
-        "default": AUTO,
-        "help": "method the Δ columns and paired t-tests compare with, or none "
-        "(default: random when it has records)",
-    }
-
-    run = sub.add_parser("run", help="plan and run a sweep, then print its table")
-    _add_sweep_arguments(run)
-    run.add_argument("--metric", **metric)
-    run.add_argument(
         "--executor",
         choices=EXECUTORS,
         default="inline",
         help="inline: here, one job after another (default); slurm: submit to SLURM through "
         "submitit and return; local: parallel processes here; debug: submitit, in-process",
     )
-    run.add_argument(
+    parser.add_argument(
         "--wait", action="store_true", help="slurm: follow the jobs until done, then the table"
     )
-    _add_cluster_arguments(run)
-    run.add_argument("--baseline", **baseline)
-    run.set_defaults(func=cmd_run)
+    _add_cluster_arguments(parser)
 
-    plan_parser = sub.add_parser("plan", help="print the planned jobs without running them")
-    _add_sweep_arguments(plan_parser)
-    plan_parser.set_defaults(func=cmd_plan)
 
-    prepare = sub.add_parser(
-        "prepare", help="read a downloaded dataset release once into patches for every run"
-    )
-    prepare.add_argument("dataset", help="dataset name (see `list`)")
-    prepare.add_argument("--raw", type=Path, default=None, help="folder of the raw release")
-    prepare.add_argument(
+def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="dataset name (see `list`)")
+    parser.add_argument("--raw", type=Path, default=None, help="folder of the raw release")
+    parser.add_argument(
         "--data-root",
         type=Path,
         default=None,
         help="where prepared data goes (default: $BENCH_DATA_ROOT, then ./data)",
     )
-    prepare.add_argument("--patch-size", type=int, default=None, help="patch side (default 256)")
-    prepare.add_argument(
+    parser.add_argument("--patch-size", type=int, default=None, help="patch side (default 256)")
+    parser.add_argument(
         "--stride", type=int, default=None, help="patch grid step (default: the patch size)"
     )
-    prepare.add_argument("--name", default=None, help="folder dataset: name of this dataset")
-    prepare.add_argument(
-        "--seeds",
-        type=_ints,
-        default=(0, 1, 2),
-        help="seeds of the label-subset lists to write (default 0,1,2)",
+    parser.add_argument("--name", default=None, help="folder dataset: name of this dataset")
+    parser.add_argument(
+        "--seeds", type=_ints, default=(0, 1, 2), help="seeds of the label-subset lists (0,1,2)"
     )
-    prepare.add_argument(
+    parser.add_argument(
         "--fractions",
         type=_floats,
         default=(0.01, 0.1),
         help="label fractions of the subset lists to write (default 0.01,0.1)",
     )
-    prepare.add_argument(
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -456,73 +393,100 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATASET.KEY=VALUE",
         help="a dataset setting, e.g. --set potsdam.labels=no_boundary",
     )
-    prepare.add_argument("--force", action="store_true", help="discard and redo a prepared copy")
-    prepare.set_defaults(func=cmd_prepare)
+    parser.add_argument("--force", action="store_true", help="discard and redo a prepared copy")
 
-    perf = sub.add_parser(
-        "perf", help="measure harness overhead and throughput (ratios in one process)"
-    )
-    perf.add_argument("--methods", type=_names, default=None, help="pretraining methods")
-    perf.add_argument("--steps", type=_positive, default=6, help="pretraining steps per run")
-    perf.add_argument(
+
+def _perf_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", type=_names, default=None, help="pretraining methods")
+    parser.add_argument("--steps", type=_positive, default=6, help="pretraining steps per run")
+    parser.add_argument(
         "--finetune-steps", type=_positive, default=20, help="fine-tuning steps per run"
     )
-    perf.add_argument(
+    parser.add_argument(
         "--repeats", type=_positive, default=2, help="runs per measurement (best kept)"
     )
-    perf.add_argument("--output", type=Path, default=Path("perf.json"), help="JSON report")
-    perf.set_defaults(func=cmd_perf)
+    parser.add_argument("--output", type=Path, default=Path("perf.json"), help="JSON report")
 
-    sub.add_parser("list", help="registered methods, datasets and presets").set_defaults(
-        func=cmd_list
-    )
 
-    table = sub.add_parser("table", help="print or write the table of a results folder")
-    table.add_argument("--results", type=Path, default=Path("results"))
-    table.add_argument("--metric", **metric)
-    table.add_argument(
+def _table_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    _add_table_arguments(parser)
+    parser.add_argument(
         "--format",
         default=None,
         help=f"one of {', '.join(FORMATS)} (default: from --output's suffix, else md)",
     )
-    table.add_argument("--output", type=Path, default=None, help="write to this file")
-    table.add_argument("--baseline", **baseline)
-    table.add_argument(
+    parser.add_argument("--output", type=Path, default=None, help="write to this file")
+    parser.add_argument(
         "--per-class",
         action="store_true",
         help="per-class IoU of one --dataset at one --fraction (each optional when unique)",
     )
-    table.add_argument("--dataset", default=None)
-    table.add_argument("--fraction", type=float, default=None)
-    table.set_defaults(func=cmd_table)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--fraction", type=float, default=None)
 
-    plot = sub.add_parser("plot", help="figures: a metric vs the label fraction, per dataset")
-    plot.add_argument("--results", type=Path, default=Path("results"))
-    plot.add_argument("--output-dir", type=Path, default=None, help="default: <results>/plots")
-    plot.add_argument(
+
+def _plot_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--output-dir", type=Path, default=None, help="default: <results>/plots")
+    parser.add_argument(
         "--format",
         type=_names,
         default=PLOT_FORMATS,
         help=f"comma-separated: {', '.join(PLOT_FORMATS)} (default: both)",
     )
-    plot.add_argument(
+    parser.add_argument(
         "--metric", type=_names, default=("miou",), help="one figure per metric (default: miou)"
     )
-    plot.set_defaults(func=cmd_plot)
 
-    status = sub.add_parser(
-        "status", help="state of every job in a results folder (planned, queued, running, ...)"
-    )
-    status.add_argument("--results", type=Path, default=Path("results"))
-    status.add_argument(
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument(
         "--rerun-failed", action="store_true", help="submit the failed SLURM jobs again"
     )
-    _add_cluster_arguments(status)
-    status.set_defaults(func=cmd_status)
-    for command in sub.choices.values():  # -q before or after the sub-command
-        command.add_argument(
-            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help
-        )
+    _add_cluster_arguments(parser)
+
+
+# name -> (help, arguments, command)
+COMMANDS = {
+    "run": ("plan and run a sweep, then print its table", _run_arguments, cmd_run),
+    "plan": ("print the planned jobs without running them", _add_sweep_arguments, cmd_plan),
+    "prepare": (
+        "read a downloaded dataset release once into patches for every run",
+        _prepare_arguments,
+        cmd_prepare,
+    ),
+    "perf": (
+        "measure harness overhead and throughput (ratios in one process)",
+        _perf_arguments,
+        cmd_perf,
+    ),
+    "list": ("registered methods, datasets and presets", lambda parser: None, cmd_list),
+    "table": ("print or write the table of a results folder", _table_arguments, cmd_table),
+    "plot": ("figures: a metric vs the label fraction, per dataset", _plot_arguments, cmd_plot),
+    "status": (
+        "state of every job in a results folder (planned, queued, running, ...)",
+        _status_arguments,
+        cmd_status,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="python -m bench",
+        description="Benchmark self-supervised pretraining for remote-sensing segmentation.",
+    )
+    quiet = {"action": "store_true", "help": "only warnings and the table"}
+    parser.add_argument("-q", "--quiet", **quiet)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, command) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text)
+        add_arguments(command_parser)
+        # -q before or after the sub-command
+        command_parser.add_argument("-q", "--quiet", default=argparse.SUPPRESS, **quiet)
+        command_parser.set_defaults(func=command)
     return parser
 
 

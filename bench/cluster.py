@@ -3,8 +3,8 @@
 A profile names the resources of every job of a sweep; :func:`load_profile` checks it and
 :func:`executor_parameters` maps it onto submitit's ``AutoExecutor.update_parameters``
 (generic names where submitit has them, ``slurm_``-prefixed ones otherwise). Command-line
-overrides (``--slurm key=value``) win over the file. :func:`scheduler_states` asks ``sacct``
-what became of submitted jobs.
+overrides (``--slurm key=value``) win over the file. Everything that calls submitit itself
+is in :mod:`bench.submitit_adapter`.
 """
 
 from __future__ import annotations
@@ -123,21 +123,6 @@ def executor_parameters(profile: Profile) -> dict[str, Any]:
     return params
 
 
-def make_executor(cluster: str, folder: Path, profile: Profile, name: str = "bench"):
-    """A submitit ``AutoExecutor`` for ``cluster`` (slurm, local or debug) set up from
-    ``profile``."""
-    import submitit
-
-    python = profile.settings.get("python")
-    kwargs = {f"{cluster}_python": python} if python and cluster != "debug" else {}
-    try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
-    except RuntimeError as error:  # e.g. no srun on this machine
-        raise ConfigError(f"cannot submit to {cluster}: {error}") from None
-    executor.update_parameters(name=name, **executor_parameters(profile))
-    return executor
-
-
 def pretrain_layout(job, profile: Profile) -> tuple[int, int]:
     """(processes per node, nodes) of a job: ``pretrain.gpus`` / ``pretrain.nodes``, else the
     profile's ``pretrain_gpus`` / ``pretrain_nodes``, else one; (1, 1) for fine-tuning."""
@@ -169,52 +154,6 @@ def layout_parameters(profile: Profile, per_node: int, nodes: int) -> dict[str, 
     return params
 
 
-def set_array_parameters(
-    executor, profile: Profile, name: str, layout: tuple[int, int] = (1, 1), after=None
-) -> None:
-    """Set ``executor`` (from :func:`make_executor`) up for the next job array: its name, the
-    process layout (processes per node, nodes) of :func:`layout_parameters`, and
-    ``afterok:<after>`` when it must wait for a SLURM job (no dependency otherwise)."""
-    executor.update_parameters(
-        name=name,
-        slurm_dependency=f"afterok:{after}" if after else None,
-        **layout_parameters(profile, *layout),
-    )
-    if after is None and hasattr(executor._executor, "parameters"):
-        # update_parameters ignores None: drop the dependency of an earlier array
-        executor._executor.parameters.pop("dependency", None)
-
-
-def sbatch_script(
-    profile: Profile,
-    folder: Path,
-    array_size: int | None = None,
-    name: str = "bench-finetune",
-    layout: tuple[int, int] = (1, 1),
-) -> str:
-    """The sbatch script submitit writes for a job array of ``array_size`` tasks (or one
-    job) set up as the SLURM executor sets up its arrays (``name``, process ``layout``),
-    without submitting anything. Needs ``srun`` on the PATH, as submitit's SLURM executor
-    does."""
-    executor = make_executor("slurm", folder, profile)
-    set_array_parameters(executor, profile, name, layout)
-    return rendered_sbatch(executor, array_size)
-
-
-def rendered_sbatch(executor, array_size: int | None = None) -> str:
-    """The sbatch script that ``executor`` (a SLURM :func:`make_executor`) would submit now for
-    an array of ``array_size`` tasks (or one job); nothing is submitted."""
-    slurm = executor._executor
-    parameters = dict(slurm.parameters)
-    if array_size is not None:
-        parameters["map_count"] = array_size
-    kept, slurm.parameters = slurm.parameters, parameters
-    try:
-        return slurm._make_submission_file_text(slurm._submitit_command_str, "uid")
-    finally:
-        slurm.parameters = kept
-
-
 # ---------------------------------------------------------------------------- SLURM states
 ACTIVE_STATES = {
     "PENDING": "queued",
@@ -242,25 +181,6 @@ def slurm_available() -> str | None:
     if done.returncode != 0:
         return f"sinfo failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
     return None
-
-
-def scheduler_states(job_ids: list[str], timeout_s: float = 60) -> dict[str, str]:
-    """SLURM state (``PENDING``, ``RUNNING``, ``COMPLETED``, ``CANCELLED by 0`` ...) of each
-    job id (``123`` or array task ``123_4``) that ``sacct`` knows."""
-    if not job_ids or shutil.which("sacct") is None:
-        return {}
-    from submitit.slurm.slurm import SlurmInfoWatcher
-
-    main_ids = sorted({job_id.split("_")[0] for job_id in job_ids})
-    command = ["sacct", "-X", "--parsable2", "-o", "JobID,State", "-j", ",".join(main_ids)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {}
-    if done.returncode != 0:
-        return {}
-    info = SlurmInfoWatcher(delay_s=0).read_info(done.stdout)
-    return {job_id: info[job_id]["State"] for job_id in job_ids if job_id in info}
 
 
 def state_kind(slurm_state: str) -> str:

@@ -97,12 +97,9 @@ def topology_from_environment() -> Topology:
             "was started neither by submitit nor by torchrun (no RANK/WORLD_SIZE/MASTER_ADDR); "
             "run it with --executor slurm (or local, one node)"
         )
-    import submitit
+    from bench.submitit_adapter import export_distributed_environment
 
-    env = submitit.helpers.TorchDistributedEnvironment().export(
-        set_cuda_visible_devices=False, overwrite=True
-    )
-    return Topology(env.rank, env.world_size, env.local_rank)
+    return Topology(*export_distributed_environment())
 
 
 @contextmanager

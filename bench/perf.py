@@ -68,6 +68,14 @@ class PerfSettings:
     preset: str = "quick"
     overrides: tuple[str, ...] = ()  # extra --set items (tests use tiny sizes)
 
+    def __post_init__(self) -> None:
+        from bench.config import ConfigError
+        from bench.methods import METHODS
+
+        unknown = [m for m in self.methods if m not in METHODS or not METHODS.get(m).pretrains]
+        if unknown:
+            raise ConfigError(f"perf measures pretraining methods; not one: {', '.join(unknown)}")
+
 
 def _best_rate(run: Callable[[], float], repeats: int) -> float:
     return max(run() for _ in range(repeats))

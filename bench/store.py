@@ -103,6 +103,12 @@ class RunStore:
                 f"results folder {self.root} is not writable ({error.strerror})"
             ) from None
 
+    def check_exists(self) -> None:
+        """For commands that read a results folder: it must be one (ConfigError if not)."""
+        if not self.root.is_dir():
+            state = "is not a folder" if self.root.exists() else "does not exist"
+            raise ConfigError(f"results folder {self.root} {state}")
+
     def run_dir(self, job_id: str) -> Path:
         return self.root / job_id
 

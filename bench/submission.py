@@ -8,8 +8,8 @@ checkpoint and stops (``bench.preemption``), then submitit's own handler calls
 ``<run dir>/checkpoint.pt`` instead of from scratch.
 
 ``submission.json`` in a run directory records the scheduler job id, the sweep the job
-came from and the cluster settings, so ``bench status`` can ask SLURM about it and
-``--rerun-failed`` can submit it again.
+came from and the cluster settings, so ``bench status`` can ask SLURM about it
+(:mod:`bench.states`) and ``--rerun-failed`` can submit it again.
 """
 
 from __future__ import annotations
@@ -21,26 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import scheduler_states, state_kind
 from bench.jobs import Job, execute
 from bench.preemption import Preempted
-from bench.store import RunStore, UnreadableRecord, atomic_write_json, now_iso
+from bench.store import RunStore, atomic_write_json, now_iso
 
 log = logging.getLogger(__name__)
 
 SUBMISSION = "submission.json"
 # How long the other tasks of a data-parallel job wait for task 0 to requeue it.
 REQUEUE_GRACE_S = 120
-
-
-def _task_rank() -> int:
-    """This task's global rank in a submitit job (0 outside one)."""
-    import submitit
-
-    try:
-        return submitit.JobEnvironment().global_rank
-    except RuntimeError:
-        return 0
 
 
 class JobFailed(RuntimeError):
@@ -77,9 +66,9 @@ class JobSubmission:
     def checkpoint(self) -> Any:
         """Called by submitit on preemption or time-out: the same job again; it resumes from
         the checkpoint the training loop has just written."""
-        import submitit
+        from bench.submitit_adapter import resubmission
 
-        return submitit.helpers.DelayedSubmission(JobSubmission(*self._args()))
+        return resubmission(JobSubmission(*self._args()))
 
     def _args(self) -> tuple[Job, str, str | None, int]:
         return self.job, self.results_root, self.data_root, self.processes
@@ -98,7 +87,9 @@ class JobSubmission:
         from_submitit = callable(handler) and getattr(handler, "__module__", "").startswith(
             "submitit"
         )
-        if self.processes > 1 and _task_rank() != 0:
+        from bench.submitit_adapter import task_rank
+
+        if self.processes > 1 and task_rank() != 0:
             if from_submitit or stop.signum is None:
                 log.info("%s: waiting up to %ds for task 0 to requeue", stop, REQUEUE_GRACE_S)
                 time.sleep(REQUEUE_GRACE_S)
@@ -132,45 +123,3 @@ def read_submission(store: RunStore, job_id: str) -> dict[str, Any] | None:
         return json.loads((store.run_dir(job_id) / SUBMISSION).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def last_line(text: str | None) -> str:
-    lines = [line for line in (text or "").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
-
-
-def job_status(store: RunStore, job_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """Per job id: ``state`` (planned, queued, running, done, failed, corrupt), ``detail``
-    (error's last line, SLURM state, or why the record is unreadable) and
-    ``scheduler_job_id``. A result record ``ok`` means done; a queued or running SLURM job wins
-    over an older failed or unreadable record (it is being retried)."""
-    submissions = {job_id: read_submission(store, job_id) for job_id in job_ids}
-    slurm_ids = [
-        s["scheduler_job_id"] for s in submissions.values() if s and s.get("executor") == "slurm"
-    ]
-    slurm = scheduler_states(slurm_ids)
-    status: dict[str, dict[str, Any]] = {}
-    for job_id in job_ids:
-        record = store.read(job_id)
-        submission = submissions[job_id]
-        scheduler_id = submission.get("scheduler_job_id") if submission else None
-        slurm_state = slurm.get(scheduler_id, "") if scheduler_id else ""
-        kind = state_kind(slurm_state) if slurm_state else ""
-        if isinstance(record, dict) and record["status"] == "ok":
-            state, detail = "done", ""
-        elif kind in ("queued", "running"):
-            state, detail = kind, slurm_state
-        elif isinstance(record, UnreadableRecord):
-            state, detail = "corrupt", f"{record}; a rerun of its sweep redoes the job"
-        elif record is not None:
-            state = "failed"
-            detail = last_line(record.get("traceback")) or str(record.get("error", ""))
-        elif slurm_state:
-            state = "failed"
-            detail = f"SLURM state {slurm_state}, no result record"
-        elif submission is not None and submission.get("executor") == "slurm":
-            state, detail = "queued", "submitted; SLURM does not list it yet"
-        else:
-            state, detail = "planned", ""
-        status[job_id] = {"state": state, "detail": detail, "scheduler_job_id": scheduler_id}
-    return status

@@ -31,7 +31,9 @@ from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import check_fraction
 from bench.jobs import FinetuneJob, Job, PretrainJob
 from bench.methods import METHODS
-from bench.store import RunStore, UnreadableRecord
+from bench.states import JobState, JobStatus, job_statuses
+from bench.store import RunStore
+from bench.submission import read_submission
 
 if TYPE_CHECKING:
     from bench.executors import SubmitReport
@@ -264,11 +266,9 @@ def run_sweep(
     jobs = plan(spec)
     check_data(jobs, data_root)
     executor_ = get_executor(executor, profile, {"sweep": spec_to_dict(spec)})
+    executor_.check_layouts(jobs)
     RunStore(results_dir).open_for_writing()
-    if executor == "inline":
-        records = executor_.run(jobs, Path(results_dir), data_root)
-    else:
-        records = executor_.run(jobs, Path(results_dir), data_root, timeout_s=timeout_s)
+    records = executor_.run(jobs, Path(results_dir), data_root, timeout_s=timeout_s)
     return SweepResult(jobs=jobs, records=records)
 
 
@@ -300,7 +300,7 @@ def data_problems(jobs: list[Job], data_root: Path | str | None) -> list[str]:
         try:
             check_data([job for job in jobs if job.dataset == dataset], data_root)
         except ConfigError as error:
-            problems.append(str(error).splitlines()[0])
+            problems.append(str(error))
     return problems
 
 
@@ -312,12 +312,13 @@ def submit_sweep(
 ) -> tuple[list[Job], SubmitReport]:
     """Plan ``spec`` and submit to SLURM every job that is not queued, running or done;
     return at once (``bench status`` follows them)."""
-    from bench.executors import SubmititExecutor
+    from bench.executors import get_executor
 
     jobs = plan(spec)
     check_data(jobs, data_root)
+    executor = get_executor("slurm", profile, {"sweep": spec_to_dict(spec)})
+    executor.check_layouts(jobs)
     RunStore(results_dir).open_for_writing()
-    executor = SubmititExecutor("slurm", profile, {"sweep": spec_to_dict(spec)})
     return jobs, executor.submit(jobs, Path(results_dir), data_root)
 
 
@@ -327,25 +328,22 @@ def rerun_failed(
     """Submit again, to SLURM, the failed jobs of the SLURM submissions in ``results_dir``
     (their sweep is re-planned from submission.json; their pretraining too if it failed).
     Returns the report and the failed job ids that could not be resubmitted (with why)."""
-    from bench.executors import SubmititExecutor, SubmitReport
-    from bench.submission import job_status, read_submission
+    from bench.executors import SubmitReport, get_executor
 
     store = RunStore(results_dir)
-    job_ids = store.run_ids()
-    status = job_status(store, job_ids)
+    statuses = job_statuses(store, store.run_ids())
     report, unknown = SubmitReport(), []
     groups: dict[str, tuple[SweepSpec, dict[str, Any], list[str]]] = {}
-    for job_id in job_ids:
-        if status[job_id]["state"] != "failed":
+    for job_id, status in statuses.items():
+        if status.state is not JobState.FAILED:
             continue
         submission = read_submission(store, job_id)
         if not submission or "sweep" not in submission:
             unknown.append(f"{job_id}: not from a SLURM submission; rerun its `bench run`")
             continue
         key = json.dumps([submission["sweep"], submission.get("cluster_settings")], sort_keys=True)
-        groups.setdefault(key, (spec_from_dict(submission["sweep"]), submission, []))[2].append(
-            job_id
-        )
+        group = groups.setdefault(key, (spec_from_dict(submission["sweep"]), submission, []))
+        group[2].append(job_id)
     for spec, submission, failed in groups.values():
         jobs = plan(spec)
         missing = set(failed) - {job.job_id for job in jobs}
@@ -355,25 +353,13 @@ def rerun_failed(
         profile = profile_overrides or Profile(
             submission.get("cluster_profile", "(stored)"), submission.get("cluster_settings", {})
         )
-        executor = SubmititExecutor("slurm", profile, {"sweep": submission["sweep"]})
-        part = executor.submit(
-            jobs, Path(results_dir), submission.get("data_root"), only_failed=True
-        )
+        executor = get_executor("slurm", profile, {"sweep": submission["sweep"]})
+        data_root = submission.get("data_root")
+        part = executor.submit(jobs, Path(results_dir), data_root, only_failed=True)
         report.submitted.update(part.submitted)
     return report, unknown
 
 
-def job_states(jobs: list[Job], results_dir: Path | str) -> dict[str, str]:
-    """``done``, ``failed``, ``corrupt`` (an unreadable record: the job runs again) or
-    ``pending`` for each planned job, from the run store."""
-    store = RunStore(results_dir)
-    states = {}
-    for job in jobs:
-        record = store.read(job.job_id)
-        if record is None:
-            states[job.job_id] = "pending"
-        elif isinstance(record, UnreadableRecord):
-            states[job.job_id] = "corrupt"
-        else:
-            states[job.job_id] = "done" if record["status"] == "ok" else record["status"]
-    return states
+def sweep_status(jobs: list[Job], results_dir: Path | str) -> dict[str, JobStatus]:
+    """The state of each planned job (:mod:`bench.states`)."""
+    return job_statuses(RunStore(results_dir), [job.job_id for job in jobs])

@@ -19,7 +19,7 @@ def test_plan_then_run_then_table(dirs, tiny_overrides, capsys):
         common += ["--set", item]
     assert main(["plan", *common]) == 0
     out = capsys.readouterr().out
-    assert "3 jobs: 3 pending" in out and "pretrain-simclr-synthetic-s0-" in out
+    assert "3 jobs: 3 planned" in out and "pretrain-simclr-synthetic-s0-" in out
     assert main(["-q", "run", *common]) == 0
     out = capsys.readouterr().out
     assert "| simclr" in out and "50% mIoU" in out

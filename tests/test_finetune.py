@@ -145,7 +145,9 @@ def test_backbone_only_methods_load_the_backbone_and_explicit_asks_fail_at_plan(
     )
     model = build_segmentation_model(finetune.backbone, 3, num_classes=6)
     pretrained = store.run_dir(pretrain.job_id)
-    assert load_initial_weights(model, finetune, pretrained, 3)[1] == "backbone"  # ... than there is
+    assert (
+        load_initial_weights(model, finetune, pretrained, 3)[1] == "backbone"
+    )  # ... than there is
     assert load_initial_weights(model, random_job, None, 3)[1] == "none"
     with pytest.raises(ConfigError, match=r"finetune.load=all .* random, simclr.* glcnet"):
         plan(

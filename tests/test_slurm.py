@@ -15,8 +15,9 @@ from bench import SweepSpec, run_sweep
 from bench.cli import main
 from bench.cluster import load_profile, slurm_available
 from bench.report import comparison_table
+from bench.states import job_statuses
 from bench.store import CHECKPOINT, LOG, RunStore
-from bench.submission import SUBMISSION, job_status
+from bench.submission import SUBMISSION
 from bench.sweep import submit_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +65,8 @@ def _preempt_and_restart(scheduler_id):
 
 
 def _states(results, jobs):
-    status = job_status(RunStore(results), [job.job_id for job in jobs])
-    return {job_id: entry["state"] for job_id, entry in status.items()}
+    statuses = job_statuses(RunStore(results), [job.job_id for job in jobs])
+    return {job_id: status.state for job_id, status in statuses.items()}
 
 
 def _submission(results, job):

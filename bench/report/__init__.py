@@ -8,8 +8,10 @@ as text, ``plots`` draws them with matplotlib. ``comparison_table`` is the one-c
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from bench.config import ConfigError
 from bench.report.formats import FORMATS, SUFFIXES, check_format, latex_escape, render
 from bench.report.plots import PLOT_FORMATS, plot_fraction_curves
 from bench.report.table import (
@@ -28,8 +30,53 @@ from bench.report.table import (
     per_class_table,
     records_frame,
 )
+from bench.store import RunStore, UnreadableRecord
 
 NO_RESULTS = "no fine-tuning results yet"
+
+
+def read_results(results: Path | str) -> tuple[list[dict[str, Any]], list[UnreadableRecord]]:
+    """The valid records of a results folder, and the unreadable ones (with why)."""
+    store = RunStore(results)
+    store.check_exists()
+    return store.scan()
+
+
+def results_table(
+    results: Path | str,
+    metrics: Iterable[str] = ("miou", "kappa"),
+    baseline: str | None = AUTO,
+    per_class: bool = False,
+    dataset: str | None = None,
+    fraction: float | None = None,
+) -> tuple[Table | None, list[UnreadableRecord]]:
+    """The comparison table of a results folder (or, with ``per_class``, the per-class IoU
+    of one ``dataset`` at one ``fraction``), and the records left out as unreadable (the
+    table's footer counts them). None when there are no fine-tuning records."""
+    check_metrics(metrics)
+    if not per_class and (dataset is not None or fraction is not None):
+        raise ConfigError("--dataset and --fraction choose the --per-class table; add it")
+    records, unreadable = read_results(results)
+    if per_class:
+        table = per_class_table(records, dataset, fraction, baseline, unreadable=len(unreadable))
+    else:
+        table = build_table(records, metrics, baseline, unreadable=len(unreadable))
+    return table, unreadable
+
+
+def table_format(fmt: str | None, output: Path | None) -> str:
+    """``fmt`` if given, else the format of ``output``'s suffix, else Markdown."""
+    if fmt is not None:
+        return check_format(fmt)
+    if output is None:
+        return "md"
+    suffix = Path(output).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ConfigError(
+            f"cannot tell the table format from {Path(output).name!r}; name the file "
+            f"{' or '.join(SUFFIXES)}, or give --format ({', '.join(FORMATS)})"
+        )
+    return SUFFIXES[suffix]
 
 
 def comparison_table(
@@ -65,6 +112,9 @@ __all__ = [
     "paired_test",
     "per_class_table",
     "plot_fraction_curves",
+    "read_results",
+    "results_table",
+    "table_format",
     "records_frame",
     "render",
 ]

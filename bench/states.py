@@ -1,0 +1,126 @@
+"""A job's state, worked out in one place from its result record, its submission and what
+the scheduler says; every command (``plan``, ``status``, ``run``, the executors) shows these
+words.
+
+- ``planned``: nothing ran or was submitted yet;
+- ``queued`` / ``running``: SLURM lists the job as waiting or running (a job being retried
+  wins over its older failed or unreadable record);
+- ``done``: its record says ``ok``;
+- ``failed``: its record says ``failed`` (the detail is the error), or SLURM ended it
+  without a record (cancelled, killed, out of time);
+- ``corrupt``: its result.json is not a valid record (the detail says why); a rerun of its
+  sweep redoes the job;
+- ``skipped``: in a sweep's result only, a job whose dependency did not finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from bench.cluster import state_kind
+from bench.store import RunStore, UnreadableRecord
+from bench.submission import read_submission
+from bench.submitit_adapter import scheduler_states
+
+
+class JobState(str, Enum):
+    PLANNED = "planned"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CORRUPT = "corrupt"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's state, why (error's last line, SLURM state, ...), its SLURM job id if it was
+    submitted, and its valid record if it has one."""
+
+    state: JobState
+    detail: str = ""
+    scheduler_job_id: str | None = None
+    record: dict[str, Any] | None = None
+
+
+def derive_status(
+    record: dict[str, Any] | UnreadableRecord | None,
+    submission: dict[str, Any] | None = None,
+    scheduler_state: str = "",
+) -> JobStatus:
+    """The one rule from what is known of a job to its state (module docstring)."""
+    scheduler_id = submission.get("scheduler_job_id") if submission else None
+    kind = state_kind(scheduler_state) if scheduler_state else ""
+    valid = record if isinstance(record, dict) else None
+    if valid is not None and valid["status"] == "ok":
+        return JobStatus(JobState.DONE, "", scheduler_id, valid)
+    if kind in ("queued", "running"):
+        return JobStatus(JobState(kind), scheduler_state, scheduler_id, valid)
+    if isinstance(record, UnreadableRecord):
+        why = f"{record}; a rerun of its sweep redoes the job"
+        return JobStatus(JobState.CORRUPT, why, scheduler_id)
+    if valid is not None:
+        detail = last_line(valid.get("traceback")) or str(valid.get("error", ""))
+        return JobStatus(JobState.FAILED, detail, scheduler_id, valid)
+    if scheduler_state:
+        why = f"SLURM state {scheduler_state}, no result record"
+        return JobStatus(JobState.FAILED, why, scheduler_id)
+    if submission is not None and submission.get("executor") == "slurm":
+        why = "submitted; SLURM does not list it yet"
+        return JobStatus(JobState.QUEUED, why, scheduler_id)
+    return JobStatus(JobState.PLANNED)
+
+
+def job_statuses(
+    store: RunStore, job_ids: Iterable[str], ask_scheduler: bool = True
+) -> dict[str, JobStatus]:
+    """The status of each job id from its record and (with ``ask_scheduler``) its
+    submission.json and SLURM's accounting."""
+    job_ids = list(job_ids)
+    if not ask_scheduler:
+        return {job_id: derive_status(store.read(job_id)) for job_id in job_ids}
+    submissions = {job_id: read_submission(store, job_id) for job_id in job_ids}
+    slurm_ids = [
+        s["scheduler_job_id"] for s in submissions.values() if s and s.get("executor") == "slurm"
+    ]
+    slurm = scheduler_states(slurm_ids)
+    statuses = {}
+    for job_id, submission in submissions.items():
+        scheduler_id = submission.get("scheduler_job_id") if submission else None
+        scheduler_state = slurm.get(scheduler_id, "") if scheduler_id else ""
+        statuses[job_id] = derive_status(store.read(job_id), submission, scheduler_state)
+    return statuses
+
+
+def record_status(store: RunStore, job_id: str) -> JobStatus:
+    """The status from the record alone (no scheduler): planned, done, failed or corrupt."""
+    return derive_status(store.read(job_id))
+
+
+def is_done(store: RunStore, job_id: str) -> bool:
+    return record_status(store, job_id).state is JobState.DONE
+
+
+def count_states(states: Iterable[JobState | JobStatus]) -> dict[JobState, int]:
+    """How many jobs are in each state, in the order of :class:`JobState`."""
+    found = [s.state if isinstance(s, JobStatus) else JobState(s) for s in states]
+    return {state: found.count(state) for state in JobState if state in found}
+
+
+def summary(states: Iterable[JobState | JobStatus]) -> str:
+    """``5 jobs: 3 done, 2 planned``."""
+    counts = count_states(states)
+    total = sum(counts.values())
+    return f"{total} jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+
+
+def last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
