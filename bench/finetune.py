@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,63 +225,106 @@ def labelled_batches(labelled, order, normalize, device, steps: range):
         yield step, (images, masks.to(device, non_blocking=True).long())
 
 
+@dataclass(frozen=True)
+class FinetuneData:
+    """What a fine-tuning reads: the dataset, its splits, the labelled subset (its list
+    written next to the prepared data) and the band normalisation."""
+
+    dataset: Any
+    train: PatchSet
+    test: PatchSet
+    labelled: PatchSet
+    normalize: Normalizer
+
+    @classmethod
+    def load(cls, job, data_root, device: torch.device) -> FinetuneData:
+        dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
+        train, test = dataset.load_split("train"), dataset.load_split("test")
+        check_fraction_usable(job.dataset, job.fraction, len(train))
+        labelled = train.subset(labelled_indices(len(train), job.fraction, job.seed))
+        subset_path = write_subset(dataset.prepared_dir, labelled.ids, job.fraction, job.seed)
+        log.info(
+            "  finetune %s | %d labelled of %d training patches (%s)",
+            job.method,
+            len(labelled),
+            len(train),
+            subset_path,
+        )
+        return cls(dataset, train, test, labelled, Normalizer(*dataset.band_stats(), device))
+
+
 def run_finetuning(
     job, run_dir: Path, data_root=None, pretrained_dir: Path | None = None
 ) -> dict[str, Any]:
     """Fine-tune DeepLabV3+ on ``job``'s labelled subset and score it on the test split;
     ``pretrained_dir`` is the run folder of the job's pretraining (its backbone.pt and
     decoder.pt), None for baselines."""
-    cfg: FinetuneConfig = job.finetune
     device = resolve_device()
-    dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
-    train, test = dataset.load_split("train"), dataset.load_split("test")
-    check_fraction_usable(job.dataset, job.fraction, len(train))
-    labelled = train.subset(labelled_indices(len(train), job.fraction, job.seed))
-    subset_path = write_subset(dataset.prepared_dir, labelled.ids, job.fraction, job.seed)
-    normalize = Normalizer(*dataset.band_stats(), device)
-    model, init_source, loaded = finetuning_model(job, dataset, pretrained_dir, device)
+    data = FinetuneData.load(job, data_root, device)
+    model, init_source, loaded = finetuning_model(job, data.dataset, pretrained_dir, device)
     trainer = finetuning_trainer(job, model, device, run_dir)
-    log.info(
-        "  finetune %s | %d labelled of %d training patches (%s)",
-        job.method,
-        len(labelled),
-        len(train),
-        subset_path,
-    )
+    progress = train_on_labels(job, trainer, data, run_dir)
+    train_seconds = time.perf_counter() - progress.started
+    eval_start = time.perf_counter()
+    scores = evaluate_job(job, model, data, device)
+    return {
+        **finetune_record(job, data),
+        "init": init_source,
+        "load": job.finetune.load,  # asked for
+        "loaded": loaded,  # what was loaded: less than asked when the method has no more
+        "resumed_from_step": progress.start_step,
+        **scores,
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - eval_start,
+        "device": str(device),
+        "finished_at": now_iso(),
+        **provenance(),
+    }
+
+
+def train_on_labels(job, trainer: Trainer, data: FinetuneData, run_dir: Path) -> FinetuneLog:
+    """The fine-tuning steps, from the checkpoint if there is one; a stop signal ends them
+    early after a checkpoint (so does ``checkpoint_every``, without ending them)."""
+    cfg: FinetuneConfig = job.finetune
     resumed = trainer.load() or {"step": 0, "running": 0.0}
     start_step = int(resumed["step"])
     if "rng" in resumed:
         trainer.restore_rng(resumed, seed_for(job.seed, 0xF7, start_step))
         log.info("%s: resumed from checkpoint at step %d/%d", job.job_id, start_step, cfg.steps)
     progress = FinetuneLog(job, run_dir, float(resumed["running"]), start_step)
+    ignore_index = data.dataset.ignore_index
 
     def train_step(batch, step: int) -> StepOutcome:
         images, masks = batch
-        forward = lambda: segmentation_loss(model, images, masks, cfg, dataset.ignore_index)  # noqa: E731
-        outcome = trainer.step(step, forward)
+        loss = lambda: segmentation_loss(trainer.model, images, masks, cfg, ignore_index)  # noqa: E731
+        outcome = trainer.step(step, loss)
         progress.step(step, outcome)
         return outcome
 
     def position(step: int) -> tuple[dict[str, Any], str]:
         return {"step": step + 1, "running": progress.running}, f"at fine-tuning step {step + 1}"
 
-    order = batch_indices(len(labelled), cfg.batch_size, cfg.steps, job.seed)
-    batches = labelled_batches(labelled, order, normalize, device, range(start_step, cfg.steps))
+    order = batch_indices(len(data.labelled), cfg.batch_size, cfg.steps, job.seed)
+    steps = range(start_step, cfg.steps)
+    batches = labelled_batches(data.labelled, order, data.normalize, trainer.device, steps)
     with trainer.stop:
         trainer.run(batches, train_step, position, cfg.checkpoint_every, cfg.steps - 1)
-    train_seconds = time.perf_counter() - progress.started
-    eval_start = time.perf_counter()
+    return progress
+
+
+def evaluate_job(job, model, data: FinetuneData, device: torch.device) -> dict[str, Any]:
+    """The test split's scores (:func:`evaluate`), logged."""
+    cfg, dataset = job.finetune, data.dataset
     scores = evaluate(
         model,
-        test,
-        normalize,
+        data.test,
+        data.normalize,
         dataset.num_classes,
         dataset.ignore_index,
         cfg.eval_batch_size,
         device,
         cfg.amp,
     )
-    eval_seconds = time.perf_counter() - eval_start
     log.info(
         "  finetune %s f=%g | test mIoU %.2f Kappa %.2f OA %.2f",
         job.method,
@@ -289,19 +333,7 @@ def run_finetuning(
         100 * scores["kappa"],
         100 * scores["oa"],
     )
-    return {
-        **finetune_record(job, dataset, len(labelled), len(train), len(test)),
-        "init": init_source,
-        "load": cfg.load,  # asked for
-        "loaded": loaded,  # what was loaded: less than asked when the method has no more
-        "resumed_from_step": start_step,
-        **scores,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "device": str(device),
-        "finished_at": now_iso(),
-        **provenance(),
-    }
+    return scores
 
 
 class FinetuneLog:
@@ -332,7 +364,7 @@ class FinetuneLog:
             self.running = 0.0
 
 
-def finetune_record(job, dataset, n_labelled: int, n_train: int, n_test: int) -> dict[str, Any]:
+def finetune_record(job, data: FinetuneData) -> dict[str, Any]:
     """What a fine-tuning record says about the job and its data."""
     return {
         "status": "ok",
@@ -347,10 +379,10 @@ def finetune_record(job, dataset, n_labelled: int, n_train: int, n_test: int) ->
         "protocol": job.finetune.protocol,
         "backbone": job.backbone,
         "bands": job.data.bands,
-        "n_labelled": n_labelled,
-        "n_train": n_train,
-        "n_test": n_test,
-        "class_names": list(dataset.class_names),
-        "ignore_index": dataset.ignore_index,
+        "n_labelled": len(data.labelled),
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "class_names": list(data.dataset.class_names),
+        "ignore_index": data.dataset.ignore_index,
         "metric_note": METRIC_NOTE,
     }

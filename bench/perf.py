@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from bench.config import DataConfig
-from bench.datasets import DATASETS, create_dataset
+from bench.datasets import create_dataset
+from bench.datasets.folder import FolderParams
 from bench.engine import resolve_device
 from bench.finetune import (
     Normalizer,
@@ -249,8 +249,7 @@ def prepared_loader_rate(root: Path, batch: int, patch: int, repeats: int) -> fl
     for n in range(20):
         tifffile.imwrite(raw / "images" / f"{n}.tif", rng.integers(0, 256, (512, 512, 3), np.uint8))
         tifffile.imwrite(raw / "masks" / f"{n}.tif", np.zeros((512, 512), np.uint8))
-    cls = DATASETS.get("folder")
-    dataset = cls(cls.Params(patch_size=patch), DataConfig(), root / "data")
+    dataset = create_dataset("folder", FolderParams(patch_size=patch), data_root=root / "data")
     dataset.prepare(raw, seeds=(), fractions=(), progress=lambda m: None)
     train = dataset.load_split("train")
 
@@ -264,115 +263,124 @@ def prepared_loader_rate(root: Path, batch: int, patch: int, repeats: int) -> fl
 
 
 # -- all -----------------------------------------------------------------------------------
-def run_perf(settings: PerfSettings, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
-    """Measure everything; returns the JSON report (rows + machine)."""
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data_root = Path(tmp) / "data"
-        bare: dict[str, float] = {}
-        simclr_harness = None
-        methods = (
-            settings.methods if "simclr" in settings.methods else ("simclr", *settings.methods)
-        )
-        for method in methods:
-            job = _pretrain_job(method, settings)
-            bare_pretraining(job, data_root)  # warm-up (and renders the data once)
-            harness_rate, harness_loss = 0.0, None
-            bare_rate, bare_loss = 0.0, None
-            for _ in range(settings.repeats):  # interleaved, best of each
-                rate, harness_loss = harness_pretraining(job, data_root)
-                harness_rate = max(harness_rate, rate)
-                rate, bare_loss = bare_pretraining(job, data_root)
-                bare_rate = max(bare_rate, rate)
-            bare[method] = bare_rate
-            if method == "simclr":
-                simclr_harness = harness_rate
-            same = harness_loss == bare_loss
-            rows.append(
-                {
-                    "measure": f"pretraining {method} (images/s)",
-                    "harness": harness_rate,
-                    "reference": bare_rate,
-                    "ratio": harness_rate / bare_rate,
-                    "goal": f">= {HARNESS_GOAL}",
-                    "ok": harness_rate / bare_rate >= HARNESS_GOAL,
-                    "note": "same final loss" if same else f"loss {harness_loss} vs {bare_loss}",
-                }
-            )
-            progress(f"pretraining {method}: harness/bare {harness_rate / bare_rate:.3f}")
-        for method in methods:
-            rows.append(
-                {
-                    "measure": f"step cost {method} / simclr",
-                    "harness": 1 / bare[method],
-                    "reference": 1 / bare["simclr"],
-                    "ratio": bare["simclr"] / bare[method],
-                    "goal": "",
-                    "ok": None,
-                    "note": "bare step time ratio, equal batch",
-                }
-            )
+def row(measure: str, ours: float, reference: float, goal: str, ok, note: str) -> dict[str, Any]:
+    """One line of the report: ``ratio`` = ours / reference."""
+    return {
+        "measure": measure,
+        "harness": ours,
+        "reference": reference,
+        "ratio": ours / reference,
+        "goal": goal,
+        "ok": ok,
+        "note": note,
+    }
 
-        job = _finetune_job(settings)
-        bare_finetuning(job, data_root)  # warm-up
+
+def pretraining_rows(settings: PerfSettings, data_root: Path, progress) -> list[dict[str, Any]]:
+    """Harness vs bare loop for each method (interleaved, best of each), then each method's
+    bare step cost relative to SimCLR."""
+    rows, bare = [], {}
+    methods = settings.methods if "simclr" in settings.methods else ("simclr", *settings.methods)
+    for method in methods:
+        job = _pretrain_job(method, settings)
+        bare_pretraining(job, data_root)  # warm-up (and renders the data once)
         harness_rate = bare_rate = 0.0
         for _ in range(settings.repeats):
-            harness_rate = max(harness_rate, harness_finetuning(job, data_root))
-            bare_rate = max(bare_rate, bare_finetuning(job, data_root))
+            rate, harness_loss = harness_pretraining(job, data_root)
+            harness_rate = max(harness_rate, rate)
+            rate, bare_loss = bare_pretraining(job, data_root)
+            bare_rate = max(bare_rate, rate)
+        bare[method] = bare_rate
+        same = harness_loss == bare_loss
+        note = "same final loss" if same else f"loss {harness_loss} vs {bare_loss}"
+        ratio = harness_rate / bare_rate
+        goal, ok = f">= {HARNESS_GOAL}", ratio >= HARNESS_GOAL
         rows.append(
-            {
-                "measure": "fine-tuning DeepLabV3+ (patches/s)",
-                "harness": harness_rate,
-                "reference": bare_rate,
-                "ratio": harness_rate / bare_rate,
-                "goal": f">= {HARNESS_GOAL}",
-                "ok": harness_rate / bare_rate >= HARNESS_GOAL,
-                "note": f"batch {job.finetune.batch_size}, {job.finetune.steps} steps",
-            }
+            row(f"pretraining {method} (images/s)", harness_rate, bare_rate, goal, ok, note)
         )
-        progress("fine-tuning measured")
-
-        metrics = metric_rates(settings.repeats)
-        for other in ("sklearn", "torchmetrics"):
-            if metrics[other] is None:
-                continue
-            ratio = metrics["bench"] / metrics[other]
-            rows.append(
-                {
-                    "measure": f"confusion matrix vs {other} (pixels/s)",
-                    "harness": metrics["bench"],
-                    "reference": metrics[other],
-                    "ratio": ratio,
-                    "goal": f">= {METRIC_GOAL:g}" if other == "sklearn" else "",
-                    "ok": ratio >= METRIC_GOAL if other == "sklearn" else None,
-                    "note": "1M predictions, 7 classes, 5% ignored",
-                }
+        progress(f"pretraining {method}: harness/bare {ratio:.3f}")
+    for method in methods:
+        rows.append(
+            row(
+                f"step cost {method} / simclr",
+                1 / bare[method],
+                1 / bare["simclr"],
+                "",
+                None,
+                "bare step time ratio, equal batch",
             )
-        progress("metrics measured")
+        )
+    return rows
 
-        simclr_job = _pretrain_job("simclr", settings)
-        loader = prepared_loader_rate(
-            Path(tmp) / "loader",
-            simclr_job.pretrain.batch_size,
-            simclr_job.dataset_params.patch_size,
-            settings.repeats,
-        )
+
+def finetuning_row(settings: PerfSettings, data_root: Path) -> dict[str, Any]:
+    job = _finetune_job(settings)
+    bare_finetuning(job, data_root)  # warm-up
+    harness_rate = bare_rate = 0.0
+    for _ in range(settings.repeats):
+        harness_rate = max(harness_rate, harness_finetuning(job, data_root))
+        bare_rate = max(bare_rate, bare_finetuning(job, data_root))
+    ratio = harness_rate / bare_rate
+    note = f"batch {job.finetune.batch_size}, {job.finetune.steps} steps"
+    return row(
+        "fine-tuning DeepLabV3+ (patches/s)",
+        harness_rate,
+        bare_rate,
+        f">= {HARNESS_GOAL}",
+        ratio >= HARNESS_GOAL,
+        note,
+    )
+
+
+def metric_rows(repeats: int) -> list[dict[str, Any]]:
+    metrics, rows = metric_rates(repeats), []
+    for other in ("sklearn", "torchmetrics"):
+        if metrics[other] is None:
+            continue
+        ratio = metrics["bench"] / metrics[other]
+        goal = f">= {METRIC_GOAL:g}" if other == "sklearn" else ""
+        ok = ratio >= METRIC_GOAL if other == "sklearn" else None
         rows.append(
-            {
-                "measure": "prepared data loader vs pretraining step (patches/s)",
-                "harness": loader,
-                "reference": simclr_harness,
-                "ratio": loader / simclr_harness,
-                "goal": "> 1",
-                "ok": loader > simclr_harness,
-                "note": "memory-mapped .npy, batch reads, 0 workers vs simclr consumption",
-            }
+            row(
+                f"confusion matrix vs {other} (pixels/s)",
+                metrics["bench"],
+                metrics[other],
+                goal,
+                ok,
+                "1M predictions, 7 classes, 5% ignored",
+            )
         )
-    return {
-        "settings": settings.__dict__,
-        "machine": machine(),
-        "rows": rows,
-    }
+    return rows
+
+
+def loader_row(settings: PerfSettings, folder: Path, simclr_rate: float) -> dict[str, Any]:
+    job = _pretrain_job("simclr", settings)
+    batch, patch = job.pretrain.batch_size, job.dataset_params.patch_size
+    loader = prepared_loader_rate(folder, batch, patch, settings.repeats)
+    note = "memory-mapped .npy, batch reads, 0 workers vs simclr consumption"
+    return row(
+        "prepared data loader vs pretraining step (patches/s)",
+        loader,
+        simclr_rate,
+        "> 1",
+        loader > simclr_rate,
+        note,
+    )
+
+
+def run_perf(settings: PerfSettings, progress: Callable[[str], None] = log.info) -> dict[str, Any]:
+    """Measure everything; returns the JSON report (rows + machine)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data_root = Path(tmp) / "data"
+        rows = pretraining_rows(settings, data_root, progress)
+        rows.append(finetuning_row(settings, data_root))
+        progress("fine-tuning measured")
+        rows += metric_rows(settings.repeats)
+        progress("metrics measured")
+        simclr = "pretraining simclr (images/s)"  # its rate through the harness
+        simclr_rate = next(r["harness"] for r in rows if r["measure"] == simclr)
+        rows.append(loader_row(settings, Path(tmp) / "loader", simclr_rate))
+    return {"settings": settings.__dict__, "machine": machine(), "rows": rows}
 
 
 def machine() -> dict[str, Any]:

@@ -300,25 +300,7 @@ class PreparedDataset(SegmentationDataset):
             "tiles": [t.tile_id for t in tiles],
         }
         self._start_or_resume(out, state, raw, progress)
-        summaries = {}
-        done_before = 0
-        for number, tile in enumerate(tiles, start=1):
-            summary_path = out / "tiles" / f"{tile.tile_id}.json"
-            if summary_path.is_file():
-                summaries[tile.tile_id] = json.loads(summary_path.read_text())
-                done_before += 1
-                continue
-            tile_start = time.perf_counter()
-            summaries[tile.tile_id] = self._prepare_tile(tile, out)
-            seconds = time.perf_counter() - tile_start
-            remaining = len(tiles) - number
-            progress(
-                f"[{number}/{len(tiles)}] {tile.tile_id} ({tile.split}): "
-                f"{summaries[tile.tile_id]['patches']} patches in {seconds:.1f}s"
-                + (f", about {remaining * seconds:.0f}s left" if remaining else "")
-            )
-        if done_before:
-            progress(f"skipped {done_before} tiles prepared before the interruption")
+        summaries = self._prepare_tiles(tiles, out, progress)
         manifest = self._finish(out, tiles, summaries, raw, started)
         self._write_subsets(manifest, seeds, fractions, progress)
         atomic_write_json(out / MANIFEST, manifest)
@@ -375,45 +357,33 @@ class PreparedDataset(SegmentationDataset):
         atomic_write_json(folder / f"{tile.tile_id}.json", summary)  # the tile's done marker
         return summary
 
+    def _prepare_tiles(self, tiles: list[RawTile], out: Path, progress) -> dict[str, dict]:
+        """Each tile's patches and summary; tiles finished before an interruption are kept."""
+        summaries = {}
+        done_before = 0
+        for number, tile in enumerate(tiles, start=1):
+            summary_path = out / "tiles" / f"{tile.tile_id}.json"
+            if summary_path.is_file():
+                summaries[tile.tile_id] = json.loads(summary_path.read_text())
+                done_before += 1
+                continue
+            tile_start = time.perf_counter()
+            summaries[tile.tile_id] = self._prepare_tile(tile, out)
+            seconds = time.perf_counter() - tile_start
+            remaining = len(tiles) - number
+            progress(
+                f"[{number}/{len(tiles)}] {tile.tile_id} ({tile.split}): "
+                f"{summaries[tile.tile_id]['patches']} patches in {seconds:.1f}s"
+                + (f", about {remaining * seconds:.0f}s left" if remaining else "")
+            )
+        if done_before:
+            progress(f"skipped {done_before} tiles prepared before the interruption")
+        return summaries
+
     def _finish(self, out, tiles, summaries, raw: Path, started: float) -> dict[str, Any]:
-        """Join the tiles of each split into one memory-mappable array per split."""
-        splits: dict[str, Any] = {}
-        for split in SPLITS:
-            chosen = [t for t in tiles if t.split == split]
-            total = sum(summaries[t.tile_id]["patches"] for t in chosen)
-            first = np.load(out / "tiles" / f"{chosen[0].tile_id}.npz")
-            channels, patch = first["images"].shape[1], first["images"].shape[2]
-            targets = {
-                "images": (f"{split}_images.npy", (total, channels, patch, patch)),
-                "masks": (f"{split}_masks.npy", (total, patch, patch)),
-            }
-            arrays = {
-                key: np.lib.format.open_memmap(
-                    out / f".{name}.tmp", mode="w+", dtype=np.uint8, shape=shape
-                )
-                for key, (name, shape) in targets.items()
-            }
-            row, ids = 0, []
-            for tile in chosen:
-                with np.load(out / "tiles" / f"{tile.tile_id}.npz") as part:
-                    count = len(part["masks"])
-                    arrays["images"][row : row + count] = part["images"]
-                    arrays["masks"][row : row + count] = part["masks"]
-                row += count
-                ids.extend(summaries[tile.tile_id]["ids"])
-            for key, (name, _) in targets.items():
-                arrays[key].flush()
-                del arrays[key]
-                os.replace(out / f".{name}.tmp", out / name)
-            (out / f"{split}_ids.txt").write_text("".join(f"{i}\n" for i in ids))
-            splits[split] = {
-                "tiles": [t.tile_id for t in chosen],
-                "patches": total,
-                "class_pixels": np.sum(
-                    [summaries[t.tile_id]["class_pixels"] for t in chosen], axis=0
-                ).tolist(),
-                "ignored_pixels": sum(summaries[t.tile_id]["ignored_pixels"] for t in chosen),
-            }
+        """Join the tiles of each split into one memory-mappable array per split; return the
+        manifest (classes, splits, band statistics of the training images)."""
+        splits = {split: self._join_split(out, tiles, summaries, split) for split in SPLITS}
         atomic_write_json(out / "split.json", {s: splits[s]["tiles"] for s in SPLITS})
         histograms = np.sum(
             [summaries[t.tile_id]["band_histograms"] for t in tiles if t.split == "train"], axis=0
@@ -436,6 +406,45 @@ class PreparedDataset(SegmentationDataset):
             "band_mean": mean.tolist(),
             "band_std": np.sqrt(np.maximum(var, 0.0)).tolist(),
             "seconds": round(time.perf_counter() - started, 1),
+        }
+
+    def _join_split(self, out: Path, tiles, summaries, split: str) -> dict[str, Any]:
+        """``<split>_images.npy``, ``<split>_masks.npy`` and ``<split>_ids.txt`` from the
+        split's tiles; returns the split's summary."""
+        chosen = [t for t in tiles if t.split == split]
+        total = sum(summaries[t.tile_id]["patches"] for t in chosen)
+        first = np.load(out / "tiles" / f"{chosen[0].tile_id}.npz")
+        channels, patch = first["images"].shape[1], first["images"].shape[2]
+        targets = {
+            "images": (f"{split}_images.npy", (total, channels, patch, patch)),
+            "masks": (f"{split}_masks.npy", (total, patch, patch)),
+        }
+        arrays = {
+            key: np.lib.format.open_memmap(
+                out / f".{name}.tmp", mode="w+", dtype=np.uint8, shape=shape
+            )
+            for key, (name, shape) in targets.items()
+        }
+        row, ids = 0, []
+        for tile in chosen:
+            with np.load(out / "tiles" / f"{tile.tile_id}.npz") as part:
+                count = len(part["masks"])
+                arrays["images"][row : row + count] = part["images"]
+                arrays["masks"][row : row + count] = part["masks"]
+            row += count
+            ids.extend(summaries[tile.tile_id]["ids"])
+        for key, (name, _) in targets.items():
+            arrays[key].flush()
+            del arrays[key]
+            os.replace(out / f".{name}.tmp", out / name)
+        (out / f"{split}_ids.txt").write_text("".join(f"{i}\n" for i in ids))
+        return {
+            "tiles": [t.tile_id for t in chosen],
+            "patches": total,
+            "class_pixels": np.sum(
+                [summaries[t.tile_id]["class_pixels"] for t in chosen], axis=0
+            ).tolist(),
+            "ignored_pixels": sum(summaries[t.tile_id]["ignored_pixels"] for t in chosen),
         }
 
     def _write_subsets(self, manifest, seeds, fractions, progress) -> None:

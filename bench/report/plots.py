@@ -27,8 +27,6 @@ def plot_fraction_curves(
 ) -> list[Path]:
     """Write ``<metric>_vs_fraction.<format>`` per metric and format; return the paths."""
     from matplotlib import rc_context
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     formats = tuple(formats)
     bad = [f for f in formats if f not in PLOT_FORMATS]
@@ -43,45 +41,7 @@ def plot_fraction_curves(
         table = build_table(records, (metric,), baseline=None)
         if table is None:
             raise ConfigError("no fine-tuning results to plot")
-        datasets = table.datasets
-        figure = Figure(figsize=(4.2 * len(datasets) + 1.8, 3.4), layout="constrained")
-        FigureCanvasAgg(figure)
-        axes = figure.subplots(1, len(datasets), squeeze=False)[0]
-        for axis, dataset in zip(axes, datasets, strict=True):
-            columns = [c for c in table.columns if c.dataset == dataset]
-            for index, method in enumerate(method_order(table.methods)):
-                cells = [table.cell(method, c) for c in columns]
-                points = [
-                    (c.fraction, cell) for c, cell in zip(columns, cells, strict=True) if cell.n
-                ]
-                if not points:
-                    continue
-                axis.errorbar(
-                    [100 * f for f, _ in points],
-                    [cell.mean for _, cell in points],
-                    yerr=[cell.std or 0.0 for _, cell in points],
-                    marker="o",
-                    markersize=4,
-                    capsize=3,
-                    color=f"C{index}",  # one colour per method in every panel
-                    label=method,
-                )
-            fractions = [100 * c.fraction for c in columns]
-            axis.set_xscale("log")
-            axis.set_xticks(fractions, [f"{f:g}%" for f in fractions])
-            axis.minorticks_off()
-            axis.set_xlabel("labelled fraction of the training patches")
-            axis.set_ylabel(f"{columns[0].label} (%)")
-            axis.set_title(dataset)
-            axis.grid(alpha=0.3)
-        legend = {}  # every method once, even one with points in one panel only
-        for axis in axes:
-            for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
-                legend.setdefault(label, handle)
-        ordered = sorted(legend, key=table.methods.index)
-        figure.legend(
-            [legend[m] for m in ordered], ordered, loc="outside right center", frameon=False
-        )
+        figure = _figure(table)
         for fmt in formats:
             path = Path(output_dir) / f"{metric}_vs_fraction.{fmt}"
             buffer = io.BytesIO()
@@ -90,6 +50,54 @@ def plot_fraction_curves(
             atomic_write_bytes(path, buffer.getvalue())
             paths.append(path)
     return paths
+
+
+def _figure(table):
+    """One panel per dataset of ``table`` (one metric), one legend for every method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = table.datasets
+    figure = Figure(figsize=(4.2 * len(datasets) + 1.8, 3.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(datasets), squeeze=False)[0]
+    for axis, dataset in zip(axes, datasets, strict=True):
+        _panel(axis, table, dataset)
+    legend = {}  # every method once, even one with points in one panel only
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    ordered = sorted(legend, key=table.methods.index)
+    figure.legend([legend[m] for m in ordered], ordered, loc="outside right center", frameon=False)
+    return figure
+
+
+def _panel(axis, table, dataset: str) -> None:
+    """The metric vs the label fraction on ``dataset``, a line per method with std bars."""
+    columns = [c for c in table.columns if c.dataset == dataset]
+    for index, method in enumerate(method_order(table.methods)):
+        cells = [table.cell(method, c) for c in columns]
+        points = [(c.fraction, cell) for c, cell in zip(columns, cells, strict=True) if cell.n]
+        if not points:
+            continue
+        axis.errorbar(
+            [100 * f for f, _ in points],
+            [cell.mean for _, cell in points],
+            yerr=[cell.std or 0.0 for _, cell in points],
+            marker="o",
+            markersize=4,
+            capsize=3,
+            color=f"C{index}",  # one colour per method in every panel
+            label=method,
+        )
+    fractions = [100 * c.fraction for c in columns]
+    axis.set_xscale("log")
+    axis.set_xticks(fractions, [f"{f:g}%" for f in fractions])
+    axis.minorticks_off()
+    axis.set_xlabel("labelled fraction of the training patches")
+    axis.set_ylabel(f"{columns[0].label} (%)")
+    axis.set_title(dataset)
+    axis.grid(alpha=0.3)
 
 
 def _metadata(fmt: str) -> dict[str, Any]:
