@@ -75,7 +75,7 @@ def derive_status(
     if submission is not None and submission.get("executor") == "slurm":
         why = "submitted; SLURM does not list it yet"
         return JobStatus(JobState.QUEUED, why, scheduler_id)
-    return JobStatus(JobState.PLANNED)
+    return JobStatus(JobState.PLANNED, "", scheduler_id)
 
 
 def job_statuses(

@@ -261,6 +261,14 @@ def run_sweep(
 ) -> SweepResult:
     """Plan ``spec`` and run every job not already done, with ``executor`` (inline, slurm,
     local or debug; see ``bench.executors``); wait for all of them and return all records."""
+    jobs, executor_ = _ready(spec, results_dir, data_root, executor, profile)
+    records = executor_.run(jobs, Path(results_dir), data_root, timeout_s=timeout_s)
+    return SweepResult(jobs=jobs, records=records)
+
+
+def _ready(spec: SweepSpec, results_dir, data_root, executor: str, profile):
+    """Everything checked before the first job: the plan, the data, the executor's process
+    layouts, the results folder. Returns the jobs and the executor."""
     from bench.executors import get_executor
 
     jobs = plan(spec)
@@ -268,8 +276,7 @@ def run_sweep(
     executor_ = get_executor(executor, profile, {"sweep": spec_to_dict(spec)})
     executor_.check_layouts(jobs)
     RunStore(results_dir).open_for_writing()
-    records = executor_.run(jobs, Path(results_dir), data_root, timeout_s=timeout_s)
-    return SweepResult(jobs=jobs, records=records)
+    return jobs, executor_
 
 
 def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
@@ -312,13 +319,7 @@ def submit_sweep(
 ) -> tuple[list[Job], SubmitReport]:
     """Plan ``spec`` and submit to SLURM every job that is not queued, running or done;
     return at once (``bench status`` follows them)."""
-    from bench.executors import get_executor
-
-    jobs = plan(spec)
-    check_data(jobs, data_root)
-    executor = get_executor("slurm", profile, {"sweep": spec_to_dict(spec)})
-    executor.check_layouts(jobs)
-    RunStore(results_dir).open_for_writing()
+    jobs, executor = _ready(spec, results_dir, data_root, "slurm", profile)
     return jobs, executor.submit(jobs, Path(results_dir), data_root)
 
 
