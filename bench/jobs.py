@@ -115,9 +115,11 @@ def execute(
     if processes > 1 and not isinstance(job, PretrainJob):
         raise ValueError(f"{job.job_id}: only pretraining runs on several processes")
     store = RunStore(results_root)
-    done = store.read_record(job.job_id)
-    if done is not None and done.get("status") == "ok":
-        return done
+    from bench.states import JobState, record_status
+
+    status = record_status(store, job.job_id)
+    if status.state is JobState.DONE:
+        return status.record
     with distributed.process_group(processes) as place:
         if place.is_main:
             store.prepare_run(job, job_spec(job))

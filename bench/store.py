@@ -129,10 +129,6 @@ class RunStore:
         record = self.read(job_id)
         return record if isinstance(record, dict) else None
 
-    def is_done(self, job_id: str) -> bool:
-        record = self.read_record(job_id)
-        return record is not None and record.get("status") == "ok"
-
     def write_record(self, job_id: str, record: dict[str, Any]) -> None:
         atomic_write_json(self.run_dir(job_id) / RECORD, record)
 

@@ -28,7 +28,7 @@ from bench.config import (
 )
 from bench.datasets import DATASETS, create_dataset
 from bench.datasets.base import check_fraction_usable
-from bench.datasets.subsets import check_fraction
+from bench.datasets.subsets import check_fractions, check_seeds
 from bench.jobs import FinetuneJob, Job, PretrainJob
 from bench.methods import METHODS
 from bench.states import JobState, JobStatus, job_statuses
@@ -91,30 +91,6 @@ def check_spec(spec: SweepSpec) -> CheckedSpec:
         user=user,
         methods_named=spec.methods is not None,
     )
-
-
-def check_fractions(fractions) -> tuple[float, ...]:
-    """Label fractions: at least one, each in (0, 1] and given once."""
-    if not fractions:
-        raise ConfigError("no label fractions given; give fractions in (0, 1], e.g. 0.01,0.1")
-    try:
-        fractions = tuple(check_fraction(f) for f in fractions)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(str(error)) from None
-    check_unique("label fraction", fractions)
-    return fractions
-
-
-def check_seeds(seeds) -> tuple[int, ...]:
-    """Seeds: at least one, each a non-negative integer (numpy's generators take no negative
-    seed) given once."""
-    if not seeds:
-        raise ConfigError("no seeds given; give non-negative integers, e.g. 0,1,2")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"seeds must be non-negative integers, got {seed!r}")
-    check_unique("seed", seeds)
-    return tuple(seeds)
 
 
 def check_names(kind: str, names: tuple[str, ...], registry) -> None:

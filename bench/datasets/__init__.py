@@ -50,7 +50,7 @@ def prepare_dataset(
     rendered and cached, and has no manifest."""
     from bench.config import ConfigError, DataConfig, build_section, parse_overrides
     from bench.datasets.prepared import PreparedDataset
-    from bench.sweep import check_fractions, check_seeds
+    from bench.datasets.subsets import check_fractions, check_seeds
 
     cls = DATASETS.get(name)
     seeds, fractions = check_seeds(tuple(seeds)), check_fractions(tuple(fractions))

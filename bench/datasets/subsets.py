@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.config import ConfigError, check_unique
+
 _SUBSET_STREAM = 7919  # separates this RNG stream from the data generator's streams
 
 
@@ -20,6 +22,30 @@ def check_fraction(fraction: float) -> float:
     if not (0.0 < fraction <= 1.0) or not math.isfinite(fraction):
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
     return float(fraction)
+
+
+def check_fractions(fractions) -> tuple[float, ...]:
+    """Label fractions: at least one, each in (0, 1] and given once."""
+    if not fractions:
+        raise ConfigError("no label fractions given; give fractions in (0, 1], e.g. 0.01,0.1")
+    try:
+        fractions = tuple(check_fraction(f) for f in fractions)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    check_unique("label fraction", fractions)
+    return fractions
+
+
+def check_seeds(seeds) -> tuple[int, ...]:
+    """Seeds: at least one, each a non-negative integer (numpy's generators take no negative
+    seed) given once."""
+    if not seeds:
+        raise ConfigError("no seeds given; give non-negative integers, e.g. 0,1,2")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seeds must be non-negative integers, got {seed!r}")
+    check_unique("seed", seeds)
+    return tuple(seeds)
 
 
 def subset_size(n: int, fraction: float) -> int:
