@@ -18,6 +18,7 @@ from bench.datasets.prepared import class_count_table
 from bench.executors import EXECUTORS
 from bench.methods import METHODS
 from bench.preemption import Preempted
+from bench.protocols import PROTOCOLS
 from bench.report import (
     AUTO,
     FORMATS,
@@ -256,6 +257,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("presets:")
     for preset in PRESETS.values():
         print(f"  {preset.name:<12} {preset.description}")
+    print("downstream protocols (--set finetune.protocol=...):")
+    for protocol in PROTOCOLS.values():
+        print(f"  {protocol.name:<12} {protocol.summary}; from {protocol.source}")
     return 0
 
 

@@ -190,26 +190,76 @@ class PretrainConfig(Settings):
 
 @dataclass(frozen=True)
 class FinetuneConfig(Settings):
-    """Downstream protocol: smp DeepLabV3+ fine-tuned on the labelled subset."""
+    """Downstream protocol: smp DeepLabV3+ fine-tuned on the labelled subset.
 
-    protocol: Literal["full", "frozen"] = "full"  # frozen: encoder fixed, BN in eval (FALSE)
-    steps: int = setting(100, ge=1)
+    ``protocol`` names a complete set of these values (``bench.protocols``: ``harness``,
+    ``glcnet``, ``false``); a preset or ``--set`` may override single fields on top, and the
+    record and the table caption name every field that differs from the protocol."""
+
+    protocol: Literal["harness", "glcnet", "false"] = "harness"
+    # backbone: the encoder is not trained and its BN layers stay in eval mode
+    # (MMSegmentation's frozen_stages + norm_eval, FALSE's protocol)
+    freeze: Literal["none", "backbone"] = "none"
+    steps: int = setting(100, ge=1)  # optimisation steps, unless epochs is set
+    # epochs over the labelled patches: epochs x floor(labelled / batch_size) steps, each
+    # epoch a fresh permutation without its last incomplete batch (GLCNet's DataLoader,
+    # drop_last=True); fewer labelled patches than a batch: one batch per epoch
+    epochs: int | None = setting(None, ge=1)
     batch_size: int = setting(8, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = setting(1e-3, gt=0)
+    betas: tuple[float, float] = setting((0.9, 0.999), ge=0, lt=1)  # Adam/AdamW
     weight_decay: float = setting(1e-5, ge=0)
+    # false: no weight decay on BN and bias parameters; true: on every parameter (GLCNet's
+    # torch.optim.Adam(model.parameters(), weight_decay=...), MMSegmentation's SGD)
+    decay_norm_and_bias: bool = False
     momentum: float = setting(0.9, ge=0, lt=1)
-    schedule: Literal["poly", "cosine", "constant"] = "poly"
-    poly_power: float = setting(0.9, gt=0)  # MMSegmentation's poly schedule (FALSE protocol)
+    # poly: (lr - min_lr) (1 - t)^poly_power + min_lr (MMSegmentation); epoch_decay:
+    # lr x lr_decay per epoch (GLCNet's lr_decay)
+    schedule: Literal["poly", "cosine", "constant", "epoch_decay"] = "poly"
+    poly_power: float = setting(0.9, gt=0)
+    min_lr: float = setting(0.0, ge=0)
+    lr_decay: float = setting(0.98, gt=0, le=1)
+    # the DeepLabV3+ head (bench.models.DeepLabHead): rates 6/12/18 at stride 16, 12/24/36
+    # at stride 8; ordinary or depthwise-separable ASPP convolutions; ASPP/decoder width
     output_stride: Literal[8, 16] = 16
+    aspp_separable: bool = False
+    decoder_channels: int = setting(256, ge=8)
     # Pretrained parts loaded into DeepLabV3+ (LOAD_MODES); GLCNet's protocol loads backbone
     # and ASPP with a fresh decoder. Methods that pretrain only a backbone load only that.
     load: Literal["backbone", "backbone+aspp", "all"] = "backbone+aspp"
+    # which training patches get labels: a seeded random draw of all of them, or drawn from
+    # every training tile in proportion (bench.datasets.subsets)
+    labels: Literal["random", "stratified"] = "random"
+    # patches: score the prepared test patches; tiles: score whole test tiles by sliding
+    # windows of eval_window px every eval_stride px, overlapping logits averaged
+    evaluation: Literal["patches", "tiles"] = "patches"
+    eval_window: int = setting(256, ge=8)
+    eval_stride: int = setting(128, ge=1)
     amp: bool = True
     eval_batch_size: int = setting(64, ge=1, identity=False)
     compile: bool = setting(False, identity=False)  # as pretrain.compile
     log_every: int = setting(25, ge=1, identity=False)
     checkpoint_every: int = setting(50, ge=0, identity=False)  # steps; 0 = only on signal
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.eval_stride > self.eval_window:
+            raise ValueError(
+                f"eval_stride={self.eval_stride} is larger than eval_window="
+                f"{self.eval_window}: the windows would leave pixels unscored"
+            )
+        if self.freeze == "backbone" and self.load == "all":
+            raise ValueError(
+                "freeze=backbone trains a fresh decoder on a fixed backbone; load=all would "
+                "load a pretrained decoder too: use load=backbone or load=backbone+aspp"
+            )
+
+    @property
+    def head(self):
+        from bench.models import DeepLabHead
+
+        return DeepLabHead(self.output_stride, self.aspp_separable, self.decoder_channels)
 
 
 # ----------------------------------------------------------------------------------------
@@ -269,17 +319,10 @@ PRESETS: dict[str, Preset] = {
                     "warmup_start_factor": 0.125,
                     "final_lr_factor": 0.001,
                 },
-                # GLCNet protocol: full fine-tuning, Adam 1e-4, wd 1e-5, batch 16;
-                # 1,300 steps = 150 epochs of the 1% Potsdam list (138 patches / 16).
-                "finetune": {
-                    "protocol": "full",
-                    "steps": 1300,
-                    "batch_size": 16,
-                    "optimizer": "adam",
-                    "lr": 1e-4,
-                    "weight_decay": 1e-5,
-                    "schedule": "poly",
-                },
+                # GLCNet's downstream protocol as released (bench.protocols): FALSE and
+                # GraSS fine-tuned with MMSegmentation code that is not released, GLCNet's
+                # is; --set finetune.protocol=false gives FALSE's.
+                "finetune": {"protocol": "glcnet"},
                 "synthetic": {"patch_size": 256, "n_train": 13824, "n_test": 2048},
             },
             seeds=(0, 1, 2),

@@ -75,25 +75,35 @@ def place_on(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 # ----------------------------------------------------------------------------------------
 # Optimisers
 # ----------------------------------------------------------------------------------------
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay (and, with LARS, no adaptation) on BN and bias parameters."""
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool = False
+) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: weights, and BN/bias parameters, which get no
+    weight decay (and, with LARS, no adaptation) unless ``decay_norm_and_bias``."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": no_decay, "weight_decay": weight_decay if decay_norm_and_bias else 0.0},
     ]
 
 
 def build_optimizer(
-    groups: list[dict[str, Any]], name: str, lr: float, momentum: float, lars_trust: float = 0.001
+    groups: list[dict[str, Any]],
+    name: str,
+    lr: float,
+    momentum: float,
+    lars_trust: float = 0.001,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
+    """torch's optimiser ``name`` over ``groups``; Adam's weight decay is the L2 term added
+    to the gradient (``torch.optim.Adam(weight_decay=...)``, as the releases use it)."""
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, betas=betas)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "lars":

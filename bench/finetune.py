@@ -6,10 +6,12 @@ from, for methods that pretrain it (GLCNet): ``backbone``, ``backbone+aspp`` (GL
 protocol, the default) or ``all`` (the whole decoder); a method that pretrains only a backbone
 loads only that, and the record says what was loaded. The class head always starts fresh.
 
-Protocols: ``full`` fine-tunes everything (GLCNet's protocol); ``frozen`` keeps the encoder
-fixed with BN in eval mode (FALSE's MMSegmentation protocol). The model is trained for a fixed
-number of steps on batches drawn from seeded permutations of the labelled patches, with
-random flips and 90-degree rotations.
+What is trained and how comes from ``finetune.protocol`` (:mod:`bench.protocols`) and
+its overrides: the head (:class:`bench.models.DeepLabHead`), a frozen or trained encoder, the
+optimiser and schedule, a number of steps or of epochs, which patches are labelled
+(:mod:`bench.datasets.subsets`) and how the test split is scored (:mod:`bench.evaluation`).
+Batches are drawn from seeded permutations of the labelled patches, with random flips and
+90-degree rotations.
 """
 
 from __future__ import annotations
@@ -28,46 +30,75 @@ import torch.nn.functional as F
 from bench.config import LOAD_MODES, FinetuneConfig
 from bench.datasets import PatchSet, create_dataset
 from bench.datasets.base import check_fraction_usable
-from bench.datasets.subsets import labelled_indices, write_subset
+from bench.datasets.subsets import labelled_indices_by, write_subset
 from bench.engine import (
     StepOutcome,
     Trainer,
-    autocast_for,
     build_optimizer,
     parameter_groups,
     place_on,
     resolve_device,
     seed_for,
 )
+from bench.evaluation import check_window, evaluate_patches, evaluate_tiles
 from bench.methods import METHODS
-from bench.metrics import METRIC_NOTE, ConfusionMatrix
+from bench.metrics import METRIC_NOTE
 from bench.models import build_segmentation_model, load_backbone_strict, load_strict
+from bench.protocols import PROTOCOLS, protocol_overrides
 from bench.store import BACKBONE, CHECKPOINT, DECODER, append_log, now_iso, provenance
 
 log = logging.getLogger(__name__)
 
 
-def lr_at(cfg: FinetuneConfig, step: int) -> float:
+@dataclass(frozen=True)
+class TrainingLength:
+    """How long a fine-tuning runs: ``steps`` in all, ``per_epoch`` steps per pass over the
+    labelled patches (``floor(labelled / batch)``, at least 1); ``by_epochs`` when the
+    protocol counts epochs (``finetune.epochs``) rather than steps."""
+
+    steps: int
+    per_epoch: int
+    by_epochs: bool
+
+    @classmethod
+    def of(cls, cfg: FinetuneConfig, labelled: int) -> TrainingLength:
+        per_epoch = max(1, labelled // cfg.batch_size)
+        if cfg.epochs is not None:
+            return cls(cfg.epochs * per_epoch, per_epoch, True)
+        return cls(cfg.steps, per_epoch, False)
+
+
+def lr_at(cfg: FinetuneConfig, step: int, length: TrainingLength) -> float:
     """Learning rate of ``step`` (0-based) under the configured schedule."""
-    t = step / cfg.steps
+    t = step / length.steps
     if cfg.schedule == "poly":
-        return cfg.lr * (1 - t) ** cfg.poly_power
+        return (cfg.lr - cfg.min_lr) * (1 - t) ** cfg.poly_power + cfg.min_lr
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "epoch_decay":
+        return cfg.lr * cfg.lr_decay ** (step // length.per_epoch)
     return cfg.lr
 
 
-def lr_schedule(cfg: FinetuneConfig) -> np.ndarray:
+def lr_schedule(cfg: FinetuneConfig, length: TrainingLength) -> np.ndarray:
     """The learning rate of every step (:func:`lr_at`), for the engine."""
-    return np.array([lr_at(cfg, step) for step in range(cfg.steps)])
+    return np.array([lr_at(cfg, step, length) for step in range(length.steps)])
 
 
-def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
-    """``[steps, batch_size]`` indices from consecutive seeded permutations of ``range(n)``."""
+def batch_indices(n: int, batch_size: int, length: TrainingLength, seed: int) -> np.ndarray:
+    """``[steps, batch_size]`` indices of the labelled patches. Counted in steps: consecutive
+    seeded permutations of ``range(n)`` cut into batches. Counted in epochs: one seeded
+    permutation per epoch without its incomplete last batch (``drop_last``), or, with fewer
+    patches than a batch, one batch per epoch from the consecutive permutations."""
     rng = np.random.default_rng([seed, 0xF1])
-    needed = steps * batch_size
-    stream = np.concatenate([rng.permutation(n) for _ in range(-(-needed // n))])
-    return stream[:needed].reshape(steps, batch_size)
+    if length.by_epochs and n >= batch_size:
+        used = length.per_epoch * batch_size
+        epochs = length.steps // length.per_epoch
+        stream = np.concatenate([rng.permutation(n)[:used] for _ in range(epochs)])
+    else:
+        needed = length.steps * batch_size
+        stream = np.concatenate([rng.permutation(n) for _ in range(-(-needed // n))])
+    return stream[: length.steps * batch_size].reshape(length.steps, batch_size)
 
 
 def random_dihedral(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,33 +186,17 @@ class Normalizer:
         return (images_uint8.float() / 255.0 - self.mean) / self.std
 
 
-@torch.no_grad()
-def evaluate(
-    model, patches: PatchSet, normalize, num_classes, ignore_index, batch_size, device, amp: bool
-) -> dict[str, Any]:
-    model.eval()
-    confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
-    for start in range(0, len(patches), batch_size):
-        images, masks = patches[start : start + batch_size]
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        with autocast_for(device, amp):
-            logits = model(normalize(images))
-        confusion.update(logits.argmax(dim=1), masks)
-    return confusion.compute()
-
-
 def finetuning_model(job, dataset, pretrained_dir: Path | None, device) -> tuple:
     """DeepLabV3+ for ``job``, seeded from the job's seed, starting from the method's
-    weights (the encoder frozen in the ``frozen`` protocol), on ``device``; with where the
+    weights (the encoder frozen with ``freeze=backbone``), on ``device``; with where the
     encoder came from and what was loaded."""
     cfg: FinetuneConfig = job.finetune
     torch.manual_seed(seed_for(job.seed, 0xF7))
     model = build_segmentation_model(
-        job.backbone, dataset.in_channels, dataset.num_classes, cfg.output_stride
+        job.backbone, dataset.in_channels, dataset.num_classes, cfg.head
     )
     init_source, loaded = load_initial_weights(model, job, pretrained_dir, dataset.in_channels)
-    if cfg.protocol == "frozen":
+    if cfg.freeze == "backbone":
         model.encoder.requires_grad_(False)
     model = place_on(model, device)
     if cfg.compile:
@@ -189,14 +204,15 @@ def finetuning_model(job, dataset, pretrained_dir: Path | None, device) -> tuple
     return model, init_source, loaded
 
 
-def finetuning_trainer(job, model, device, run_dir: Path | None) -> Trainer:
+def finetuning_trainer(job, model, device, run_dir: Path | None, length: TrainingLength) -> Trainer:
     cfg: FinetuneConfig = job.finetune
-    groups = parameter_groups(model, cfg.weight_decay)
+    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    optimizer = build_optimizer(groups, cfg.optimizer, cfg.lr, cfg.momentum, betas=cfg.betas)
     return Trainer(
         job_id=job.job_id,
         model=model,
-        optimizer=build_optimizer(groups, cfg.optimizer, cfg.lr, cfg.momentum),
-        schedule=lr_schedule(cfg),
+        optimizer=optimizer,
+        schedule=lr_schedule(cfg, length),
         device=device,
         amp=cfg.amp,
         checkpoint_path=run_dir / CHECKPOINT if run_dir is not None else None,
@@ -205,10 +221,10 @@ def finetuning_trainer(job, model, device, run_dir: Path | None) -> Trainer:
 
 
 def segmentation_loss(model, images, masks, cfg: FinetuneConfig, ignore_index: int):
-    """The step's cross-entropy, with the encoder's BN statistics kept in the ``frozen``
-    protocol (those of the pretrained backbone)."""
+    """The step's cross-entropy, with the encoder's BN statistics kept when it is frozen
+    (those of the pretrained backbone)."""
     model.train()
-    if cfg.protocol == "frozen":
+    if cfg.freeze == "backbone":
         model.encoder.eval()
     logits = model(images)
     return F.cross_entropy(logits.float(), masks, ignore_index=ignore_index), {}
@@ -235,14 +251,20 @@ class FinetuneData:
     test: PatchSet
     labelled: PatchSet
     normalize: Normalizer
+    length: TrainingLength
 
     @classmethod
     def load(cls, job, data_root, device: torch.device) -> FinetuneData:
+        cfg: FinetuneConfig = job.finetune
         dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
         train, test = dataset.load_split("train"), dataset.load_split("test")
         check_fraction_usable(job.dataset, job.fraction, len(train))
-        labelled = train.subset(labelled_indices(len(train), job.fraction, job.seed))
-        subset_path = write_subset(dataset.prepared_dir, labelled.ids, job.fraction, job.seed)
+        tiles = dataset.patch_tiles("train") if cfg.labels == "stratified" else None
+        chosen = labelled_indices_by(cfg.labels, len(train), job.fraction, job.seed, tiles)
+        labelled = train.subset(chosen)
+        subset_path = write_subset(
+            dataset.prepared_dir, labelled.ids, job.fraction, job.seed, cfg.labels
+        )
         log.info(
             "  finetune %s | %d labelled of %d training patches (%s)",
             job.method,
@@ -250,7 +272,9 @@ class FinetuneData:
             len(train),
             subset_path,
         )
-        return cls(dataset, train, test, labelled, Normalizer(*dataset.band_stats(), device))
+        normalize = Normalizer(*dataset.band_stats(), device)
+        length = TrainingLength.of(cfg, len(labelled))
+        return cls(dataset, train, test, labelled, normalize, length)
 
 
 def run_finetuning(
@@ -262,7 +286,7 @@ def run_finetuning(
     device = resolve_device()
     data = FinetuneData.load(job, data_root, device)
     model, init_source, loaded = finetuning_model(job, data.dataset, pretrained_dir, device)
-    trainer = finetuning_trainer(job, model, device, run_dir)
+    trainer = finetuning_trainer(job, model, device, run_dir, data.length)
     progress = train_on_labels(job, trainer, data, run_dir)
     train_seconds = time.perf_counter() - progress.started
     eval_start = time.perf_counter()
@@ -286,12 +310,13 @@ def train_on_labels(job, trainer: Trainer, data: FinetuneData, run_dir: Path) ->
     """The fine-tuning steps, from the checkpoint if there is one; a stop signal ends them
     early after a checkpoint (so does ``checkpoint_every``, without ending them)."""
     cfg: FinetuneConfig = job.finetune
+    total = data.length.steps
     resumed = trainer.load() or {"step": 0, "running": 0.0}
     start_step = int(resumed["step"])
     if "rng" in resumed:
         trainer.restore_rng(resumed, seed_for(job.seed, 0xF7, start_step))
-        log.info("%s: resumed from checkpoint at step %d/%d", job.job_id, start_step, cfg.steps)
-    progress = FinetuneLog(job, run_dir, float(resumed["running"]), start_step)
+        log.info("%s: resumed from checkpoint at step %d/%d", job.job_id, start_step, total)
+    progress = FinetuneLog(job, run_dir, float(resumed["running"]), start_step, total)
     ignore_index = data.dataset.ignore_index
 
     def train_step(batch, step: int) -> StepOutcome:
@@ -304,50 +329,48 @@ def train_on_labels(job, trainer: Trainer, data: FinetuneData, run_dir: Path) ->
     def position(step: int) -> tuple[dict[str, Any], str]:
         return {"step": step + 1, "running": progress.running}, f"at fine-tuning step {step + 1}"
 
-    order = batch_indices(len(data.labelled), cfg.batch_size, cfg.steps, job.seed)
-    steps = range(start_step, cfg.steps)
+    order = batch_indices(len(data.labelled), cfg.batch_size, data.length, job.seed)
+    steps = range(start_step, total)
     batches = labelled_batches(data.labelled, order, data.normalize, trainer.device, steps)
     with trainer.stop:
-        trainer.run(batches, train_step, position, cfg.checkpoint_every, cfg.steps - 1)
+        trainer.run(batches, train_step, position, cfg.checkpoint_every, total - 1)
     return progress
 
 
 def evaluate_job(job, model, data: FinetuneData, device: torch.device) -> dict[str, Any]:
-    """The test split's scores (:func:`evaluate`), logged."""
+    """The test split's scores, patch by patch or over whole tiles (``finetune.evaluation``),
+    logged."""
     cfg, dataset = job.finetune, data.dataset
-    scores = evaluate(
-        model,
-        data.test,
-        data.normalize,
-        dataset.num_classes,
-        dataset.ignore_index,
-        cfg.eval_batch_size,
-        device,
-        cfg.amp,
-    )
+    common = (data.normalize, dataset.num_classes, dataset.ignore_index)
+    if cfg.evaluation == "tiles":
+        layouts = dataset.test_tiles()
+        check_window(layouts, cfg.eval_window, job.dataset)
+        scores = evaluate_tiles(
+            model, data.test, layouts, *common, cfg.eval_window, cfg.eval_stride,
+            cfg.eval_batch_size, device, cfg.amp,
+        )  # fmt: skip
+    else:
+        scores = evaluate_patches(model, data.test, *common, cfg.eval_batch_size, device, cfg.amp)
     log.info(
-        "  finetune %s f=%g | test mIoU %.2f Kappa %.2f OA %.2f",
-        job.method,
-        job.fraction,
-        100 * scores["miou"],
-        100 * scores["kappa"],
-        100 * scores["oa"],
-    )
+        "  finetune %s f=%g | test mIoU %.2f Kappa %.2f OA %.2f (per-image mIoU %.2f, %s)",
+        job.method, job.fraction, 100 * scores["miou"], 100 * scores["kappa"],
+        100 * scores["oa"], 100 * scores["image_miou"], scores["evaluated_on"],
+    )  # fmt: skip
     return scores
 
 
 class FinetuneLog:
     """The running loss, a progress line and a log.jsonl line every ``log_every`` steps."""
 
-    def __init__(self, job, run_dir: Path, running: float, start_step: int) -> None:
+    def __init__(self, job, run_dir: Path, running: float, start_step: int, total: int) -> None:
         self.job, self.run_dir, self.running = job, run_dir, running
-        self.start_step = start_step
+        self.start_step, self.total = start_step, total
         self.started = time.perf_counter()
 
     def step(self, step: int, outcome: StepOutcome) -> None:
         cfg = self.job.finetune
         self.running += outcome.loss
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.log_every == 0 or step + 1 == self.total:
             count = (step % cfg.log_every) + 1
             seconds = (time.perf_counter() - self.started) / (step + 1 - self.start_step)
             log.info(
@@ -355,7 +378,7 @@ class FinetuneLog:
                 self.job.method,
                 self.job.fraction,
                 step + 1,
-                cfg.steps,
+                self.total,
                 self.running / count,
                 seconds,
             )
@@ -377,6 +400,13 @@ def finetune_record(job, data: FinetuneData) -> dict[str, Any]:
         "seed": job.seed,
         "preset": job.preset,
         "protocol": job.finetune.protocol,
+        "protocol_source": PROTOCOLS[job.finetune.protocol].source,
+        "protocol_overrides": protocol_overrides(job.finetune),
+        "head": job.finetune.head.describe(),
+        "freeze": job.finetune.freeze,
+        "labels": job.finetune.labels,
+        "steps": data.length.steps,
+        "steps_per_epoch": data.length.per_epoch,
         "backbone": job.backbone,
         "bands": job.data.bands,
         "n_labelled": len(data.labelled),

@@ -15,7 +15,8 @@ import torch
 
 METRIC_NOTE = (
     "dataset-level confusion matrix over all test pixels; ignore index excluded; "
-    "mIoU and mean F1 are macro means over classes present in targets or predictions"
+    "mIoU and mean F1 are macro means over classes present in targets or predictions; "
+    "image_miou is GLCNet's per-image IoU averaged over the scored images"
 )
 
 
@@ -78,6 +79,65 @@ class ConfusionMatrix:
 
     def compute(self) -> dict:
         return metrics_from_confusion(self.matrix)
+
+
+def image_confusions(
+    predictions: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int | None
+) -> torch.Tensor:
+    """One int64 ``[K, K]`` confusion matrix per image of ``[N, H, W]`` class maps (rows
+    targets, columns predictions; ignored target pixels left out)."""
+    if predictions.shape != targets.shape or predictions.ndim != 3:
+        raise ValueError(
+            f"expected two [N, H, W] maps, got {tuple(predictions.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    k, n = num_classes, predictions.shape[0]
+    pred = predictions.reshape(n, -1).long()
+    true = targets.reshape(n, -1).long().to(pred.device)
+    keep = true != ignore_index if ignore_index is not None else torch.ones_like(true, dtype=bool)
+    if bool(((true[keep] < 0) | (true[keep] >= k)).any()):
+        raise ValueError(f"target labels must be in 0..{k - 1} or the ignore index")
+    if bool(((pred < 0) | (pred >= k)).any()):
+        raise ValueError(f"predicted labels must be in 0..{k - 1}")
+    image = torch.arange(n, device=pred.device).view(n, 1) * (k * k)
+    index = (image + true * k + pred)[keep]
+    return torch.bincount(index, minlength=n * k * k).view(n, k, k)
+
+
+class SegmentationScores:
+    """The dataset-level confusion matrix (:func:`metrics_from_confusion`) and GLCNet's
+    per-image IoU, from one confusion matrix per scored image (a test patch, or a whole tile).
+
+    GLCNet's "mIoU" (release ``main_ss.py`` ``val``, ``dl_tools/basictools/dltrain.py``
+    ``compute_class_iou``): per image and class, intersection / (union + 1e-8), so a class
+    absent from both the image and its prediction scores 0; averaged over images, then over
+    classes. Reported as ``image_miou`` beside the dataset-level ``miou``, never instead.
+    The release maps unlabelled pixels to class 0; here they are left out, as in ``miou``.
+    """
+
+    def __init__(self, num_classes: int, device=None) -> None:
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.image_iou_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.images = 0
+
+    def add(self, confusions: torch.Tensor) -> None:
+        """Add ``[N, K, K]`` confusion matrices, one per image."""
+        confusions = confusions.to(self.matrix.device)
+        self.matrix += confusions.sum(dim=0)
+        counts = confusions.double()
+        tp = counts.diagonal(dim1=1, dim2=2)
+        union = counts.sum(dim=1) + counts.sum(dim=2) - tp
+        self.image_iou_sum += (tp / (union + 1e-8)).sum(dim=0)
+        self.images += confusions.shape[0]
+
+    def compute(self) -> dict:
+        per_class = (self.image_iou_sum / max(1, self.images)).cpu()
+        return {
+            **metrics_from_confusion(self.matrix),
+            "image_miou": float(per_class.mean()),
+            "per_class_image_iou": [float(v) for v in per_class],
+            "images_scored": self.images,
+        }
 
 
 def metrics_from_confusion(matrix: torch.Tensor) -> dict:

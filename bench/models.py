@@ -6,6 +6,8 @@ weights a method hands back load strictly into ``smp.DeepLabV3Plus(...).encoder`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
@@ -20,14 +22,56 @@ def build_backbone(name: str, in_channels: int) -> nn.Module:
     return smp.encoders.get_encoder(name, in_channels=in_channels, depth=5, weights=None)
 
 
+# ASPP atrous rates as published: (6, 12, 18) at output stride 16, doubled at output stride 8
+# (DeepLabV3, Chen et al. 2017, sec. 3.3; DeepLabV3+, Chen et al. 2018, sec. 4.1). smp's
+# default (12, 24, 36) at stride 16 leaves the 24 and 36 branches of a 256 px input's 16 x 16
+# map seeing only padding (1 x 1 convolutions in effect). GLCNet's release uses (6, 12, 18)
+# at stride 16 (T-SS-GLCNet/models/deeplab_utils/encoder.py:45-46); MMSegmentation's
+# DeepLabV3+ (FALSE's protocol) uses (12, 24, 36) at stride 8 (configs/_base_/models/
+# deeplabv3plus_r50-d8.py).
+ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+
+
+@dataclass(frozen=True)
+class DeepLabHead:
+    """The DeepLabV3+ head around the encoder: output stride, ordinary (False: GLCNet's
+    release, ``encoder.py`` ``_AsppConv``) or depthwise-separable (True: smp's default,
+    MMSegmentation's ``DepthwiseSeparableASPPHead``) ASPP convolutions, and the ASPP/decoder
+    width (256: GLCNet, smp; 512: MMSegmentation). The rates follow the output stride
+    (:data:`ASPP_RATES`). smp's convolution after the ASPP projection and its decoder's
+    fusion convolution are always separable (smp 0.6 offers no switch for them)."""
+
+    output_stride: int = 16
+    separable: bool = False
+    channels: int = 256
+
+    @property
+    def atrous_rates(self) -> tuple[int, int, int]:
+        return ASPP_RATES[self.output_stride]
+
+    def describe(self) -> dict:
+        """What a record says about the head."""
+        return {
+            "output_stride": self.output_stride,
+            "aspp_rates": list(self.atrous_rates),
+            "aspp_convolutions": "separable" if self.separable else "ordinary",
+            "channels": self.channels,
+        }
+
+
 def build_segmentation_model(
-    backbone: str, in_channels: int, num_classes: int, output_stride: int = 16
+    backbone: str, in_channels: int, num_classes: int, head: DeepLabHead | None = None
 ) -> smp.DeepLabV3Plus:
-    """smp DeepLabV3+ with a randomly initialised encoder (weights are loaded separately)."""
+    """smp DeepLabV3+ with a randomly initialised encoder (weights are loaded separately)
+    and the ``head`` asked for (by default: stride 16, rates 6/12/18, ordinary convolutions)."""
+    head = head or DeepLabHead()
     return smp.DeepLabV3Plus(
         encoder_name=backbone,
         encoder_weights=None,
-        encoder_output_stride=output_stride,
+        encoder_output_stride=head.output_stride,
+        decoder_channels=head.channels,
+        decoder_atrous_rates=head.atrous_rates,
+        decoder_aspp_separable=head.separable,
         in_channels=in_channels,
         classes=num_classes,
     )

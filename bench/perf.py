@@ -35,6 +35,7 @@ from bench.datasets.folder import FolderParams
 from bench.engine import resolve_device
 from bench.finetune import (
     Normalizer,
+    TrainingLength,
     batch_indices,
     finetuning_model,
     finetuning_trainer,
@@ -146,6 +147,7 @@ def _finetune_job(settings: PerfSettings) -> FinetuneJob:
             "synthetic.n_train=64",
             "synthetic.n_test=8",
             f"finetune.steps={settings.finetune_steps}",
+            "finetune.epochs=none",  # a fixed number of steps under every protocol
             "finetune.log_every=100000",
         ),
     )
@@ -168,8 +170,9 @@ def bare_finetuning(job: FinetuneJob, data_root: Path) -> float:
     train = dataset.load_split("train")
     normalize = Normalizer(*dataset.band_stats(), device)
     model, _, _ = finetuning_model(job, dataset, None, device)
-    trainer = finetuning_trainer(job, model, device, None)
-    order = batch_indices(len(train), job.finetune.batch_size, job.finetune.steps, job.seed)
+    length = TrainingLength.of(job.finetune, len(train))
+    trainer = finetuning_trainer(job, model, device, None, length)
+    order = batch_indices(len(train), job.finetune.batch_size, length, job.seed)
     start = time.perf_counter()
     for step, (images, masks) in labelled_batches(
         train, order, normalize, device, range(job.finetune.steps)

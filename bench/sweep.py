@@ -31,6 +31,7 @@ from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import check_fractions, check_seeds
 from bench.jobs import FinetuneJob, Job, PretrainJob
 from bench.methods import METHODS
+from bench.protocols import finetune_settings
 from bench.states import JobState, JobStatus, job_statuses
 from bench.store import RunStore
 from bench.submission import read_submission
@@ -124,9 +125,7 @@ def plan(spec: SweepSpec) -> list[Job]:
     sweep = check_spec(spec)
     preset, user = sweep.preset, sweep.user
     data = build_section(DataConfig, "data", preset.values.get("data"), user.get("data"))
-    finetune = build_section(
-        FinetuneConfig, "finetune", preset.values.get("finetune"), user.get("finetune")
-    )
+    finetune = finetune_settings(preset.values.get("finetune"), user.get("finetune"))
     check_load_mode(finetune.load, sweep.methods, explicit="load" in user.get("finetune", {}))
     jobs: list[Job] = []
     for dataset, dataset_cls in sweep.datasets.items():
@@ -156,6 +155,7 @@ def _method_jobs(
         method_cls.preset_pretrain.get(preset.name),
         user.get("pretrain"),
     )
+    check_pretrained_head(method, method_cls, method_params, finetune)
     reason = method_cls.unavailable_reason(method_params, pretrain.backbone)
     if reason and sweep.methods_named:
         raise ConfigError(f"method {method!r} cannot run here: {reason}")
@@ -181,6 +181,21 @@ def _method_jobs(
             for fraction in sweep.fractions
         ]
     return jobs
+
+
+def check_pretrained_head(method: str, method_cls: type, params, finetune: FinetuneConfig) -> None:
+    """Fine-tuning that loads a method's pretrained ASPP or decoder must build the head the
+    method pretrained (same convolutions, width and output stride)."""
+    pretrained = method_cls.head(params)
+    mode = LOAD_MODES[min(LOAD_MODES.index(finetune.load), LOAD_MODES.index(method_cls.transfers))]
+    if pretrained is None or mode == "backbone" or pretrained == finetune.head:
+        return
+    raise ConfigError(
+        f"finetune.load={finetune.load} loads the DeepLabV3+ {method} pretrained "
+        f"({pretrained.describe()}) into a different head ({finetune.head.describe()}); set "
+        f"finetune.output_stride/aspp_separable/decoder_channels to match, or "
+        f"finetune.load=backbone"
+    )
 
 
 def check_load_mode(load: str, method_classes: dict[str, type], explicit: bool) -> None:
@@ -259,20 +274,42 @@ def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
     """Before anything runs: every dataset is prepared (else the error names the prepare
     command), has the requested bands, every fraction labels at least one patch and every
     pretraining batch fits in the training patches."""
-    train_sizes: dict[tuple, int] = {}
+    datasets: dict[tuple, Any] = {}
     for job in jobs:
         key = (job.dataset, job.dataset_params, job.data)
-        if key not in train_sizes:
+        if key not in datasets:
             dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
             dataset.check_ready()
-            train_sizes[key] = dataset.train_size()
+            datasets[key] = (dataset, dataset.train_size())
+        dataset, train_size = datasets[key]
         if job.kind == "finetune":
-            check_fraction_usable(job.dataset, job.fraction, train_sizes[key])
-        elif job.pretrain.batch_size > train_sizes[key]:
+            check_fraction_usable(job.dataset, job.fraction, train_size)
+            check_tiles(job, dataset)
+        elif job.pretrain.batch_size > train_size:
             raise ConfigError(
-                f"pretrain.batch_size={job.pretrain.batch_size} exceeds the {train_sizes[key]} "
+                f"pretrain.batch_size={job.pretrain.batch_size} exceeds the {train_size} "
                 f"training patches of {job.dataset}: not one full batch per epoch"
             )
+
+
+def check_tiles(job: FinetuneJob, dataset) -> None:
+    """Stratified label lists and whole-tile evaluation need a dataset cut from tiles, and
+    the sliding window must fit in every test tile."""
+    cfg = job.finetune
+    chosen = {"labels": cfg.labels, "evaluation": cfg.evaluation}
+    needs = [f"finetune.{k}={v}" for k, v in chosen.items() if v in ("stratified", "tiles")]
+    if not needs:
+        return
+    layouts = dataset.test_tiles()
+    if layouts is None:
+        raise ConfigError(
+            f"{' and '.join(needs)} need a dataset cut from tiles; {job.dataset} has none "
+            "(use finetune.labels=random and finetune.evaluation=patches)"
+        )
+    if cfg.evaluation == "tiles":
+        from bench.evaluation import check_window
+
+        check_window(layouts, cfg.eval_window, job.dataset)
 
 
 def data_problems(jobs: list[Job], data_root: Path | str | None) -> list[str]:

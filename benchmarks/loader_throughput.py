@@ -28,7 +28,7 @@ from bench.config import DataConfig, PretrainConfig
 from bench.datasets import DATASETS
 from bench.methods import METHODS
 from bench.methods.base import StepContext
-from bench.models import build_segmentation_model
+from bench.models import DeepLabHead, build_segmentation_model
 from bench.pretrain import shuffled_batches
 
 
@@ -109,7 +109,7 @@ def main() -> None:
             optimizer.step()
 
         pretrain_rate = rate(pretrain_step, args.batch, args.steps)
-        model = build_segmentation_model("resnet18", 4, 6, 8)
+        model = build_segmentation_model("resnet18", 4, 6, DeepLabHead(output_stride=8))
         fine_opt = torch.optim.Adam(model.parameters(), 1e-3)
         x, y = labelled[order[0]]
 

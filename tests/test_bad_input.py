@@ -45,6 +45,26 @@ CASES = [
     (["run", "--set", "pretrain.amp=maybe"], "pretrain.amp: expected true or false"),
     (["run", "--set", "finetune.checkpoint_every=-1"], "finetune.checkpoint_every must be >= 0"),
     (["run", "--set", "finetune.output_stride=4"], "'4' is not one of 8, 16"),
+    # downstream protocols
+    (
+        ["run", "--set", "finetune.protocol=mmseg"],
+        "unknown protocol 'mmseg' for finetune.protocol; valid protocols: harness, glcnet, false",
+    ),
+    (["run", "--set", "finetune.eval_stride=0"], "finetune.eval_stride must be >= 1, got 0"),
+    (
+        ["run", "--set", "finetune.eval_window=64"],
+        "eval_stride=128 is larger than eval_window=64",
+    ),
+    (
+        ["run", "--set", "finetune.protocol=false", "--set", "finetune.load=all"],
+        "load=all would load a pretrained decoder too",
+    ),
+    (["run", "--set", "finetune.evaluation=tiles"], "synthetic has none"),
+    (["run", "--set", "finetune.labels=stratified"], "need a dataset cut from tiles"),
+    (
+        ["run", "--preset", "paper", "--set", "finetune.steps=10"],
+        "finetune.steps has no effect: protocol glcnet counts epochs",
+    ),
     (
         ["run", "--set", "simclr.crop_scale=1,0.08"],
         "simclr.crop_scale must satisfy 0 < low <= high",

@@ -3,25 +3,46 @@ import pytest
 import torch
 
 from bench.config import FinetuneConfig
-from bench.finetune import batch_indices, lr_at, random_dihedral
+from bench.finetune import TrainingLength, batch_indices, lr_at, random_dihedral
+
+
+def steps(n: int) -> TrainingLength:
+    return TrainingLength(n, 1, False)
 
 
 def test_schedules():
     poly = FinetuneConfig(lr=0.01, steps=100, schedule="poly", poly_power=0.9)
-    assert lr_at(poly, 0) == 0.01 and lr_at(poly, 50) == pytest.approx(0.01 * 0.5**0.9)
+    length = TrainingLength.of(poly, 50)
+    assert lr_at(poly, 0, length) == 0.01
+    assert lr_at(poly, 50, length) == pytest.approx(0.01 * 0.5**0.9)
     cosine = FinetuneConfig(lr=1.0, steps=10, schedule="cosine")
-    assert lr_at(cosine, 5) == pytest.approx(0.5)
-    assert lr_at(FinetuneConfig(lr=0.3, schedule="constant"), 99) == 0.3
+    assert lr_at(cosine, 5, steps(10)) == pytest.approx(0.5)
+    assert lr_at(FinetuneConfig(lr=0.3, schedule="constant"), 99, steps(100)) == 0.3
 
 
 def test_batches_cycle_through_all_labelled_patches():
-    order = batch_indices(n=5, batch_size=4, steps=5, seed=0)
+    order = batch_indices(n=5, batch_size=4, length=steps(5), seed=0)
     assert order.shape == (5, 4)
     flat = order.reshape(-1)
     for epoch in range(4):  # each block of 5 is a permutation
         assert sorted(flat[5 * epoch : 5 * epoch + 5]) == list(range(5))
-    assert np.array_equal(order, batch_indices(5, 4, 5, seed=0))
-    assert not np.array_equal(order, batch_indices(5, 4, 5, seed=1))
+    assert np.array_equal(order, batch_indices(5, 4, steps(5), seed=0))
+    assert not np.array_equal(order, batch_indices(5, 4, steps(5), seed=1))
+
+
+def test_epochs_are_permutations_without_their_last_incomplete_batch():
+    """GLCNet's DataLoader(shuffle=True, drop_last=True): 11 patches in batches of 4 are 2
+    steps per epoch, 8 distinct patches each epoch."""
+    cfg = FinetuneConfig(epochs=3, batch_size=4)
+    length = TrainingLength.of(cfg, 11)
+    assert (length.steps, length.per_epoch, length.by_epochs) == (6, 2, True)
+    order = batch_indices(11, 4, length, seed=0)
+    for epoch in range(3):
+        drawn = order[2 * epoch : 2 * epoch + 2].reshape(-1)
+        assert len(set(drawn.tolist())) == 8
+    few = TrainingLength.of(FinetuneConfig(epochs=3, batch_size=16), 5)
+    assert (few.steps, few.per_epoch) == (3, 1)  # one batch per epoch, patches repeated
+    assert batch_indices(5, 16, few, seed=0).shape == (3, 16)
 
 
 def test_dihedral_moves_image_and_mask_together():
@@ -43,21 +64,22 @@ def test_frozen_protocol_keeps_the_pretrained_encoder_and_its_bn_statistics(
 
     results, data = dirs
     seen = {}
-    real_evaluate = bench.finetune.evaluate
+    real_evaluate = bench.finetune.evaluate_patches
 
     def capture(model, *args, **kwargs):
         seen["encoder"] = {k: v.clone() for k, v in model.encoder.state_dict().items()}
         seen["decoder"] = {k: v.clone() for k, v in model.decoder.state_dict().items()}
         return real_evaluate(model, *args, **kwargs)
 
-    monkeypatch.setattr(bench.finetune, "evaluate", capture)
-    overrides = (*tiny_overrides, "finetune.protocol=frozen")
+    monkeypatch.setattr(bench.finetune, "evaluate_patches", capture)
+    overrides = (*tiny_overrides, "finetune.freeze=backbone")
     result = run_sweep(
         SweepSpec(methods=("simclr",), fractions=(1.0,), overrides=overrides), results, data
     )
     assert result.ok
     record = result.finetune_records()[0]
-    assert record["protocol"] == "frozen" and record["init"].startswith("pretrained backbone")
+    assert record["freeze"] == "backbone" and record["init"].startswith("pretrained backbone")
+    assert record["protocol_overrides"]["freeze"] == "backbone"
     pretrained = torch.load(
         RunStore(results).run_dir(record["pretrain_id"]) / BACKBONE, weights_only=True
     )

@@ -89,7 +89,7 @@ def test_tiny_sweep_writes_records_and_table_then_skips(dirs, tiny_overrides, mo
     for record in records:
         assert 0.0 <= record["miou"] <= 1.0 and -1.0 <= record["kappa"] <= 1.0
         assert len(record["per_class_iou"]) == len(record["class_names"]) == 7
-        assert record["protocol"] == "full" and record["backbone"] == "resnet18"
+        assert record["protocol"] == "harness" and record["backbone"] == "resnet18"
     simclr_runs = [r for r in records if r["method"] == "simclr"]
     assert all(r["pretrain_id"] == pretrain.job_id for r in simclr_runs)
     assert {r["n_labelled"] for r in records} == {12, 48}

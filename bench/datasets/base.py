@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -138,6 +139,45 @@ class SegmentationDataset:
     def band_stats(self) -> tuple[list[float], list[float]]:
         """Per-band mean and std of the training images on the 0..1 scale."""
         raise NotImplementedError
+
+    def patch_tiles(self, split: str) -> list[str] | None:
+        """The tile each patch of ``split`` was cut from (None: not cut from tiles)."""
+        return None
+
+    def test_tiles(self) -> list[TileLayout] | None:
+        """Where each whole test tile's patches lie (None: the dataset has no tiles)."""
+        return None
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """One tile of a split as its patches cover it: rows of the split's patch set and each
+    patch's top-left corner ``(y, x)``; the tile is ``height x width`` pixels."""
+
+    tile_id: str
+    rows: np.ndarray
+    origins: np.ndarray  # [m, 2]
+    height: int
+    width: int
+    patch: int
+
+    def assemble(self, patches: PatchSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole tile, image uint8 ``[C, H, W]`` and mask ``[H, W]``, from ``patches``."""
+        images, masks = patches[self.rows]
+        image = torch.empty((images.shape[1], self.height, self.width), dtype=torch.uint8)
+        mask = torch.empty((self.height, self.width), dtype=torch.uint8)
+        covered = torch.zeros((self.height, self.width), dtype=torch.bool)
+        p = self.patch
+        for (y, x), patch_image, patch_mask in zip(self.origins, images, masks, strict=True):
+            image[:, y : y + p, x : x + p] = patch_image
+            mask[y : y + p, x : x + p] = patch_mask
+            covered[y : y + p, x : x + p] = True
+        if not bool(covered.all()):
+            raise DatasetError(
+                f"the patches of tile {self.tile_id} do not cover it (prepared with a stride "
+                "larger than the patch size?); whole-tile evaluation needs every pixel"
+            )
+        return image, mask
 
 
 def create_dataset(

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ from bench.datasets.base import (
     DatasetError,
     PatchSet,
     SegmentationDataset,
+    TileLayout,
     check_fraction_usable,
 )
 from bench.datasets.readers import check_same_size, read_image
@@ -51,6 +53,7 @@ PREPARED_VERSION = 1  # bump when the prepared layout or patch cutting changes
 MANIFEST = "manifest.json"
 STATE = "prepare-state.json"
 SPLITS = ("train", "test")
+PATCH_ID = re.compile(r"^(?P<tile>.+)_y(?P<y>\d+)_x(?P<x>\d+)$")  # see _prepare_tile
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class PreparedDataset(SegmentationDataset):
         super().__init__(*args, **kwargs)
         self._manifest: dict[str, Any] | None = None
         self._loaded: dict[str, PatchSet] = {}
+        self._origins: dict[str, tuple[list[str], np.ndarray]] = {}
 
     # -- what a subclass provides ---------------------------------------------------------
     def find_tiles(self, raw: Path) -> list[RawTile]:
@@ -261,6 +265,35 @@ class PreparedDataset(SegmentationDataset):
     def band_stats(self) -> tuple[list[float], list[float]]:
         manifest, n = self.manifest(), self.in_channels
         return manifest["band_mean"][:n], manifest["band_std"][:n]
+
+    def _patch_origins(self, split: str) -> tuple[list[str], np.ndarray]:
+        """Each patch's tile and top-left corner, read from its id."""
+        if split in self._origins:
+            return self._origins[split]
+        tiles, origins = [], []
+        for patch_id in self.load_split(split).ids:
+            match = PATCH_ID.match(patch_id)
+            if match is None:
+                raise DatasetError(f"patch id {patch_id!r} of {self.prepared_dir} names no tile")
+            tiles.append(match["tile"])
+            origins.append((int(match["y"]), int(match["x"])))
+        self._origins[split] = tiles, np.array(origins, dtype=np.int64).reshape(-1, 2)
+        return self._origins[split]
+
+    def patch_tiles(self, split: str) -> list[str]:
+        return self._patch_origins(split)[0]
+
+    def test_tiles(self) -> list[TileLayout]:
+        tiles, origins = self._patch_origins("test")
+        patch = self.params.patch_size
+        layouts = []
+        for tile in dict.fromkeys(tiles):
+            rows = np.flatnonzero(np.asarray(tiles) == tile)
+            corner = origins[rows].max(axis=0) + patch
+            layouts.append(
+                TileLayout(tile, rows, origins[rows], int(corner[0]), int(corner[1]), patch)
+            )
+        return layouts
 
     # -- preparing -------------------------------------------------------------------------
     def prepare(

@@ -1,8 +1,15 @@
 """Label-fraction subsets: seeded, nested, written next to the prepared data.
 
-A fraction ``f`` of the training patches gets labels. One seeded permutation of the training
-patches is drawn per (dataset, seed) and its first ``ceil(f * n)`` entries are labelled, so
-the subsets are nested (1% in 10% in 100%) and identical for every method (DATASETS.md).
+A fraction ``f`` of the training patches gets labels. One seeded order of the training
+patches is drawn per (dataset, seed, strategy) and its first ``ceil(f * n)`` entries are
+labelled, so the subsets are nested (1% in 10% in 100%) and identical for every method
+(DATASETS.md). Two strategies (``finetune.labels``) draw the order:
+
+* ``random``: a seeded permutation of all patches. GLCNet's released 1% Potsdam list is such
+  a draw (data_example/Potsdam/trainR1_RGBIR.txt: 138 patches, 1 to 13 from each of the 24
+  tiles).
+* ``stratified``: every training tile contributes in proportion to its patches
+  (:func:`stratified_order`); the list's file name says so (``..._stratified.txt``).
 """
 
 from __future__ import annotations
@@ -59,13 +66,50 @@ def labelled_indices(n: int, fraction: float, seed: int) -> list[int]:
     return order[: subset_size(n, fraction)].tolist()
 
 
-def subset_file(prepared_dir: Path, fraction: float, seed: int) -> Path:
-    return Path(prepared_dir) / "subsets" / f"train_seed{seed}_frac{fraction:g}.txt"
+def stratified_order(tiles: list[str], seed: int) -> np.ndarray:
+    """An order of the patches (``tiles[i]`` is patch ``i``'s tile) whose every prefix takes
+    from each tile in proportion to its patches, up to one patch, after one patch of every
+    tile first (so any prefix of at least as many patches as tiles touches every tile).
+
+    Systematic sampling: the ``r``-th patch of tile ``t`` (a seeded permutation within the
+    tile) gets the key ``(r + u_t) / n_t`` with a seeded offset ``u_t`` in [0, 1); a
+    tile's first patch gets ``u_t / max(n)`` instead, below every other key. Patches are
+    taken in key order; prefixes of one order are nested.
+    """
+    names, tile_of = np.unique(np.asarray(tiles), return_inverse=True)
+    rng = np.random.default_rng([seed, _SUBSET_STREAM, 1])
+    offsets = rng.random(len(names))
+    sizes = np.bincount(tile_of, minlength=len(names))
+    keys = np.empty(len(tiles))
+    for t in range(len(names)):
+        members = np.flatnonzero(tile_of == t)[rng.permutation(sizes[t])]
+        keys[members] = (np.arange(sizes[t]) + offsets[t]) / sizes[t]
+        keys[members[0]] = offsets[t] / sizes.max()
+    return np.argsort(keys, kind="stable")
 
 
-def write_subset(prepared_dir: Path, ids: list[str], fraction: float, seed: int) -> Path:
+def labelled_indices_by(
+    strategy: str, n: int, fraction: float, seed: int, tiles: list[str] | None = None
+) -> list[int]:
+    """The labelled training patches under ``strategy`` (``random`` or ``stratified``, which
+    needs each patch's tile)."""
+    if strategy == "random":
+        return labelled_indices(n, fraction, seed)
+    if tiles is None or len(tiles) != n:
+        raise ValueError("stratified label lists need the tile of every training patch")
+    return stratified_order(tiles, seed)[: subset_size(n, fraction)].tolist()
+
+
+def subset_file(prepared_dir: Path, fraction: float, seed: int, strategy: str = "random") -> Path:
+    suffix = "" if strategy == "random" else f"_{strategy}"
+    return Path(prepared_dir) / "subsets" / f"train_seed{seed}_frac{fraction:g}{suffix}.txt"
+
+
+def write_subset(
+    prepared_dir: Path, ids: list[str], fraction: float, seed: int, strategy: str = "random"
+) -> Path:
     """Write the subset's patch ids (one per line), or check an existing file matches."""
-    path = subset_file(prepared_dir, fraction, seed)
+    path = subset_file(prepared_dir, fraction, seed, strategy)
     text = "".join(f"{i}\n" for i in ids)
     if path.exists():
         if path.read_text() != text:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from bench.config import NoSettings, PretrainConfig
-from bench.models import build_backbone
+from bench.models import DeepLabHead, build_backbone
 from bench.registry import Registry
 
 
@@ -53,6 +53,12 @@ class Method:
     # Batch norm over the global batch when pretraining on several processes
     # (bench.distributed): True where the method's paper or release syncs BN across devices.
     sync_batchnorm: ClassVar[bool] = False
+
+    @classmethod
+    def head(cls, params: Any) -> DeepLabHead | None:
+        """The DeepLabV3+ head whose ASPP/decoder this method pretrains (None: it pretrains
+        a backbone only); fine-tuning that loads those parts must build the same head."""
+        return None
 
     @classmethod
     def unavailable_reason(cls, params: Any, backbone: str) -> str | None:

@@ -48,7 +48,7 @@ from bench.correspondence import (
 )
 from bench.losses import nt_xent
 from bench.methods.base import PretrainingMethod, StepContext, register_method
-from bench.models import build_segmentation_model, mlp_projector
+from bench.models import DeepLabHead, build_segmentation_model, mlp_projector
 
 OUTPUT_STRIDE = 16  # the paper's DeepLabV3+ (ResNet at output stride 16)
 
@@ -83,6 +83,10 @@ class GLCNetParams(Settings):
     blur_prob: float = setting(0.5, ge=0, le=1)
     # OpenCV's sigma for its 3-7 px kernels
     blur_sigma: tuple[float, float] = setting((0.8, 1.4), gt=0, ordered=True)
+    # ASPP convolutions of the pretrained DeepLabV3+: ordinary 3x3 as released
+    # (deeplab_utils/encoder.py _AsppConv); fine-tuning loads this ASPP, so its head must
+    # match (finetune.aspp_separable).
+    aspp_separable: bool = False
 
 
 def style_vector(features: torch.Tensor) -> torch.Tensor:
@@ -155,6 +159,10 @@ class GLCNet(PretrainingMethod):
         }
     }
 
+    @classmethod
+    def head(cls, params: GLCNetParams) -> DeepLabHead:
+        return DeepLabHead(OUTPUT_STRIDE, params.aspp_separable)
+
     def __init__(self, params: GLCNetParams, *args, **kwargs) -> None:
         super().__init__(params, *args, **kwargs)
         size = self.config.view_size
@@ -169,7 +177,7 @@ class GLCNet(PretrainingMethod):
                 f"{size} px views; lower it (e.g. --set glcnet.region_size={size // 4})"
             )
         network = build_segmentation_model(
-            self.config.backbone, self.in_channels, params.local_channels, OUTPUT_STRIDE
+            self.config.backbone, self.in_channels, params.local_channels, self.head(params)
         )
         self.backbone = network.encoder
         self.decoder = network.decoder

@@ -186,8 +186,16 @@ def caption_lines(table: Table, style: Style) -> list[str]:
     lines.append(e(footer))
     if table.kind == "comparison":
         lines.append(e("Metrics from one dataset-level confusion matrix over the test split."))
+        if any(column.metric == "image_miou" for column in table.columns):
+            lines.append(e(IMAGE_MIOU_NOTE))
     lines.extend(e(f"Note: {caption}.") for caption in table.captions)
     return lines
+
+
+IMAGE_MIOU_NOTE = (
+    "per-image mIoU is GLCNet's: each scored image's (patch's or tile's) class IoU, 0 for a "
+    "class absent from both image and prediction, averaged over images, then classes"
+)
 
 
 def to_markdown(table: Table) -> str:

@@ -32,8 +32,16 @@ from scipy import special
 
 from bench.config import PRESETS, ConfigError, check_unique
 from bench.methods import METHODS
+from bench.protocols import PROTOCOLS, describe_overrides
 
-METRIC_LABELS = {"miou": "mIoU", "kappa": "Kappa", "oa": "OA", "mean_f1": "F1"}
+# image_miou: GLCNet's per-image IoU averaged over the scored images (bench.metrics)
+METRIC_LABELS = {
+    "miou": "mIoU",
+    "kappa": "Kappa",
+    "oa": "OA",
+    "mean_f1": "F1",
+    "image_miou": "per-image mIoU",
+}
 DECIMALS = 2  # percent values are shown (and ranked) with two decimals
 MIN_PAIRED_SEEDS = 3  # fewer pairs than this: no test (a t-test on 2 pairs has 1 dof)
 ALPHA = 0.05
@@ -105,6 +113,7 @@ class Table:
     skipped_runs: int
     presets: tuple[str, ...]
     unreadable_records: int = 0  # result.json files left out because they are not records
+    protocols: tuple[str, ...] = ()  # the downstream protocols of the records, described
 
     def cell(self, method: str, column: Column) -> Cell:
         return self.cells[self.methods.index(method)][self.columns.index(column)]
@@ -140,7 +149,33 @@ class Table:
 
     @property
     def captions(self) -> tuple[str, ...]:
-        return tuple(PRESETS[p].caption for p in self.presets if p in PRESETS)
+        presets = tuple(PRESETS[p].caption for p in self.presets if p in PRESETS)
+        return presets + self.protocols
+
+
+def protocol_captions(frame: pd.DataFrame) -> tuple[str, ...]:
+    """One line per (protocol, overrides, evaluation) among the records: the protocol's
+    name and source, every field overridden, what was scored."""
+    if "protocol" not in frame:
+        return ()
+    lines = []
+    for _, row in frame[frame["status"] == "ok"].iterrows():
+        name = row["protocol"]
+        if not isinstance(name, str) or name not in PROTOCOLS:
+            continue
+        line = f"fine-tuned under protocol {name} ({PROTOCOLS[name].source})"
+        overrides = row.get("protocol_overrides")
+        if isinstance(overrides, dict) and overrides:
+            line += f", overridden: {describe_overrides(overrides)}"
+        if row.get("evaluated_on") == "tiles":
+            line += (
+                f"; scored on whole test tiles, sliding windows of {row.get('eval_window')} px "
+                f"every {row.get('eval_stride')} px"
+            )
+        elif row.get("evaluated_on") == "patches":
+            line += "; scored on the test patches"
+        lines.append(line)
+    return tuple(dict.fromkeys(lines))
 
 
 def method_order(names: Iterable[str]) -> list[str]:
@@ -345,6 +380,7 @@ def _assemble(
         failed_runs=int((frame["status"] == "failed").sum()),
         skipped_runs=int((frame["status"] == "skipped").sum()),
         presets=tuple(sorted(p for p in frame["preset"].dropna().unique())),
+        protocols=protocol_captions(frame),
     )
 
 
