@@ -18,7 +18,7 @@ from bench.datasets.prepared import class_count_table
 from bench.executors import EXECUTORS
 from bench.methods import METHODS
 from bench.preemption import Preempted
-from bench.protocols import PROTOCOLS
+from bench.protocols import PROTOCOLS, describe_overrides, protocol_overrides
 from bench.report import (
     AUTO,
     FORMATS,
@@ -237,6 +237,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         after = ",".join(job.depends_on) or "-"
         print(f"{statuses[job.job_id].state!s:<8} {job.kind:<9} {job.job_id:<58} after {after}")
     print(f"\n{summary(statuses.values())}")
+    for cfg in dict.fromkeys(job.finetune for job in jobs if job.kind == "finetune"):
+        overrides = describe_overrides(protocol_overrides(cfg))
+        print(
+            f"fine-tuning protocol {cfg.protocol}"
+            + (f", overridden: {overrides}" if overrides else "")
+            + f"; DeepLabV3+ head: {cfg.head}; scored on test {cfg.evaluation}"
+        )
     for problem in data_problems(jobs, args.data_root):
         print(f"note (`run` refuses this sweep until it is fixed): {problem}")
     return 0

@@ -49,6 +49,11 @@ class DeepLabHead:
     def atrous_rates(self) -> tuple[int, int, int]:
         return ASPP_RATES[self.output_stride]
 
+    def __str__(self) -> str:
+        kind = "separable" if self.separable else "ordinary"
+        rates = "/".join(map(str, self.atrous_rates))
+        return f"stride {self.output_stride}, ASPP {rates} {kind}, {self.channels} channels"
+
     def describe(self) -> dict:
         """What a record says about the head."""
         return {

@@ -47,7 +47,9 @@ def cost(args: argparse.Namespace) -> None:
     image = torch.randint(0, 256, (4, height, args.width), dtype=torch.uint8)
     before = peak_rss_mib()
     started = time.perf_counter()
-    for _ in tile_logit_rows(model, image, lambda x: x.float() / 255, 256, 128, 8, "cpu", False):
+    for _ in tile_logit_rows(
+        model, image, lambda x: x.float() / 255, 256, 128, 8, torch.device("cpu"), False
+    ):
         pass
     seconds = time.perf_counter() - started
     windows = len(patch_origins(height, 256, 128)) * len(patch_origins(args.width, 256, 128))
@@ -70,7 +72,7 @@ def write_release(raw: Path, tiles: int, size: int) -> None:
         Image.fromarray(np.moveaxis(image, 0, -1)).save(raw / "images" / f"tile{i:02d}.png")
         Image.fromarray(mask).save(raw / "masks" / f"tile{i:02d}.png")
     classes = [{"name": name, "value": k} for k, name in enumerate(CLASS_NAMES)]
-    (raw / "classes.yaml").write_text(yaml.safe_dump({"classes": classes, "ignore": [255]}))
+    (raw / "classes.yaml").write_text(yaml.safe_dump({"classes": classes}))
 
 
 def compare(args: argparse.Namespace) -> None:
