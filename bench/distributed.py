@@ -39,6 +39,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from bench.precision import at_least_float32
+
 log = logging.getLogger(__name__)
 
 # A process that waits longer than this in a collective gives up (another process died).
@@ -308,7 +310,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(input)
         dims = [d for d in range(input.dim()) if d != 1]
         shape = [1, -1] + [1] * (input.dim() - 2)
-        x = input.float()
+        x = at_least_float32(input)
         count = all_reduce_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
         mean = all_reduce_sum(x.sum(dim=dims)) / count
         centered = x - mean.view(shape)
@@ -333,7 +335,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` with every batch norm computed over the global batch: torch's
     ``nn.SyncBatchNorm`` on CUDA, :class:`GlobalBatchNorm` elsewhere. Parameters, buffers
-    and state-dict keys are kept."""
+    state-dict keys and dtypes are kept."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _convert(module)
@@ -343,13 +345,15 @@ def _convert(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(
         module, GlobalBatchNorm
     ):
+        tensors = (*module.parameters(), *module.buffers())
+        like = next((t for t in tensors if t.is_floating_point()), torch.empty(0))
         twin = GlobalBatchNorm(
             module.num_features,
             module.eps,
             module.momentum,
             module.affine,
             module.track_running_stats,
-        ).to(next(module.buffers(), torch.empty(0)).device)
+        ).to(like.device, like.dtype)
         twin.load_state_dict(module.state_dict())
         twin.train(module.training)
         twin.requires_grad_(any(p.requires_grad for p in module.parameters()))

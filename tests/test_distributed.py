@@ -73,23 +73,25 @@ def launch(fn, *args) -> None:
 
 
 # ---------------------------------------------------------------------------- methods
-def images_of_global_batch() -> torch.Tensor:
+def images_of_global_batch(dtype: torch.dtype = torch.float32) -> torch.Tensor:
     generator = torch.Generator().manual_seed(7)
-    return torch.rand(GLOBAL_BATCH, 3, SIZE, SIZE, generator=generator)
+    return torch.rand(GLOBAL_BATCH, 3, SIZE, SIZE, generator=generator).to(dtype)
 
 
-def make_method(name: str):
-    """``name`` with band statistics 0 / 1, so the views stay in [0, 1]. With mean 0.5 and
-    std 0.25 these random networks' early-layer gradients are ill-conditioned in float32:
-    one process in float32 differed from float64 by 0.85% at conv1 (torch 2.14.1, CPU), more
-    than the tolerance below, so BYOL and GraSS failed on float noise alone. At 0 / 1 the
-    distributed gradients use at most 26% of the tolerance."""
+def make_method(name: str, dtype: torch.dtype = torch.float32):
+    """``name`` with band statistics 0 / 1, so the views stay in [0, 1].
+
+    The equality test runs in float64: these random networks' early-layer gradients are
+    ill-conditioned in float32 (BYOL's conv1 gradient in float32 differs from float64 by
+    3.6% on one CPU, 0.85% on another), so in float32 the comparison of two summation orders
+    tests float noise, and failed for BYOL and GraSS depending on the machine."""
     cls = METHODS.get(name)
     torch.manual_seed(0)
     params = cls.Params(**PARAMS[name])
-    return cls(
+    method = cls(
         params, PretrainConfig(batch_size=GLOBAL_BATCH, view_size=SIZE), 3, [0.0] * 3, [1.0] * 3
     )
+    return method.to(dtype)
 
 
 class AlternatingViews(torch.nn.Module):
@@ -194,10 +196,10 @@ def _distributed_steps(rank: int, out_dir: str) -> None:
 
     bench.methods.grass.peak_region_boxes = fixed_boxes
     shard = GLOBAL_BATCH // WORLD
-    images = images_of_global_batch()[rank * shard : (rank + 1) * shard]
+    images = images_of_global_batch(torch.float64)[rank * shard : (rank + 1) * shard]
     results = {}
     for name in CONTRASTIVE:
-        method = make_method(name)
+        method = make_method(name, torch.float64)
         if type(method).sync_batchnorm:
             method = distributed.convert_batchnorm(method, torch.device("cpu"))
         make_deterministic(method, rank * shard)
@@ -207,7 +209,7 @@ def _distributed_steps(rank: int, out_dir: str) -> None:
     method = make_method("moco")
     make_deterministic(method, rank * shard)
     method.train()
-    method.training_step(images, StepContext(step=5, total_steps=10, epoch=0))
+    method.training_step(images.float(), StepContext(step=5, total_steps=10, epoch=0))
     results["moco_shuffled_keys"] = method._pending_keys
     torch.save(results, f"{out_dir}/rank{rank}.pt")
 
@@ -221,10 +223,10 @@ def distributed_steps(tmp_path_factory):
 
 @pytest.mark.parametrize("name", CONTRASTIVE)
 def test_distributed_step_equals_one_process_on_the_concatenated_batch(name, distributed_steps):
-    method = make_method(name)
+    method = make_method(name, torch.float64)
     make_deterministic(method, 0)
     prepare(method)
-    reference = step(method, images_of_global_batch())
+    reference = step(method, images_of_global_batch(torch.float64))
     assert reference["grads"], "the reference step produced no gradient"
     for rank, results in enumerate(distributed_steps):
         got = results[name]

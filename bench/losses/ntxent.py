@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bench.precision import at_least_float32
+
 
 def partner_index(two_n: int, device: torch.device | None = None) -> torch.Tensor:
     """``p(i) = (i + N) mod 2N``: views are stacked as [all first views, all second views]."""
@@ -41,7 +43,7 @@ def nt_xent_masks(
 
 def cosine_logits(z: torch.Tensor, temperature: float) -> torch.Tensor:
     """``cos(z_i, z_j) / tau`` for all pairs, in float32."""
-    z = F.normalize(z.float(), dim=1)
+    z = F.normalize(at_least_float32(z), dim=1)
     return z @ z.T / temperature
 
 
@@ -57,10 +59,10 @@ def masked_contrastive_loss(
     ``sum Q e^l`` only. Masks are non-negative weights of the same shape as ``logits``;
     every anchor needs a positive weight > 0.
     """
-    logits = logits.float()
-    log_pos = torch.logsumexp(logits + torch.log(pos_mask.float()), dim=1)
+    logits = at_least_float32(logits)
+    log_pos = torch.logsumexp(logits + torch.log(pos_mask.to(logits.dtype)), dim=1)
     denominator = neg_mask + pos_mask if positive_in_denominator else neg_mask
-    log_den = torch.logsumexp(logits + torch.log(denominator.float()), dim=1)
+    log_den = torch.logsumexp(logits + torch.log(denominator.to(logits.dtype)), dim=1)
     return (log_den - log_pos).mean()
 
 

@@ -19,6 +19,7 @@ from bench.config import Settings, setting
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.methods.ema import cosine_momentum, ema_update, frozen_copy
 from bench.models import BACKBONE_WIDTH
+from bench.precision import at_least_float32
 
 
 def bn_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -109,6 +110,6 @@ class BYOL(PretrainingMethod):
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``2 - 2 cos(prediction, sg(target))`` (Grill et al., eq. 2)."""
-    p = F.normalize(prediction.float(), dim=1)
-    z = F.normalize(target.detach().float(), dim=1)
+    p = F.normalize(at_least_float32(prediction), dim=1)
+    z = F.normalize(at_least_float32(target.detach()), dim=1)
     return (2 - 2 * (p * z).sum(dim=1)).mean()

@@ -35,6 +35,7 @@ from bench.losses import masked_contrastive_loss, nt_xent_masks, partner_index
 from bench.losses.ntxent import cosine_logits
 from bench.methods.base import StepContext, register_method
 from bench.methods.simclr import SimCLR, SimCLRParams
+from bench.precision import at_least_float32
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def select_false_negatives(
     logits: torch.Tensor, temperature: float, threshold: float, selection: str = "global"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FNSD on ``logits = cos / tau`` of ``2N`` views: the selected (anchor, negative) pairs."""
-    logits = logits.detach().float()
+    logits = at_least_float32(logits.detach())
     two_n = logits.shape[0]
     rows = torch.arange(two_n, device=logits.device)
     partner = partner_index(two_n, logits.device)

@@ -49,6 +49,7 @@ from bench.correspondence import (
 from bench.losses import nt_xent
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.models import DeepLabHead, build_segmentation_model, mlp_projector
+from bench.precision import at_least_float32
 
 OUTPUT_STRIDE = 16  # the paper's DeepLabV3+ (ResNet at output stride 16)
 
@@ -91,7 +92,7 @@ class GLCNetParams(Settings):
 
 def style_vector(features: torch.Tensor) -> torch.Tensor:
     """Per-channel mean and unbiased variance over space: ``[N, C, h, w]`` -> ``[N, 2C]``."""
-    flat = features.float().flatten(2)
+    flat = at_least_float32(features).flatten(2)
     return torch.cat([flat.mean(dim=2), flat.var(dim=2)], dim=1)
 
 
@@ -111,10 +112,11 @@ def region_means(feature_map: torch.Tensor, boxes: torch.Tensor, view_size: int)
     widths = (boxes[:, 3] - boxes[:, 1]).round().long().unique()
     if len(widths) != 1:
         raise ValueError("region_means expects boxes of one size")
-    shifted = boxes.float().clone()  # float32 even under autocast: bf16 cannot hold x.5
+    feature_map = at_least_float32(feature_map)  # bf16 cannot hold the x.5 box edges
+    shifted = boxes.to(feature_map.dtype).clone()
     shifted[:, 1:] -= 0.5
     pooled = roi_align(
-        feature_map.float(),
+        feature_map,
         shifted,
         output_size=1,
         spatial_scale=scale,

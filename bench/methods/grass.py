@@ -35,6 +35,7 @@ from bench.config import setting
 from bench.losses import nt_xent
 from bench.methods.base import StepContext, register_method
 from bench.methods.simclr import SimCLR, SimCLRParams
+from bench.precision import at_least_float32
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -49,8 +50,8 @@ class GraSSParams(SimCLRParams):
 
 def grad_cam(features: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """``mean_c(w_c * A_c)`` with ``w_c = mean_hw(dL/dA_c)``: ``[B, C, h, w]`` -> ``[B, h, w]``."""
-    weights = gradients.float().mean(dim=(2, 3), keepdim=True)
-    return (weights * features.float()).mean(dim=1)
+    weights = at_least_float32(gradients).mean(dim=(2, 3), keepdim=True)
+    return (weights * at_least_float32(features)).mean(dim=1)
 
 
 def peak_region_boxes(cam: torch.Tensor, size: int, ratio: float) -> torch.Tensor:
@@ -58,7 +59,7 @@ def peak_region_boxes(cam: torch.Tensor, size: int, ratio: float) -> torch.Tenso
     8-connected region above ``min + ratio (max - min)`` that holds the peak, after bilinear
     upsampling to ``size``; the whole view when there is none (e.g. a flat map)."""
     up = F.interpolate(
-        cam[:, None].float(), size=(size, size), mode="bilinear", align_corners=False
+        at_least_float32(cam[:, None]), size=(size, size), mode="bilinear", align_corners=False
     )[:, 0]
     low, high = up.amin(dim=(1, 2)), up.amax(dim=(1, 2))
     above = (up > (low + ratio * (high - low))[:, None, None]).cpu().numpy()

@@ -27,6 +27,7 @@ from bench.config import Settings, setting
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.methods.ema import ema_update, frozen_copy
 from bench.models import BACKBONE_WIDTH, mlp_projector
+from bench.precision import at_least_float32
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class MoCo(PretrainingMethod):
     def training_step(self, images: torch.Tensor, ctx: StepContext):
         query_views = self.normalize(self.views(images))
         key_views = self.normalize(self.views(images))
-        q = F.normalize(self.projector(self.embed(query_views)).float(), dim=1)
+        q = F.normalize(at_least_float32(self.projector(self.embed(query_views))), dim=1)
         with torch.no_grad():
             if distributed.active():
                 k, all_keys = self.shuffled_keys(key_views, ctx.step)
@@ -109,7 +110,7 @@ class MoCo(PretrainingMethod):
     def keys(self, key_views: torch.Tensor) -> torch.Tensor:
         """L2-normalised key-encoder projections (no gradient)."""
         k = self.key_projector(self.key_backbone(key_views)[-1].mean(dim=(2, 3)))
-        return F.normalize(k.float(), dim=1)
+        return F.normalize(at_least_float32(k), dim=1)
 
     @torch.no_grad()
     def shuffled_keys(self, key_views: torch.Tensor, step: int):
@@ -152,6 +153,6 @@ def shuffle_order(size: int, step: int, device: torch.device) -> torch.Tensor:
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float):
     """Cross-entropy over ``[q.k+, q.queue] / tau``, the positive at index 0 (InfoNCE)."""
     positive = (q * k).sum(dim=1, keepdim=True)
-    negatives = q @ queue.detach().T
+    negatives = q @ queue.detach().to(q.dtype).T
     logits = torch.cat([positive, negatives], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

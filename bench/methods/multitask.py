@@ -35,6 +35,7 @@ from bench.config import Settings, setting
 from bench.losses import nt_xent
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.models import BACKBONE_WIDTH
+from bench.precision import at_least_float32
 
 # AGR classes: index -> (flip, quarter turns); flips are their own inverse.
 TRANSFORMS = (("h", 0), ("v", 0), (None, 0), (None, 1), (None, 2), (None, 3))
@@ -182,7 +183,7 @@ class Multitask(PretrainingMethod):
 
         reconstruction = self.reconstruction(self.decoder([f[:batch] for f in features]))
         target, corrupted_n = inputs[batch : 2 * batch], inputs[:batch]
-        loss_inp = weighted_l1(reconstruction.float(), target.float(), corrupted_n.float())
+        loss_inp = weighted_l1(*map(at_least_float32, (reconstruction, target, corrupted_n)))
         loss_agr = F.cross_entropy(self.agr_head(torch.cat([f_orig, f_trans], dim=1)), labels)
         z = self.exemplar_head(torch.cat([f_orig, f_trans]))
         loss_ex = nt_xent(distributed.gather_views(z), p.exemplar_temperature)  # global batch
