@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -73,3 +74,48 @@ def on_rgb(colour: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Apply a colour augmentation to the first three bands; other bands pass unchanged."""
     rgb = colour(images[:, :3].contiguous())
     return torch.cat([rgb, images[:, 3:]], dim=1) if images.shape[1] > 3 else rgb
+
+
+def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor, mode: str = "bilinear"):
+    """Each image cropped to its box and resized back to its own size: ``mode="bilinear"``
+    as ``F.interpolate(crop, mode="bilinear", align_corners=False)``, ``"nearest"`` as
+    ``F.interpolate(crop, mode="nearest")`` (the release), on each crop, in one batched op."""
+    if mode == "nearest":
+        return nearest_crops(images, boxes)
+    batch, _, height, width = images.shape
+
+    def source(start: torch.Tensor, stop: torch.Tensor, full: int) -> torch.Tensor:
+        steps = torch.arange(full, device=images.device, dtype=torch.float32) + 0.5
+        extent = (stop - start)[:, None]
+        inside = (steps[None, :] * extent / full - 0.5).clamp(min=0.0)
+        inside = torch.minimum(inside, extent - 1)
+        return (start[:, None] + inside) / (full - 1) * 2 - 1  # align_corners=True coordinates
+
+    boxes = boxes.float()
+    xs = source(boxes[:, 0], boxes[:, 2], width)  # [B, W]
+    ys = source(boxes[:, 1], boxes[:, 3], height)  # [B, H]
+    grid = torch.stack(
+        [xs[:, None, :].expand(batch, height, width), ys[:, :, None].expand(batch, height, width)],
+        dim=-1,
+    )
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", align_corners=True)
+
+
+def nearest_crops(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """torch's ``nearest`` rule on each crop: output pixel ``i`` of ``S`` reads crop pixel
+    ``min(floor(i * (extent / S)), extent - 1)``, the scale in float32 as torch computes it."""
+    batch, _, height, width = images.shape
+    boxes = boxes.round().long()
+
+    def source(start: torch.Tensor, stop: torch.Tensor, full: int) -> torch.Tensor:
+        extent = (stop - start)[:, None]
+        scale = extent.float() / full
+        steps = torch.arange(full, device=images.device, dtype=torch.float32)[None, :]
+        inside = torch.minimum(torch.floor(steps * scale).long(), extent - 1)
+        return start[:, None] + inside
+
+    rows = source(boxes[:, 1], boxes[:, 3], height)  # [B, H]
+    cols = source(boxes[:, 0], boxes[:, 2], width)  # [B, W]
+    image = torch.arange(batch, device=images.device)[:, None, None]
+    picked = images[image, :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return picked.permute(0, 3, 1, 2).contiguous()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from bench.cluster import Profile, load_profile, parse_cluster_overrides
-from bench.config import PRESETS, ConfigError
+from bench.config import COMPARED_PRESETS, PRESETS, ConfigError
 from bench.datasets import DATASETS, prepare_dataset
 from bench.datasets.prepared import class_count_table
 from bench.executors import EXECUTORS
@@ -46,6 +46,7 @@ from bench.sweep import (
     check_spec,
     data_problems,
     plan,
+    preset_differences,
     rerun_failed,
     run_sweep,
     submit_sweep,
@@ -244,9 +245,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
             + (f", overridden: {overrides}" if overrides else "")
             + f"; DeepLabV3+ head: {cfg.head}; scored on test {cfg.evaluation}"
         )
+    if args.preset in COMPARED_PRESETS:
+        print_preset_differences(_spec(args), COMPARED_PRESETS[args.preset])
     for problem in data_problems(jobs, args.data_root):
         print(f"note (`run` refuses this sweep until it is fixed): {problem}")
     return 0
+
+
+def print_preset_differences(spec, other: str) -> None:
+    """What the chosen preset sets differently from ``other``, method by method."""
+    print(f"\nsettings where the {spec.preset} preset differs from the {other} preset:")
+    for method, rows in preset_differences(spec, other).items():
+        if not rows:
+            print(f"  {method}: none")
+            continue
+        print(f"  {method}:")
+        width = max(len(key) for key, _, _ in rows)
+        values = max(len(_shown(mine)) for _, mine, _ in rows)
+        for key, mine, theirs in rows:
+            print(f"    {key:<{width}}  {_shown(mine):<{values}}  ({other}: {_shown(theirs)})")
+    print(f"  ('-': a setting that recipe does not use; {spec.preset} values first)")
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(_shown, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -132,6 +132,11 @@ class Settings:
     def __post_init__(self) -> None:
         check_fields(self)
 
+    def unused_fields(self) -> set[str]:
+        """Fields that the section's other choices make irrelevant (e.g. LARS's trust with
+        Adam), left out when settings are compared."""
+        return set()
+
 
 @dataclass(frozen=True)
 class NoSettings(Settings):
@@ -164,17 +169,35 @@ class PretrainConfig(Settings):
     # appendix B.1), "none" lr as given (the Adam recipes of GLCNet and the multitask method).
     lr_scaling: Literal["none", "linear", "sqrt"] = setting("none", identity="if_set")
     lr_base_batch: int = setting(256, ge=1, identity="if_set")
-    weight_decay: float = setting(1e-6, ge=0)  # not applied to BN and bias (VISSL, BYOL)
+    weight_decay: float = setting(1e-6, ge=0)  # on weights; norm layers and biases below
+    # weight decay on BN/norm parameters (VISSL regularize_bn; GLCNet's Adam over
+    # model.parameters() decays them) and on the biases of other layers (VISSL
+    # regularize_bias: True in FALSE's and GraSS's configs); by default neither (BYOL, LARS)
+    decay_norm: bool = setting(False, identity="if_set")
+    decay_bias: bool = setting(False, identity="if_set")
     momentum: float = setting(0.9, ge=0, lt=1)
-    # warmup_cosine: linear warm-up then cosine (SimCLR/VISSL); step: lr * gamma every
-    # step_epochs epochs (StepLR of the multitask method)
-    schedule: Literal["warmup_cosine", "step"] = "warmup_cosine"
+    betas: tuple[float, float] = setting((0.9, 0.999), ge=0, lt=1, identity="if_set")  # Adam
+    # warmup_cosine: linear warm-up then cosine per step (SimCLR); warmup_cosine_restart:
+    # linear warm-up then VISSL's cosine_warm_restart (full wave, adaptive, restarting after
+    # restart_interval of the rest; FALSE's and GraSS's configs); epoch_cosine: cosine per
+    # epoch, torch's CosineAnnealingLR stepped after each epoch (GLCNet main_ss.py); step:
+    # lr * gamma every step_epochs epochs (StepLR of the multitask method)
+    schedule: Literal["warmup_cosine", "warmup_cosine_restart", "epoch_cosine", "step"] = (
+        "warmup_cosine"
+    )
+    restart_interval: float = setting(0.334, gt=0, le=1, identity="if_set")
     step_epochs: int = setting(2, ge=1)
     step_gamma: float = setting(0.95, gt=0, le=1)
+    # epochs before the step schedule starts counting: 1 is the multitask release, whose
+    # StepLR.step(epoch=e) after epoch e sets the LR of epoch e + 1 to gamma^(e // step)
+    step_delay_epochs: int = setting(0, ge=0, identity="if_set")
     warmup_fraction: float = setting(0.1, ge=0, lt=1)  # linear warm-up over this fraction
     warmup_start_factor: float = setting(0.125, ge=0, le=1)  # from lr * this (VISSL 0.6/4.8)
     final_lr_factor: float = setting(0.001, ge=0, le=1)  # cosine ends at lr * this (VISSL)
     lars_trust: float = setting(0.001, gt=0)  # LARC trust coefficient (VISSL SimCLR config)
+    # which parameters LARS adapts: "decayed" (groups with weight decay: the LARS paper's
+    # and timm's exclusion) or "all" (apex LARC around SGD, as VISSL runs it: every tensor)
+    lars_adapt: Literal["decayed", "all"] = setting("decayed", identity="if_set")
     amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
     # torch.compile the networks in place (same weights and state-dict keys); pays a compile
     # at the first steps, meant for long GPU runs. An execution choice, not part of the id.
@@ -186,6 +209,28 @@ class PretrainConfig(Settings):
     # choices and not part of the id (the record keeps the world size).
     gpus: int | None = setting(None, ge=1, identity=False)
     nodes: int | None = setting(None, ge=1, identity=False)
+
+    def unused_fields(self) -> set[str]:
+        unused = set()
+        if self.optimizer != "lars":
+            unused |= {"lars_trust", "lars_adapt"}
+        if self.optimizer not in ("sgd", "lars"):
+            unused.add("momentum")
+        if self.optimizer not in ("adam", "adamw"):
+            unused.add("betas")
+        if self.weight_decay == 0:
+            unused |= {"decay_norm", "decay_bias"}
+        if self.schedule != "step":
+            unused |= {"step_epochs", "step_gamma", "step_delay_epochs"}
+        if self.schedule not in ("warmup_cosine", "warmup_cosine_restart"):
+            unused |= {"warmup_fraction", "warmup_start_factor"}
+        if self.schedule == "step":
+            unused.add("final_lr_factor")
+        if self.schedule != "warmup_cosine_restart":
+            unused.add("restart_interval")
+        if self.lr_scaling == "none":
+            unused.add("lr_base_batch")
+        return unused
 
 
 @dataclass(frozen=True)
@@ -301,23 +346,38 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             name="paper",
-            description="the papers' settings: ResNet-50, 256 px patches, batch 256 (GPU)",
-            caption="paper preset: the papers' pretraining and fine-tuning settings",
+            description=(
+                "each method as its authors' release ran it: ResNet-50, 256 px patches, the "
+                "released optimiser, schedule, head and views (GPU; docs/FIDELITY.md)"
+            ),
+            caption=(
+                "paper preset: each method as released (its own recipe, docs/FIDELITY.md); "
+                "recipes differ between methods"
+            ),
             values={
-                # VISSL SimCLR template of FALSE/GraSS (METHODS.md); methods refine it.
+                # VISSL SimCLR recipe of FALSE and GraSS (configs/config/pretrain/FALSE/
+                # false_1gpu_resnet.yaml and GraSS/grass_1gpu_resnet_b256.yaml); SimCLR is
+                # their baseline; the other methods give their own recipes in full.
                 "pretrain": {
                     "backbone": "resnet50",
-                    "epochs": 200,
-                    "batch_size": 256,
-                    "view_size": 224,
-                    "optimizer": "lars",
-                    "lr": 4.8,  # at 256 images; linear in the global batch (VISSL)
-                    "lr_scaling": "linear",
+                    "epochs": 200,  # OPTIMIZER.num_epochs
+                    "batch_size": 256,  # BATCHSIZE_PER_REPLICA, one GPU
+                    "view_size": 224,  # RandomResizedCrop size
+                    "optimizer": "lars",  # sgd with use_larc, clip False
+                    "lars_adapt": "all",  # LARC adapts every parameter
+                    "lars_trust": 0.001,
+                    "lr": 4.8,  # auto_lr_scaling auto_scale: false, so 4.8 at any batch
+                    "lr_scaling": "none",
                     "weight_decay": 1e-6,
+                    "decay_norm": False,  # regularize_bn: False
+                    "decay_bias": True,  # regularize_bias: True
                     "momentum": 0.9,
-                    "warmup_fraction": 0.1,
-                    "warmup_start_factor": 0.125,
-                    "final_lr_factor": 0.001,
+                    "schedule": "warmup_cosine_restart",  # linear 0.6 -> 4.8, then restarts
+                    "warmup_fraction": 0.1,  # lengths [0.1, 0.9]
+                    "warmup_start_factor": 0.125,  # 0.6 / 4.8
+                    "final_lr_factor": 0.001,  # 0.0048 / 4.8
+                    "restart_interval": 0.334,
+                    "amp": False,  # AMP_PARAMS USE_AMP: False
                 },
                 # GLCNet's downstream protocol as released (bench.protocols): FALSE and
                 # GraSS fine-tuned with MMSegmentation code that is not released, GLCNet's
@@ -327,8 +387,45 @@ PRESETS: dict[str, Preset] = {
             },
             seeds=(0, 1, 2),
         ),
+        Preset(
+            name="common",
+            description=(
+                "one shared recipe for every method: ResNet-50, 200 epochs, batch 256, 224 "
+                "px views, Adam with warm-up and cosine, shared views (GPU)"
+            ),
+            caption=(
+                "common preset: every method under one shared recipe (backbone, epochs, "
+                "batch, optimiser, schedule, views where the method allows): the method is "
+                "the only difference"
+            ),
+            values={
+                # Adam for all: the one family every method here trains with at a single LR
+                # (GLCNet's and the multitask method's own; SimCLR-family methods train
+                # stably with it at this batch). Fine-tuning: GLCNet's full protocol.
+                "pretrain": {
+                    "backbone": "resnet50",
+                    "epochs": 200,
+                    "batch_size": 256,
+                    "view_size": 224,
+                    "optimizer": "adam",
+                    "lr": 1e-3,
+                    "lr_scaling": "none",
+                    "weight_decay": 1e-6,
+                    "schedule": "warmup_cosine",
+                    "warmup_fraction": 0.05,  # 10 of 200 epochs
+                    "warmup_start_factor": 0.0,
+                    "final_lr_factor": 0.001,
+                },
+                "finetune": {"protocol": "glcnet"},
+                "synthetic": {"patch_size": 256, "n_train": 13824, "n_test": 2048},
+            },
+            seeds=(0, 1, 2),
+        ),
     )
 }
+
+# The preset each of these is compared with by `bench plan` (what differs, per method).
+COMPARED_PRESETS = {"paper": "common", "common": "paper"}
 
 
 def check_unique(kind: str, values) -> None:

@@ -5,7 +5,8 @@ so does this module, and the two loops (``bench.pretrain``, ``bench.finetune``) 
 is specific to them (their batches, their loss, what they log):
 
 * devices and numerics: :func:`resolve_device`, :func:`autocast_for` (bf16 on CUDA), seeds;
-* optimisers: :func:`parameter_groups` (no weight decay on BN and bias), :func:`build_optimizer`;
+* optimisers: :func:`parameter_groups` (weight decay on weights; on norm layers and biases
+  as the recipe says), :func:`build_optimizer`;
 * one schedule mechanism: a precomputed learning rate per step (the DINO / nanoGPT habit),
   an array every loop hands to the :class:`Trainer`;
 * :meth:`Trainer.step`, one optimisation step: the step's LR, the forward pass under
@@ -75,19 +76,37 @@ def place_on(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 # ----------------------------------------------------------------------------------------
 # Optimisers
 # ----------------------------------------------------------------------------------------
+NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
 def parameter_groups(
-    model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool = False
+    model: torch.nn.Module,
+    weight_decay: float,
+    decay_norm: bool = False,
+    decay_bias: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: weights, and BN/bias parameters, which get no
-    weight decay (and, with LARS, no adaptation) unless ``decay_norm_and_bias``."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [
+    """Trainable parameters in two groups, with and without weight decay: weights always
+    decay; normalisation layers' weights and biases only with ``decay_norm``; the biases of
+    other layers only with ``decay_bias`` (default: as ``decay_norm``); an empty group is
+    left out. VISSL's SimCLR recipe
+    (FALSE, GraSS) is ``regularize_bn: False, regularize_bias: True``: decay on linear
+    biases, none on BN (vissl/optimizers/optimizer_helper.py ``_get_bn_optimizer_params``);
+    GLCNet's ``Adam(model.parameters(), weight_decay=...)`` decays everything."""
+    decay_bias = decay_norm if decay_bias is None else decay_bias
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        is_norm = isinstance(module, NORM_LAYERS)
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            decays = decay_norm if is_norm else (decay_bias if name == "bias" else True)
+            (decay if decays else no_decay).append(param)
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": weight_decay if decay_norm_and_bias else 0.0},
+        {"params": no_decay, "weight_decay": 0.0},
     ]
+    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(
@@ -97,9 +116,17 @@ def build_optimizer(
     momentum: float,
     lars_trust: float = 0.001,
     betas: tuple[float, float] = (0.9, 0.999),
+    lars_adapt: str = "decayed",
 ) -> torch.optim.Optimizer:
     """torch's optimiser ``name`` over ``groups``; Adam's weight decay is the L2 term added
-    to the gradient (``torch.optim.Adam(weight_decay=...)``, as the releases use it)."""
+    to the gradient (``torch.optim.Adam(weight_decay=...)``, as the releases use it).
+
+    LARS is timm's: ``lars_adapt="decayed"`` adapts only groups with weight decay (the
+    exclusion of BN and bias of the LARS paper and of timm); ``"all"`` adapts every
+    parameter, as apex's ``LARC`` (clip=False) that VISSL wraps around SGD does: the trust
+    ratio ``trust * |w| / (|g| + wd |w| + eps)`` for every tensor whose weight and gradient
+    norms are both non-zero (apex/parallel/LARC.py ``step``; vissl/optimizers/larc_fsdp.py
+    ``LARC_FSDP.step``, its copy). timm's ``always_adapt=True`` is that computation."""
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=betas)
     if name == "adamw":
@@ -107,8 +134,13 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "lars":
-        # timm's LARS adapts only groups with weight decay, like VISSL's LARC exclusions.
-        return timm.optim.Lars(groups, lr=lr, momentum=momentum, trust_coeff=lars_trust)
+        return timm.optim.Lars(
+            groups,
+            lr=lr,
+            momentum=momentum,
+            trust_coeff=lars_trust,
+            always_adapt=lars_adapt == "all",
+        )
     raise ValueError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd, lars")
 
 

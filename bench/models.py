@@ -110,8 +110,10 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], what: st
     nn.Module.load_state_dict(module, dict(state_dict), strict=True)
 
 
-def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Linear -> ReLU -> Linear, no BN: the VISSL SimCLR head used by FALSE and GraSS."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
-    )
+def mlp_projector(in_dim: int, hidden_dim: int, out_dim: int, relu: bool = True) -> nn.Sequential:
+    """Linear -> ReLU -> Linear, no BN (SimCLR's head, Chen et al. 2020, sec. 2.1); without
+    ``relu``, Linear -> Linear: the head FALSE's and GraSS's VISSL configs build, whose
+    ``["mlp", {"dims": [2048, 2048], "use_relu": True}]`` has one layer, and VISSL's MLP skips
+    the ReLU after a module's last layer (vissl/models/heads/mlp.py:64-67)."""
+    middle = [nn.ReLU(inplace=True)] if relu else []
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), *middle, nn.Linear(hidden_dim, out_dim))

@@ -120,7 +120,7 @@ def bare_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float]:
     dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
     train = dataset.load_split("train")
     steps = len(train) // job.pretrain.batch_size
-    method = pretraining_model(job, dataset, device, world=1)
+    method = pretraining_model(job, dataset, device, 1, len(train))
     trainer = pretraining_trainer(
         job, method, device, lr_schedule(job.pretrain, steps, steps), None
     )

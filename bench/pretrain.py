@@ -70,20 +70,41 @@ def optimizer_for(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Op
     """``cfg``'s optimiser over ``model``'s parameters (its LR is set per step from the
     schedule)."""
     return build_optimizer(
-        parameter_groups(model, cfg.weight_decay),
+        parameter_groups(model, cfg.weight_decay, cfg.decay_norm, cfg.decay_bias),
         cfg.optimizer,
         cfg.lr,
         cfg.momentum,
         cfg.lars_trust,
+        betas=cfg.betas,
+        lars_adapt=cfg.lars_adapt,
     )
 
 
 def lr_schedule(cfg: PretrainConfig, total_steps: int, steps_per_epoch: int) -> np.ndarray:
-    """The per-step learning rates of ``cfg.schedule``."""
+    """The per-step learning rates of ``cfg.schedule`` over ``total_steps``."""
+    epochs = np.arange(total_steps) // steps_per_epoch
     if cfg.schedule == "step":
-        epochs = np.arange(total_steps) // steps_per_epoch
-        return peak_lr(cfg) * cfg.step_gamma ** (epochs // cfg.step_epochs)
+        counted = np.maximum(epochs - cfg.step_delay_epochs, 0)
+        return peak_lr(cfg) * cfg.step_gamma ** (counted // cfg.step_epochs)
+    if cfg.schedule == "epoch_cosine":
+        return epoch_cosine_schedule(cfg, epochs, max(1, total_steps // steps_per_epoch))
+    if cfg.schedule == "warmup_cosine_restart":
+        return warmup_cosine_restart_schedule(cfg, total_steps)
     return warmup_cosine_schedule(cfg, total_steps)
+
+
+def phase_schedule(cfg: PretrainConfig, phases: tuple[int, ...], steps_per_epoch: int):
+    """The schedule of a run made of ``phases`` (epochs each): every phase runs the whole
+    schedule over its own steps, as separate runs would (GraSS's ID warm-up, then its GS
+    training, :meth:`bench.methods.PretrainingMethod.phase_epochs`)."""
+    return np.concatenate(
+        [lr_schedule(cfg, epochs * steps_per_epoch, steps_per_epoch) for epochs in phases]
+    )
+
+
+def phase_starts(phases: tuple[int, ...]) -> list[int]:
+    """The first epoch of each phase."""
+    return [sum(phases[:i]) for i in range(len(phases))]
 
 
 def warmup_cosine_schedule(cfg: PretrainConfig, total_steps: int) -> np.ndarray:
@@ -98,6 +119,52 @@ def warmup_cosine_schedule(cfg: PretrainConfig, total_steps: int) -> np.ndarray:
     t = np.arange(rest) / max(1, rest - 1)
     cosine = final + 0.5 * (peak - final) * (1 + np.cos(np.pi * t))
     return np.concatenate([ramp, cosine])
+
+
+def epoch_cosine_schedule(cfg: PretrainConfig, epochs: np.ndarray, total_epochs: int):
+    """``final + (peak - final) (1 + cos(pi e / E)) / 2`` in epoch ``e`` of ``E``, constant
+    within an epoch: torch's ``CosineAnnealingLR(T_max=E, eta_min=final)`` stepped after
+    every epoch (GLCNet, T-SS-GLCNet/main_ss.py:212 and 225)."""
+    peak = peak_lr(cfg)
+    final = peak * cfg.final_lr_factor
+    return final + 0.5 * (peak - final) * (1 + np.cos(np.pi * epochs / total_epochs))
+
+
+# VISSL's composite scheduler moves to its next part when ``where + 1e-6`` passes a part's end
+# (classy_vision/optim/param_scheduler/composite_scheduler.py, ``__call__``).
+_WHERE_EPSILON = 1e-6
+
+
+def warmup_cosine_restart_schedule(cfg: PretrainConfig, total_steps: int) -> np.ndarray:
+    """FALSE's and GraSS's released LR (configs/config/pretrain/FALSE/false_1gpu_resnet.yaml
+    lines 86-105): VISSL's composite of a linear warm-up from ``lr * warmup_start_factor`` to
+    ``lr`` over ``warmup_fraction`` of training and ``cosine_warm_restart`` (wave ``full``,
+    ``is_adaptive``) from ``lr`` to ``lr * final_lr_factor`` over the rest, each on its own
+    rescaled time, evaluated at ``where = step / total_steps`` before every step."""
+    peak = peak_lr(cfg)
+    start, final = peak * cfg.warmup_start_factor, peak * cfg.final_lr_factor
+    where = np.arange(total_steps) / total_steps
+    warm = cfg.warmup_fraction
+    in_warmup = where + _WHERE_EPSILON <= warm
+    lrs = np.empty(total_steps)
+    lrs[in_warmup] = start + (peak - start) * where[in_warmup] / max(warm, 1e-12)
+    rest = (where[~in_warmup] - warm) / (1 - warm)
+    lrs[~in_warmup] = cosine_warm_restart(rest, peak, final, cfg.restart_interval)
+    return lrs
+
+
+def cosine_warm_restart(where: np.ndarray, start: float, end: float, interval: float):
+    """VISSL's ``cosine_warm_restart`` with ``wave_type: full`` and ``is_adaptive: True``
+    (vissl/optimizers/param_scheduler/cosine_warm_restart_scheduler.py, lines 88-126 and
+    157-170): restarts at 0 and every ``2 * interval`` after ``interval``; the maximum of the
+    wave from restart ``r`` is ``end + (start - end) (1 + cos(pi (interval + r))) / 2``, and
+    the value is ``end + (max - end) (1 + cos(pi where / interval)) / 2``. So the first wave
+    peaks below ``start`` (3.6 for 4.8 at interval 0.334), falls to ``end`` at ``interval``,
+    climbs back to its second maximum at ``2 * interval`` and falls again."""
+    restarts = np.concatenate([[0.0], np.arange(interval, 1.0, 2 * interval)])
+    maxima = end + 0.5 * (start - end) * (1 + np.cos(np.pi * (interval + restarts)))
+    index = np.maximum(np.searchsorted(restarts, where, side="right") - 1, 0)
+    return end + 0.5 * (maxima[index] - end) * (1 + np.cos(np.pi * where / interval))
 
 
 # ----------------------------------------------------------------------------------------
@@ -172,13 +239,15 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
 # ----------------------------------------------------------------------------------------
 # Setting up
 # ----------------------------------------------------------------------------------------
-def pretraining_model(job, dataset, device: torch.device, world: int) -> PretrainingMethod:
+def pretraining_model(
+    job, dataset, device: torch.device, world: int, train_size: int
+) -> PretrainingMethod:
     """``job``'s method, seeded from the job's seed, on ``device``; on several processes
     with the paper's cross-device BN where the method asks for it, and rank 0's weights."""
     torch.manual_seed(seed_for(job.seed, 0xB0))
     mean, std = dataset.band_stats()
     method = create_method(
-        job.method, job.method_params, job.pretrain, dataset.in_channels, mean, std
+        job.method, job.method_params, job.pretrain, dataset.in_channels, mean, std, train_size
     ).to(device)
     if world > 1:
         if type(method).sync_batchnorm:
@@ -300,8 +369,8 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
             f"pretrain.batch_size={cfg.batch_size} exceeds the {len(train)} training patches"
         )
     total_steps = cfg.epochs * steps_per_epoch
-    schedule = lr_schedule(cfg, total_steps, steps_per_epoch)
-    method = pretraining_model(job, dataset, device, place.world_size)
+    method = pretraining_model(job, dataset, device, place.world_size, len(train))
+    schedule = phase_schedule(cfg, method.phase_epochs(), steps_per_epoch)
     trainer = pretraining_trainer(job, method, device, schedule, run_dir)
     resumed = trainer.load() or {"epoch": 0, "batch": 0}
     start = (int(resumed["epoch"]), int(resumed.get("batch", 0)))
@@ -325,7 +394,7 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
         if decoder is not None:  # before backbone.pt, whose presence marks the weights done
             save_weights(run_dir / DECODER, decoder)
         save_weights(run_dir / BACKBONE, method.backbone_state_dict())
-    return pretrain_record(job, progress, start, type(method).transfers, train_seconds, device)
+    return pretrain_record(job, progress, start, method, train_seconds, device)
 
 
 def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume) -> None:
@@ -337,6 +406,8 @@ def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume) -> N
     loader = epoch_batches(train, cfg, job.seed, epoch, trainer.device, place)
     skip = resume["batch"] if resume else 0
     totals = EpochTotals(**resume["totals"]) if resume else EpochTotals()
+    if skip == 0 and epoch in phase_starts(method.phase_epochs())[1:]:
+        trainer.optimizer.state.clear()  # a new phase starts like a new run's optimiser
     if resume:
         reseed = seed_for(epoch_seed(job.seed, epoch, place.rank), skip)
         trainer.restore_rng(resume, reseed)
@@ -372,7 +443,8 @@ def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume) -> N
         trainer.preempted(f"after epoch {epoch + 1}")
 
 
-def pretrain_record(job, progress: PretrainLog, start, transfers: str, seconds, device) -> dict:
+def pretrain_record(job, progress: PretrainLog, start, method, seconds, device) -> dict:
+    transfers, resolved = type(method).transfers, method.resolved_settings()
     cfg = job.pretrain
     return {
         "status": "ok",
@@ -389,6 +461,7 @@ def pretrain_record(job, progress: PretrainLog, start, transfers: str, seconds, 
         "resumed_from_batch": start[1],
         "final_loss": progress.last_loss,
         "transfers": transfers,
+        "resolved_settings": resolved,
         "train_seconds": seconds,
         "images_per_second": progress.images_seen / seconds if progress.images_seen else None,
         "device": str(device),

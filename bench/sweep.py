@@ -145,16 +145,7 @@ def _method_jobs(
     fine-tuning per fraction; none, with a warning, for a method that cannot run here and
     that the user did not name."""
     preset, user = sweep.preset, sweep.user
-    method_params = build_section(
-        method_cls.Params, method, method_cls.preset_params.get(preset.name), user.get(method)
-    )
-    pretrain = build_section(
-        PretrainConfig,
-        "pretrain",
-        preset.values.get("pretrain"),
-        method_cls.preset_pretrain.get(preset.name),
-        user.get("pretrain"),
-    )
+    method_params, pretrain = method_sections(preset, user, method, method_cls)
     check_pretrained_head(method, method_cls, method_params, finetune)
     reason = method_cls.unavailable_reason(method_params, pretrain.backbone)
     if reason and sweep.methods_named:
@@ -181,6 +172,54 @@ def _method_jobs(
             for fraction in sweep.fractions
         ]
     return jobs
+
+
+def method_sections(preset: Preset, user: dict, method: str, method_cls: type):
+    """A method's own settings and its pretraining loop's under ``preset`` and the user's
+    ``--set`` values: defaults < preset < the method's values for that preset < the user's."""
+    params = build_section(
+        method_cls.Params, method, method_cls.preset_params.get(preset.name), user.get(method)
+    )
+    pretrain = build_section(
+        PretrainConfig,
+        "pretrain",
+        preset.values.get("pretrain"),
+        method_cls.preset_pretrain.get(preset.name),
+        user.get("pretrain"),
+    )
+    return params, pretrain
+
+
+UNUSED = "-"  # a setting the recipe does not use
+
+
+def preset_differences(spec: SweepSpec, other: str) -> dict[str, list[tuple[str, Any, Any]]]:
+    """Per method of ``spec``, the settings (``section.field``, value under ``spec.preset``,
+    value under ``other``) that differ between the two presets, the user's ``--set`` values
+    applied to both; :data:`UNUSED` stands for a setting that one recipe does not use (LARS's
+    trust with Adam), and settings neither uses are left out."""
+    sweep, theirs = check_spec(spec), get_preset(other)
+    differences = {}
+    for method, method_cls in sweep.methods.items():
+        if not method_cls.pretrains:
+            continue
+        pairs = zip(
+            method_sections(sweep.preset, sweep.user, method, method_cls),
+            method_sections(theirs, sweep.user, method, method_cls),
+            strict=True,
+        )
+        rows = []
+        for section, sections in zip((method, "pretrain"), pairs, strict=True):
+            unused = [s.unused_fields() for s in sections]
+            for f in fields(sections[0]):
+                shown = [
+                    UNUSED if f.name in u else getattr(s, f.name)
+                    for s, u in zip(sections, unused, strict=True)
+                ]
+                if shown[0] != shown[1]:
+                    rows.append((f"{section}.{f.name}", *shown))
+        differences[method] = rows
+    return differences
 
 
 def check_pretrained_head(method: str, method_cls: type, params, finetune: FinetuneConfig) -> None:
@@ -272,8 +311,9 @@ def _ready(spec: SweepSpec, results_dir, data_root, executor: str, profile):
 
 def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
     """Before anything runs: every dataset is prepared (else the error names the prepare
-    command), has the requested bands, every fraction labels at least one patch and every
-    pretraining batch fits in the training patches."""
+    command), has the requested bands, every fraction labels at least one patch, every
+    pretraining batch fits in the training patches and each method's settings fit them
+    (e.g. MoCo's queue)."""
     datasets: dict[tuple, Any] = {}
     for job in jobs:
         key = (job.dataset, job.dataset_params, job.data)
@@ -290,6 +330,8 @@ def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
                 f"pretrain.batch_size={job.pretrain.batch_size} exceeds the {train_size} "
                 f"training patches of {job.dataset}: not one full batch per epoch"
             )
+        else:
+            METHODS.get(job.method).check_data(job.method_params, job.pretrain, train_size)
 
 
 def check_tiles(job: FinetuneJob, dataset) -> None:

@@ -18,7 +18,8 @@ def make(name: str, in_channels: int = 3) -> PretrainingMethod:
     cls = METHODS.get(name)
     params = build_section(cls.Params, name, cls.preset_params.get("quick"))
     torch.manual_seed(0)
-    return cls(params, TINY, in_channels, [0.5] * in_channels, [0.25] * in_channels)
+    # the harness always says how many pretraining images there are (MoCo sizes its queue)
+    return cls(params, TINY, in_channels, [0.5] * in_channels, [0.25] * in_channels, 1024)
 
 
 @pytest.mark.parametrize("name", PRETRAINING)
@@ -44,10 +45,18 @@ def test_few_steps_lower_the_loss_on_a_fixed_batch(name):
     optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
     images = torch.rand(8, 3, 40, 40, generator=torch.Generator().manual_seed(1))
 
+    # the same loss function before and after: buffers such as MoCo's queue of negatives
+    # (which would hold these 8 images' own keys after the steps) as at the start
+    initial_buffers = {k: v.clone() for k, v in method.named_buffers()}
+
     def loss_at_fixed_views():
         torch.manual_seed(123)  # same augmentations (and batch statistics) each time
+        trained = {k: v.clone() for k, v in method.named_buffers()}
+        method.load_state_dict(initial_buffers, strict=False)
         with torch.no_grad():
-            return method.training_step(images, StepContext(0, 10, 0))[0].item()
+            loss = method.training_step(images, StepContext(0, 10, 0))[0].item()
+        method.load_state_dict(trained, strict=False)
+        return loss
 
     before = loss_at_fixed_views()
     for step in range(15):

@@ -61,6 +61,11 @@ class Method:
         return None
 
     @classmethod
+    def check_data(cls, params: Any, config: PretrainConfig, train_size: int) -> None:
+        """Refuse (:class:`bench.config.ConfigError`, with the numbers) settings that do not
+        fit ``train_size`` pretraining images; checked before a sweep starts."""
+
+    @classmethod
     def unavailable_reason(cls, params: Any, backbone: str) -> str | None:
         """Why this method cannot run on this machine (e.g. a missing weights file), or None.
 
@@ -80,11 +85,13 @@ class PretrainingMethod(Method, nn.Module):
         in_channels: int,
         band_mean: list[float],
         band_std: list[float],
+        train_size: int | None = None,
     ) -> None:
         nn.Module.__init__(self)
         self.params = params
         self.config = config
         self.in_channels = in_channels
+        self.train_size = train_size  # pretraining images, for settings sized from the data
         self.backbone = build_backbone(config.backbone, in_channels)
         self.register_buffer("band_mean", torch.tensor(band_mean).view(1, -1, 1, 1))
         self.register_buffer("band_std", torch.tensor(band_std).view(1, -1, 1, 1))
@@ -109,6 +116,16 @@ class PretrainingMethod(Method, nn.Module):
 
     def after_optimizer_step(self, ctx: StepContext) -> None:
         """Hook after each optimiser step (EMA updates, queues)."""
+
+    def phase_epochs(self) -> tuple[int, ...]:
+        """The run's phases, in epochs (summing to ``pretrain.epochs``): each phase runs the
+        whole LR schedule over its own steps and starts with a fresh optimiser state, as
+        separate runs that hand over their weights would. One phase by default."""
+        return (self.config.epochs,)
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """Settings this run derived from the data (e.g. MoCo's queue size), for its record."""
+        return {}
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """Backbone weights in smp/torchvision ResNet key naming, on CPU."""
@@ -145,10 +162,12 @@ def create_method(
     in_channels: int = 3,
     band_mean: list[float] | None = None,
     band_std: list[float] | None = None,
+    train_size: int | None = None,
 ) -> PretrainingMethod:
     """The registered pretraining method ``name``, ready to train (the ``timm.create_model``
     habit): unset arguments (None) take their defaults; band statistics default to 0 / 1
-    (images used as they are)."""
+    (images used as they are); ``train_size``, the number of pretraining images, sizes
+    settings that follow the data."""
     cls = METHODS.get(name)
     if not cls.pretrains:
         raise ValueError(f"{name} is a baseline: it has nothing to pretrain")
@@ -158,4 +177,5 @@ def create_method(
         in_channels,
         band_mean if band_mean is not None else [0.0] * in_channels,
         band_std if band_std is not None else [1.0] * in_channels,
+        train_size,
     )

@@ -40,6 +40,9 @@ class BYOLParams(Settings):
     # Views (Grill et al., table 6): crop 0.08-1, ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8,
     # grayscale 0.2, blur p 1.0 / 0.1, solarize p 0 / 0.2.
     crop_scale: tuple[float, float] = setting((0.08, 1.0), gt=0, le=1, ordered=True)
+    jitter: tuple[float, float, float, float] = setting(
+        (0.4, 0.4, 0.2, 0.1), ge=0, le=1, identity="if_set"
+    )
     blur_probs: tuple[float, float] = setting((1.0, 0.1), ge=0, le=1)  # view 1, view 2
     solarize_probs: tuple[float, float] = setting((0.0, 0.2), ge=0, le=1)
 
@@ -54,14 +57,25 @@ class BYOL(PretrainingMethod):
     # The loss has no negatives, so it stays a mean over each process's images; targets
     # stay identical everywhere because every process applies the same averaged update.
     sync_batchnorm = True
-    preset_params = {"quick": {"crop_scale": (0.2, 1.0)}}
-    # LARS, LR 0.2 x batch/256, wd 1.5e-6, 10 warm-up epochs of 300, cosine (sec. 3.3).
+    # common: the shared views' jitter (SimCLR's); the blur/solarize asymmetry is BYOL's own
+    preset_params = {
+        "quick": {"crop_scale": (0.2, 1.0)},
+        "common": {"jitter": (0.8, 0.8, 0.8, 0.2)},
+    }
+    # LARS, LR 0.2 x batch/256, wd 1.5e-6, 10 warm-up epochs of 300, cosine per step to 0;
+    # biases and BN excluded from LARS adaptation and weight decay (Grill et al., sec. 3.3
+    # and appendix C).
     preset_pretrain = {
         "paper": {
             "optimizer": "lars",
+            "lars_adapt": "decayed",
             "lr": 0.2,
+            "lr_scaling": "linear",
             "weight_decay": 1.5e-6,
+            "decay_norm": False,
+            "decay_bias": False,
             "epochs": 300,
+            "schedule": "warmup_cosine",
             "warmup_fraction": 10 / 300,
             "warmup_start_factor": 0.0,
             "final_lr_factor": 0.0,
@@ -80,7 +94,7 @@ class BYOL(PretrainingMethod):
                 ViewRecipe(
                     size=self.config.view_size,
                     crop_scale=params.crop_scale,
-                    jitter=(0.4, 0.4, 0.2, 0.1),
+                    jitter=params.jitter,
                     jitter_prob=0.8,
                     grayscale_prob=0.2,
                     blur_prob=blur,

@@ -60,8 +60,9 @@ class GLCNetParams(Settings):
     global_weight: float = setting(0.5, ge=0, le=1)
     # tau of both contrastive losses (release: NTXentLoss(..., 0.5))
     temperature: float = setting(0.5, gt=0)
-    # GLCNet's loss as the paper writes it: -log(e^pos / sum_neg e^neg). The released
-    # NTXentLoss keeps the positive in the denominator (its mask is 1 - I); true reproduces it.
+    # GLCNet's loss: -log(e^pos / sum_neg e^neg), as the paper writes it and the release
+    # computes it (utils/contrast_loss.py:89-93, its negative mask 1 - I - partner from
+    # _get_correlated_mask); true gives SimCLR's NT-Xent instead.
     positive_in_denominator: bool = False
     global_hidden_dim: int = setting(256, ge=1)  # style projector 512 -> 256 -> 64 (proj)
     global_dim: int = setting(64, ge=1)
@@ -144,19 +145,23 @@ class GLCNet(PretrainingMethod):
     transfers = "all"
     # quick/cpu views are 48 px: 12 px regions, about the paper's region/view ratio (48/224).
     preset_params = {"quick": {"region_size": 12}, "cpu": {"region_size": 12}}
-    # Adam 1e-3, betas (0.9, 0.99), wd 1e-5, cosine to 4e-8, batch 256, 224 px, 400 epochs
-    # (release main_ss.py). The loop's Adam keeps torch's betas (0.9, 0.999) and no decay
-    # on BN/bias parameters; its cosine is per step, the release's per epoch.
+    # The release (T-SS-GLCNet/main_ss.py): Adam(model.parameters(), lr 1e-3, weight_decay
+    # 1e-5, betas (0.9, 0.99)) (lines 191-192, weight decay on every parameter), torch's
+    # CosineAnnealingLR(T_max=400, eta_min=4e-8) stepped after each epoch (212, 225), batch
+    # 256 (69), 400 epochs (71), 224 px crops, float32 (amp_opt_level O0, 87).
     preset_pretrain = {
         "paper": {
             "optimizer": "adam",
             "lr": 1e-3,
             "lr_scaling": "none",  # a fixed Adam LR in the release
+            "betas": (0.9, 0.99),
             "weight_decay": 1e-5,
+            "decay_norm": True,
+            "decay_bias": True,
+            "schedule": "epoch_cosine",
             "epochs": 400,
             "batch_size": 256,
             "view_size": 224,
-            "warmup_fraction": 0.0,
             "final_lr_factor": 4e-8 / 1e-3,
         }
     }

@@ -4,17 +4,26 @@ for Remote Sensing Image Semantic Segmentation", IEEE TGRS 2023).
 Two stages in one run, on SimCLR's template (views, projector, NT-Xent, optimiser):
 
 1. ID warm-up: plain SimCLR instance discrimination for ``warmup_epochs`` epochs. The
-   release does not fix the length; the default here is one third of the epochs.
+   release has no warm-up stage: its step (vissl/trainer/train_steps/GraSS_train_step.py)
+   crops from the first step, starting from whatever weights it is given -- a SimCLR run's.
+   ``restart_after_warmup`` makes the two stages two runs in one: the GS stage starts with a
+   fresh optimiser state and the whole LR schedule again (:meth:`phase_epochs`).
 2. GS training, every step: forward the ``2N`` views keeping the backbone's last-stage map
-   ``A`` (``[2N, C, h, w]``, the encoder's last feature); compute NT-Xent and its gradient
-   with respect to ``A`` only (``torch.autograd.grad``: no weight gradient, no optimiser
-   step); Grad-CAM ``H = mean_c(mean_hw(dL/dA) * A)`` (no ReLU, as in the release); per
-   view, upsample ``H`` bilinearly to the view size, keep pixels above
-   ``min + r (max - min)`` (``r = control_ratio``), label 8-connected regions, take the one
-   holding the peak and crop the view to its bounding box, resized back to the view size
-   (a view without such a region stays unchanged); then NT-Xent on the cropped views is the
-   step's loss. The release normalises ``H`` by its maximum first; the threshold rule is
-   invariant to that positive scaling, so it is not repeated here.
+   ``A`` (``[2N, C, h, w]``); compute NT-Xent and its gradient with respect to ``A`` only
+   (``torch.autograd.grad``; the release's ``loss.backward()`` also fills weight gradients,
+   which its ``zero_grad`` then discards); Grad-CAM ``H = mean_c(mean_hw(dL/dA) * A)`` (no
+   ReLU, as released); per view, the crop box of :func:`region_boxes`; then NT-Xent on the
+   cropped views is the step's loss.
+
+The crop as released (``getHeadMapCut`` and ``DACrop``, lines 87-158): ``H`` divided by its
+maximum (``divide_by_max``; a negative maximum flips the map's order), resized to the view
+(cv2 bilinear, here ``F.interpolate`` with the same half-pixel centres), thresholded at
+``min + r (max - min)``, 8-connected regions labelled, and the region chosen whose
+*bounding box* holds the largest value, later regions winning ties (``region="bbox_max"``);
+the view is cropped to that box and resized back with ``mode="nearest"``
+(``crop_resize``); a view without a region (a constant map) stays unchanged. The options
+``region="peak"`` (the region that holds the map's peak) and ``crop_resize="bilinear"``
+are this harness's earlier reading of the paper.
 
 BN statistics update in both forwards of a GS step, as in the release. The per-view region
 labelling (scipy.ndimage) is the only part that loops on the CPU.
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,6 +41,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from bench import distributed
+from bench.augment import crop_and_resize
 from bench.config import setting
 from bench.losses import nt_xent
 from bench.methods.base import StepContext, register_method
@@ -44,8 +55,15 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 class GraSSParams(SimCLRParams):
     # ID warm-up length; None = one third of pretrain.epochs (the release leaves it open).
     warmup_epochs: int | None = setting(None, ge=0)
-    # r, region threshold min + r (max - min) (GraSS sec. III-B)
+    # the GS stage as a second run: fresh optimiser state and the LR schedule again
+    restart_after_warmup: bool = setting(False, identity="if_set")
+    # r, region threshold min + r (max - min) (GraSS sec. III-B; release control_ratio 0.5)
     control_ratio: float = setting(0.5, ge=0, lt=1)
+    # which region: the one whose bounding box holds the largest value (release) or the one
+    # holding the peak; the map divided by its maximum first (release); crop resize mode
+    region: Literal["peak", "bbox_max"] = setting("peak", identity="if_set")
+    divide_by_max: bool = setting(False, identity="if_set")
+    crop_resize: Literal["bilinear", "nearest"] = setting("bilinear", identity="if_set")
 
 
 def grad_cam(features: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -54,48 +72,41 @@ def grad_cam(features: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     return (weights * at_least_float32(features)).mean(dim=1)
 
 
-def peak_region_boxes(cam: torch.Tensor, size: int, ratio: float) -> torch.Tensor:
-    """Per map, the bounding box ``(x0, y0, x1, y1)`` (pixel edges, end exclusive) of the
-    8-connected region above ``min + ratio (max - min)`` that holds the peak, after bilinear
-    upsampling to ``size``; the whole view when there is none (e.g. a flat map)."""
-    up = F.interpolate(
-        at_least_float32(cam[:, None]), size=(size, size), mode="bilinear", align_corners=False
-    )[:, 0]
-    low, high = up.amin(dim=(1, 2)), up.amax(dim=(1, 2))
-    above = (up > (low + ratio * (high - low))[:, None, None]).cpu().numpy()
-    peaks = up.flatten(1).argmax(dim=1).cpu().numpy()
-    boxes = np.tile(np.array([0, 0, size, size], dtype=np.float32), (len(above), 1))
-    for index, mask in enumerate(above):
-        labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
-        label = labels.flat[peaks[index]]
-        if label == 0:  # nothing above the threshold (flat map)
-            continue
-        rows, cols = ndimage.find_objects((labels == label).astype(np.int32))[0]
-        boxes[index] = (cols.start, rows.start, cols.stop, rows.stop)
+def peak_region_boxes(cam: torch.Tensor, size: int, ratio: float, **rule) -> torch.Tensor:
+    """Per map, the crop box ``(x0, y0, x1, y1)`` (pixel edges, end exclusive) of
+    :func:`region_boxes` after bilinear upsampling to ``size``; the whole view when there is
+    no region (a constant map). ``rule``: ``region`` ("peak" by default) and
+    ``divide_by_max`` (False) of :class:`GraSSParams`."""
+    cam = at_least_float32(cam)
+    flat = cam.flatten(1)
+    constant = (flat.amax(dim=1) == flat.amin(dim=1)).cpu().numpy()
+    if rule.get("divide_by_max", False):
+        peak = flat.amax(dim=1)
+        constant |= (peak == 0).cpu().numpy()  # the release would divide by zero
+        cam = cam / torch.where(peak == 0, 1.0, peak)[:, None, None]
+    up = F.interpolate(cam[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    up = up[:, 0].cpu().numpy()
+    boxes = np.tile(np.array([0, 0, size, size], dtype=np.float32), (len(up), 1))
+    for index, heat in enumerate(up):
+        if not constant[index]:
+            boxes[index] = region_box(heat, ratio, rule.get("region", "peak"), boxes[index])
     return torch.from_numpy(boxes).to(cam.device)
 
 
-def crop_and_resize(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Each image cropped to its box and resized back to its own size, in one batched
-    ``grid_sample``: the same values as ``F.interpolate(crop, mode="bilinear",
-    align_corners=False)`` on each crop (sample points clamped to the crop, not the image)."""
-    batch, _, height, width = images.shape
-
-    def source(start: torch.Tensor, stop: torch.Tensor, full: int) -> torch.Tensor:
-        steps = torch.arange(full, device=images.device, dtype=torch.float32) + 0.5
-        extent = (stop - start)[:, None]
-        inside = (steps[None, :] * extent / full - 0.5).clamp(min=0.0)
-        inside = torch.minimum(inside, extent - 1)
-        return (start[:, None] + inside) / (full - 1) * 2 - 1  # align_corners=True coordinates
-
-    boxes = boxes.float()
-    xs = source(boxes[:, 0], boxes[:, 2], width)  # [B, W]
-    ys = source(boxes[:, 1], boxes[:, 3], height)  # [B, H]
-    grid = torch.stack(
-        [xs[:, None, :].expand(batch, height, width), ys[:, :, None].expand(batch, height, width)],
-        dim=-1,
-    )
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", align_corners=True)
+def region_box(heat: np.ndarray, ratio: float, region: str, whole: np.ndarray) -> np.ndarray:
+    """The box of the chosen 8-connected region of ``heat > min + ratio (max - min)``."""
+    low, high = heat.min(), heat.max()
+    labels, count = ndimage.label(heat > low + ratio * (high - low), structure=EIGHT_CONNECTED)
+    if count == 0:
+        return whole
+    objects = ndimage.find_objects(labels)  # bounding boxes, in label (raster) order
+    if region == "peak":
+        chosen = objects[labels.flat[int(np.argmax(heat))] - 1]
+    else:  # the last region whose bounding box holds the largest value (DACrop, >=)
+        values = [heat[box].max() for box in objects]
+        chosen = objects[len(values) - 1 - int(np.argmax(values[::-1]))]
+    rows, cols = chosen
+    return np.array([cols.start, rows.start, cols.stop, rows.stop], dtype=np.float32)
 
 
 @register_method("grass")
@@ -104,12 +115,32 @@ class GraSS(SimCLR):
 
     Params = GraSSParams
     summary = "GraSS: SimCLR warm-up, then gradient-guided crops of the views (Zhang 2023)"
-    # 350 epochs in the paper's recipe (METHODS.md); the rest is the VISSL SimCLR template.
-    preset_pretrain = {"paper": {"epochs": 350}}
+    # Release: the VISSL SimCLR recipe of the paper preset for 350 epochs of GS training
+    # (grass_1gpu_resnet_b256.yaml num_epochs), after an ID warm-up run of SimCLR's 200 (a
+    # choice: the release does not give its length), as two runs; the crop as released.
+    preset_pretrain = {"paper": {"epochs": 200 + 350}}
+    preset_params = {
+        "quick": {"crop_scale": (0.2, 1.0)},
+        "paper": {
+            "projector_relu": False,
+            "warmup_epochs": 200,
+            "restart_after_warmup": True,
+            "region": "bbox_max",
+            "divide_by_max": True,
+            "crop_resize": "nearest",
+        },
+    }
 
     def warmup_epochs(self) -> int:
         given = self.params.warmup_epochs
         return self.config.epochs // 3 if given is None else given
+
+    def phase_epochs(self) -> tuple[int, ...]:
+        """With ``restart_after_warmup``, the ID warm-up and the GS training as two phases."""
+        warmup, epochs = self.warmup_epochs(), self.config.epochs
+        if self.params.restart_after_warmup and 0 < warmup < epochs:
+            return (warmup, epochs - warmup)
+        return (epochs,)
 
     def training_step(self, images: torch.Tensor, ctx: StepContext):
         if ctx.epoch < self.warmup_epochs():
@@ -123,11 +154,16 @@ class GraSS(SimCLR):
         # a positive factor that the threshold rule below ignores
         (gradient,) = torch.autograd.grad(nt_xent(z, temperature), feature_map)
         search_start = time.perf_counter()
+        p = self.params
         boxes = peak_region_boxes(
-            grad_cam(feature_map.detach(), gradient), views.shape[-1], self.params.control_ratio
+            grad_cam(feature_map.detach(), gradient),
+            views.shape[-1],
+            p.control_ratio,
+            region=p.region,
+            divide_by_max=p.divide_by_max,
         )
         search_seconds = time.perf_counter() - search_start
-        cropped = crop_and_resize(views, boxes)
+        cropped = crop_and_resize(views, boxes, p.crop_resize)
         z = self.projector(self.embed(self.normalize(cropped)))
         loss = nt_xent(distributed.gather_views(z), temperature)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / views.shape[-1] ** 2

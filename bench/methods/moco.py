@@ -16,6 +16,7 @@ single process has one BN batch for queries and one for keys and needs no shuffl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from bench import distributed
 from bench.augment import ViewAugmentation, ViewRecipe
-from bench.config import Settings, setting
+from bench.config import ConfigError, Settings, setting
 from bench.methods.base import PretrainingMethod, StepContext, register_method
 from bench.methods.ema import ema_update, frozen_copy
 from bench.models import BACKBONE_WIDTH, mlp_projector
@@ -34,13 +35,18 @@ from bench.precision import at_least_float32
 class MoCoParams(Settings):
     temperature: float = setting(0.2, gt=0)  # MoCo v2 (Chen et al. 2020, sec. 3); G-RSIM 0.07
     momentum: float = setting(0.999, ge=0, lt=1)  # key-encoder EMA m (He et al. 2020, 3.2)
-    queue_size: int = setting(65536, ge=1)  # K negatives (He et al. 2020); 2,048 in G-RSIM
+    # K negatives; None = sized from the pretraining images (moco_queue_size): He et al.
+    # 2020 use 65,536 of ImageNet's 1.28 M images, G-RSIM 2,048 of Potsdam's 13,824
+    queue_size: int | None = setting(None, ge=1)
     # MLP head w -> w -> 128 (MoCo v2); 0 = backbone width w
     projector_hidden_dim: int = setting(0, ge=0)
     projector_dim: int = setting(128, ge=1)
     # MoCo v2 augmentation: crop 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2,
     # blur p 0.5, h-flip.
     crop_scale: tuple[float, float] = setting((0.2, 1.0), gt=0, le=1, ordered=True)
+    jitter: tuple[float, float, float, float] = setting(
+        (0.4, 0.4, 0.4, 0.1), ge=0, le=1, identity="if_set"
+    )
     jitter_prob: float = setting(0.8, ge=0, le=1)
     grayscale_prob: float = setting(0.2, ge=0, le=1)
     blur_prob: float = setting(0.5, ge=0, le=1)
@@ -52,33 +58,41 @@ class MoCo(PretrainingMethod):
 
     Params = MoCoParams
     summary = "MoCo v2: momentum key encoder and a queue of negatives (He/Chen et al. 2020)"
-    preset_params = {"quick": {"queue_size": 1024}, "cpu": {"queue_size": 4096}}
-    # SGD, LR 0.03 x batch/256, wd 1e-4, cosine, no warm-up, 200 epochs (MoCo v2).
+    # MoCo v2 as released (facebookresearch/moco main_moco.py): SGD(model.parameters(), LR
+    # 0.03 x batch/256, momentum 0.9, weight decay 1e-4 on every parameter), cosine per
+    # epoch to 0 (adjust_learning_rate with --cos), 200 epochs, float32.
     preset_pretrain = {
         "paper": {
             "optimizer": "sgd",
             "lr": 0.03,
+            "lr_scaling": "linear",
             "weight_decay": 1e-4,
+            "decay_norm": True,
+            "decay_bias": True,
             "momentum": 0.9,
-            "warmup_fraction": 0.0,
+            "schedule": "epoch_cosine",
             "final_lr_factor": 0.0,
         }
     }
+    # common: the shared views (SimCLR's crop and jitter)
+    preset_params = {"common": {"crop_scale": (0.08, 1.0), "jitter": (0.8, 0.8, 0.8, 0.2)}}
+
+    @classmethod
+    def check_data(cls, params: MoCoParams, config, train_size: int) -> None:
+        moco_queue_size(params.queue_size, config.batch_size, train_size)
 
     def __init__(self, params: MoCoParams, *args, **kwargs) -> None:
         super().__init__(params, *args, **kwargs)
-        if params.queue_size <= self.config.batch_size:
-            raise ValueError(
-                f"moco.queue_size ({params.queue_size}) must exceed pretrain.batch_size "
-                f"({self.config.batch_size})"
-            )
+        self.queue_size = moco_queue_size(
+            params.queue_size, self.config.batch_size, self.train_size
+        )
         width = BACKBONE_WIDTH[self.config.backbone]
         self.projector = mlp_projector(
             width, params.projector_hidden_dim or width, params.projector_dim
         )
         self.key_backbone = frozen_copy(self.backbone)
         self.key_projector = frozen_copy(self.projector)
-        queue = F.normalize(torch.randn(params.queue_size, params.projector_dim), dim=1)
+        queue = F.normalize(torch.randn(self.queue_size, params.projector_dim), dim=1)
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending_keys: torch.Tensor | None = None
@@ -86,12 +100,15 @@ class MoCo(PretrainingMethod):
             ViewRecipe(
                 size=self.config.view_size,
                 crop_scale=params.crop_scale,
-                jitter=(0.4, 0.4, 0.4, 0.1),
+                jitter=params.jitter,
                 jitter_prob=params.jitter_prob,
                 grayscale_prob=params.grayscale_prob,
                 blur_prob=params.blur_prob,
             )
         )
+
+    def resolved_settings(self) -> dict:
+        return {"queue_size": self.queue_size}
 
     def training_step(self, images: torch.Tensor, ctx: StepContext):
         query_views = self.normalize(self.views(images))
@@ -141,6 +158,40 @@ class MoCo(PretrainingMethod):
         positions = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue[positions] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+
+
+# The rule for the queue: the largest power of two within this share of the pretraining images
+# (G-RSIM: 2,048 for Potsdam's 13,824, T-SS-GLCNet/models/__init__.py:53), at most MoCo's
+# 65,536 (He et al. 2020, for ImageNet's 1.28 M).
+QUEUE_SHARE = 0.15
+QUEUE_CAP = 65536
+
+
+def moco_queue_size(given: int | None, batch_size: int, train_size: int | None) -> int:
+    """The queue size ``given``, or the rule's for ``train_size`` images; a queue not smaller
+    than the pretraining set (each query would meet its own image's earlier keys among its
+    negatives) or not larger than the batch is refused with the numbers."""
+    if given is None:
+        if train_size is None:
+            raise ValueError("moco.queue_size=None sizes the queue from the pretraining images")
+        rule = min(QUEUE_CAP, 2 ** int(math.floor(math.log2(max(QUEUE_SHARE * train_size, 1)))))
+        if rule <= batch_size:
+            raise ConfigError(
+                f"moco: the queue sized from the {train_size} pretraining images ({rule}, the "
+                f"largest power of two within {QUEUE_SHARE:.0%}) is not larger than "
+                f"pretrain.batch_size={batch_size}; set moco.queue_size between "
+                f"{batch_size + 1} and {train_size - 1}, or a smaller batch"
+            )
+        return rule
+    if given <= batch_size:
+        raise ConfigError(f"moco.queue_size={given} must exceed pretrain.batch_size={batch_size}")
+    if train_size is not None and given >= train_size:
+        raise ConfigError(
+            f"moco.queue_size={given} is not smaller than the {train_size} pretraining images: "
+            f"each query would meet its own image's earlier keys among its negatives; use "
+            f"moco.queue_size=none (the rule: about {QUEUE_SHARE:.0%} of them) or fewer"
+        )
+    return given
 
 
 def shuffle_order(size: int, step: int, device: torch.device) -> torch.Tensor:
