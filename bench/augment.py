@@ -42,7 +42,7 @@ class ViewAugmentation(nn.Module):
 
     def __init__(self, recipe: ViewRecipe) -> None:
         super().__init__()
-        r = recipe
+        self.recipe = r = recipe
         self.geometric = K.AugmentationSequential(
             K.RandomResizedCrop((r.size, r.size), scale=r.crop_scale),
             K.RandomHorizontalFlip(p=r.hflip_prob),

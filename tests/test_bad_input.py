@@ -83,6 +83,10 @@ CASES = [
     (["run", "--set", "pretrain.epochs"], "expected section.field=value"),
     # checked against the data before the first job
     (["run", "--set", "pretrain.batch_size=4096"], "exceeds the 1024 training patches"),
+    (
+        ["run", "--methods", "moco", "--set", "moco.queue_size=4096"],
+        "is not smaller than the 1024 pretraining images",
+    ),
     (["run", "--datasets", "potsdam"], "dataset potsdam is not prepared"),
     # the table of `run`, before the sweep
     (["run", "--metric", "accuracy"], "unknown metric 'accuracy'; valid metrics: miou, kappa"),

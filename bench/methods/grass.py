@@ -12,8 +12,8 @@ Two stages in one run, on SimCLR's template (views, projector, NT-Xent, optimise
    ``A`` (``[2N, C, h, w]``); compute NT-Xent and its gradient with respect to ``A`` only
    (``torch.autograd.grad``; the release's ``loss.backward()`` also fills weight gradients,
    which its ``zero_grad`` then discards); Grad-CAM ``H = mean_c(mean_hw(dL/dA) * A)`` (no
-   ReLU, as released); per view, the crop box of :func:`region_boxes`; then NT-Xent on the
-   cropped views is the step's loss.
+   ReLU, as released); per view, the crop box of :func:`peak_region_boxes`; then NT-Xent on
+   the cropped views is the step's loss.
 
 The crop as released (``getHeadMapCut`` and ``DACrop``, lines 87-158): ``H`` divided by its
 maximum (``divide_by_max``; a negative maximum flips the map's order), resized to the view
@@ -21,7 +21,10 @@ maximum (``divide_by_max``; a negative maximum flips the map's order), resized t
 ``min + r (max - min)``, 8-connected regions labelled, and the region chosen whose
 *bounding box* holds the largest value, later regions winning ties (``region="bbox_max"``);
 the view is cropped to that box and resized back with ``mode="nearest"``
-(``crop_resize``); a view without a region (a constant map) stays unchanged. The options
+(``crop_resize``); a view without a region (a constant map) stays unchanged. A map that is
+constant up to float rounding (equal values whose channel mean differs by an ulp between
+pixels) is treated as constant here; the release would crop it to the pixels that rounded
+up. The options
 ``region="peak"`` (the region that holds the map's peak) and ``crop_resize="bilinear"``
 are this harness's earlier reading of the paper.
 
@@ -74,12 +77,15 @@ def grad_cam(features: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
 
 def peak_region_boxes(cam: torch.Tensor, size: int, ratio: float, **rule) -> torch.Tensor:
     """Per map, the crop box ``(x0, y0, x1, y1)`` (pixel edges, end exclusive) of
-    :func:`region_boxes` after bilinear upsampling to ``size``; the whole view when there is
-    no region (a constant map). ``rule``: ``region`` ("peak" by default) and
+    :func:`region_box` after bilinear upsampling to ``size``; the whole view when there is
+    no region (a map constant up to rounding). ``rule``: ``region`` ("peak" by default) and
     ``divide_by_max`` (False) of :class:`GraSSParams`."""
     cam = at_least_float32(cam)
     flat = cam.flatten(1)
-    constant = (flat.amax(dim=1) == flat.amin(dim=1)).cpu().numpy()
+    high, low = flat.amax(dim=1), flat.amin(dim=1)
+    # constant up to rounding (a channel mean of equal values differs by an ulp between
+    # pixels): no region, as for an exactly constant map in the release
+    constant = (high - low <= 1e-5 * torch.maximum(high.abs(), low.abs())).cpu().numpy()
     if rule.get("divide_by_max", False):
         peak = flat.amax(dim=1)
         constant |= (peak == 0).cpu().numpy()  # the release would divide by zero

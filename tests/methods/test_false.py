@@ -171,3 +171,17 @@ def test_step_logs_and_per_anchor_option():
     assert -1.0 <= logs["fnsd_cos"] <= 1.0
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in method.parameters() if p.grad is not None)
+
+
+def test_float32_embeddings_under_autocast():
+    """``embeddings="float32"`` runs the projector outside autocast, so FNSD compares float32
+    embeddings (as the release, which trains in float32); "autocast" leaves them in bf16."""
+    torch.manual_seed(0)
+    method = FALSE(
+        FALSEParams(crop_scale=(0.5, 1.0)), PretrainConfig(batch_size=4, view_size=32), 3,
+        [0.5] * 3, [0.25] * 3,
+    )  # fmt: skip
+    images = torch.rand(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert method.two_view_embeddings(images).dtype == torch.bfloat16
+        assert method.two_view_embeddings(images, float32_head=True).dtype == torch.float32

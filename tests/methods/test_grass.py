@@ -120,3 +120,28 @@ def test_gs_step_leaves_weights_alone_until_the_one_optimiser_update():
     optimizer.step()
     changed = [k for k, v in method.named_parameters() if not torch.equal(before[k], v)]
     assert changed and all(k.startswith(("backbone.", "projector.")) for k in changed)
+
+
+def test_restart_after_warmup_runs_the_gs_stage_as_a_second_run(tmp_path, tiny_overrides):
+    """Two phases: the schedule starts again and the optimiser state is fresh at the GS
+    stage, as the release's GS run starting from a finished SimCLR run's weights."""
+    from bench import checkpoint
+    from bench.jobs import execute
+    from bench.store import CHECKPOINT
+    from bench.sweep import SweepSpec, plan
+
+    def adam_steps_after_two_epochs(restart: bool) -> set[int]:
+        overrides = (*tiny_overrides, "pretrain.epochs=3", "grass.warmup_epochs=1",
+                     f"grass.restart_after_warmup={restart}")  # fmt: skip
+        spec = SweepSpec(methods=("grass",), fractions=(0.1,), seeds=(0,), overrides=overrides)
+        job = next(j for j in plan(spec) if j.kind == "pretrain")
+        results = tmp_path / str(restart)
+        assert execute(job, results, tmp_path / "data")["status"] == "ok"
+        # the last checkpoint is the one written after the second of three epochs
+        state = checkpoint.load(results / job.job_id / CHECKPOINT, job.job_id)
+        assert state["epoch"] == 2
+        return {int(s["step"]) for s in state["optimizer"]["state"].values()}
+
+    per_epoch = 48 // 16  # TINY: 48 training patches, batch 16
+    assert adam_steps_after_two_epochs(False) == {2 * per_epoch}
+    assert adam_steps_after_two_epochs(True) == {per_epoch}  # reset at the second phase
