@@ -43,3 +43,20 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
 def test_python_dash_m_entry_point():
     done = subprocess.run([sys.executable, "-m", "bench", "list"], capture_output=True, text=True)
     assert done.returncode == 0 and "methods:" in done.stdout
+
+
+def test_plan_of_the_paper_and_common_presets_shows_what_differs(tmp_path, capsys):
+    args = ["plan", "--methods", "simclr,moco,random", "--results", str(tmp_path)]
+    assert main([*args, "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    section = out[out.index("settings where the paper preset differs from the common") :]
+    simclr = section[section.index("  simclr:") : section.index("  moco:")]
+    assert "pretrain.optimizer" in simclr and "lars" in simclr and "(common: adam)" in simclr
+    assert "simclr.projector_relu" in simclr and "(common: True)" in simclr
+    moco = section[section.index("  moco:") :]
+    assert "pretrain.momentum" in moco and "(common: -)" in moco  # SGD's, unused by Adam
+    assert "random" not in section  # nothing to pretrain, nothing to compare
+    assert main([*args, "--preset", "common"]) == 0
+    assert "(paper: lars)" in capsys.readouterr().out
+    assert main([*args]) == 0  # quick: compared with nothing
+    assert "settings where" not in capsys.readouterr().out
