@@ -78,6 +78,13 @@ class Method:
 class PretrainingMethod(Method, nn.Module):
     """A self-supervised method: subclasses build heads in ``__init__`` and define a step."""
 
+    # Sub-modules (attribute paths, e.g. "key_backbone") that must get no gradient: momentum
+    # (EMA) copies and target networks, which the method updates itself, outside the
+    # optimiser (bench.methods.ema.frozen_copy). `bench check-method` checks that their
+    # parameters have requires_grad=False and no gradient after a step, and that every other
+    # parameter is trainable and gets one.
+    frozen_modules: ClassVar[tuple[str, ...]] = ()
+
     def __init__(
         self,
         params: Any,
@@ -151,7 +158,7 @@ class BaselineMethod(Method):
         raise NotImplementedError
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", plugins=True)
 register_method = METHODS.register
 
 
