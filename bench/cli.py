@@ -324,7 +324,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _from_plugin(registry, name: str) -> str:
     plugin = registry.plugin(name)
-    return f" [plugin {plugin}]" if plugin else ""
+    return f" [plugin: {plugin}]" if plugin else ""
 
 
 def _print_contracts(contracts) -> int:

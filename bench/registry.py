@@ -90,10 +90,11 @@ class Registry(Generic[T]):
         return module
 
     def plugin(self, name: str) -> str | None:
-        """The plugin that registered ``name`` (as :mod:`bench.plugins` names it), or None."""
+        """The module of the plugin that registered ``name`` (:mod:`bench.plugins`), or
+        None when no plugin did."""
         self.get(name)
         label, module = self._origins[name]
-        return label if label != module else None
+        return module if label != module else None
 
     def get(self, name: str) -> T:
         self._load_plugins()
