@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+import torch
 
 from bench.config import ConfigError
 
@@ -92,3 +95,16 @@ def run_contracts(
     """Each named contract's outcome, in order, as it completes."""
     for name in names:
         yield guarded(name, checks[name])
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """torch on one CPU thread while active: the checks' tiny tensors gain nothing from
+    intra-op threads, and on a busy machine lose much to them (on 2 shared cores a check
+    ran 6x slower with two threads than with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

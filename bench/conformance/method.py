@@ -31,6 +31,7 @@ from bench.conformance.contracts import (
     Contract,
     Shared,
     failed,
+    one_cpu_thread,
     passed,
     run_contracts,
     selected,
@@ -54,10 +55,10 @@ from bench.pretrain import (
 from bench.store import BACKBONE, DECODER
 from bench.sweep import SweepSpec, check_data, plan
 
-CHECK_DATASET = "synthetic"  # at its check_settings: 64 images of 32 px
-# Ten steps of six images per epoch, two epochs, so a resume crosses an epoch's end; six, so
-# that MoCo's queue sized from 64 images (8) exceeds the batch.
-CHECK_PRETRAIN = {"batch_size": 6, "view_size": 32, "epochs": 2, "log_every": 10**6}
+CHECK_DATASET = "synthetic"  # at its check_settings: 16 images of 32 px
+# Four steps of four images per epoch, two epochs, so that a resume crosses an epoch's end
+# (methods fit their own settings to it with their check_settings).
+CHECK_PRETRAIN = {"batch_size": 4, "view_size": 32, "epochs": 2, "log_every": 10**6}
 CONTRACTS = ("setup", "step", "seeded", "frozen", "resume", "backbone-load", "step-cost")
 BASELINE_CONTRACTS = ("setup", "backbone-load")
 CPU = torch.device("cpu")
@@ -87,8 +88,13 @@ def iter_check_method(
     cls = METHODS.get(name)
     contracts = CONTRACTS if cls.pretrains else BASELINE_CONTRACTS
     names = selected(contracts[1:], only)
-    with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp, forced_device(CPU):
-        check = MethodCheck.plan(name, tuple(overrides), tuple(plugins), Path(tmp))
+    jobs = check_jobs(name, tuple(overrides), tuple(plugins))
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-check-") as tmp,
+        forced_device(CPU),
+        one_cpu_thread(),
+    ):
+        check = MethodCheck(*jobs, folder=Path(tmp))
         setup = run_contracts(("setup",), {"setup": check.setup})
         first = next(setup)
         yield first
@@ -103,12 +109,44 @@ def _attr(contract: str) -> str:
     return contract.replace("-", "_")
 
 
-def tiny_overrides() -> tuple[str, ...]:
-    """``--set`` items of the check's data and pretraining loop."""
+def tiny_overrides(method: str | None = None) -> tuple[str, ...]:
+    """``--set`` items of the check's data and pretraining loop, and of ``method``'s
+    ``check_settings``."""
     dataset = DATASETS.get(CHECK_DATASET)
     items = {f"{CHECK_DATASET}.{k}": v for k, v in dataset.check_settings.items()}
     items |= {f"pretrain.{k}": v for k, v in CHECK_PRETRAIN.items()}
-    return tuple(f"{key}={value}" for key, value in items.items())
+    if method is not None:
+        items |= {f"{method}.{k}": v for k, v in METHODS.get(method).check_settings.items()}
+    return tuple(f"{key}={_text(value)}" for key, value in items.items())
+
+
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)
+
+
+def check_jobs(name: str, overrides: tuple, plugins: tuple):
+    """The jobs of a one-seed sweep of method ``name`` on the check's data (its pretraining,
+    None for a baseline, and a fine-tuning that loads all the method ``transfers``), and
+    SimCLR's pretraining under the same loop settings (for the step cost)."""
+    method_cls = METHODS.get(name)
+    load = (f"finetune.load={method_cls.transfers}",) if method_cls.pretrains else ()
+    spec = SweepSpec(
+        methods=(name,),
+        datasets=(CHECK_DATASET,),
+        fractions=(1.0,),
+        seeds=(0,),
+        overrides=(*tiny_overrides(name), *load, *overrides),
+        plugins=plugins,
+    )
+    jobs = plan(spec)
+    pretrain = next((j for j in jobs if isinstance(j, PretrainJob)), None)
+    finetune = next(j for j in jobs if isinstance(j, FinetuneJob))
+    loop_only = tuple(o for o in overrides if not o.startswith("finetune."))
+    reference = (*tiny_overrides("simclr"), *loop_only)
+    simclr = plan(dataclasses.replace(spec, methods=("simclr",), overrides=reference))[0]
+    if pretrain is not None:
+        simclr = dataclasses.replace(simclr, pretrain=pretrain.pretrain)
+    return pretrain, finetune, simclr
 
 
 @dataclasses.dataclass
@@ -121,30 +159,6 @@ class MethodCheck:
     simclr_job: PretrainJob
     folder: Path
     shared: Shared = dataclasses.field(default_factory=Shared)
-
-    @classmethod
-    def plan(cls, name: str, overrides: tuple, plugins: tuple, folder: Path) -> MethodCheck:
-        method_cls = METHODS.get(name)
-        load = (f"finetune.load={method_cls.transfers}",) if method_cls.pretrains else ()
-        spec = SweepSpec(
-            methods=(name,),
-            datasets=(CHECK_DATASET,),
-            fractions=(1.0,),
-            seeds=(0,),
-            overrides=(*tiny_overrides(), *load, *overrides),
-            plugins=plugins,
-        )
-        jobs = plan(spec)
-        pretrain = next((j for j in jobs if isinstance(j, PretrainJob)), None)
-        finetune = next(j for j in jobs if isinstance(j, FinetuneJob))
-        loop_only = tuple(o for o in overrides if not o.startswith("finetune."))
-        reference = dataclasses.replace(
-            spec, methods=("simclr",), overrides=(*tiny_overrides(), *loop_only)
-        )
-        simclr = plan(reference)[0]
-        if pretrain is not None:
-            simclr = dataclasses.replace(simclr, pretrain=pretrain.pretrain)
-        return cls(pretrain, finetune, simclr, folder)
 
     @property
     def data_root(self) -> Path:
@@ -311,7 +325,7 @@ class MethodCheck:
         return passed(
             "step-cost",
             f"{rates['simclr'] / rates['method']:.2f}x SimCLR's step time ({tiny_data(self.job)}"
-            f", {self.job.pretrain.backbone}, CPU; best of 2 epochs each)",
+            f", {self.job.pretrain.backbone}, one CPU thread; best of 2 epochs each)",
         )
 
 

@@ -47,6 +47,8 @@ class Method:
     preset_pretrain: ClassVar[dict[str, dict[str, Any]]] = {}
     # preset name -> values of this method's own Params
     preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
+    # values of its own Params that fit `bench check-method`'s tiny data (16 images, batch 4)
+    check_settings: ClassVar[dict[str, Any]] = {}
     # The largest finetune.load mode (config.LOAD_MODES) this method's weights can serve:
     # "backbone" unless the method pretrains smp's ASPP/decoder too (decoder_state_dict).
     transfers: ClassVar[str] = "backbone"
