@@ -100,6 +100,8 @@ def test_plugin_option_before_or_after_the_command_and_comma_lists(plugin_dir, c
     assert main(["list", "--plugin", "plugged_method,other_plugin"]) == 0
     out = capsys.readouterr().out
     assert "plugged " in out and "[plugin: plugged_method]" in out and "plugged_too" in out
+    assert main(["--plugin", "plugged_method", "plan", "--methods", "plugged"]) == 0
+    assert "pretrain-plugged-synthetic-s0-" in capsys.readouterr().out
 
 
 def _run(args: list[str], path: list[Path], **env) -> subprocess.CompletedProcess:

@@ -259,12 +259,11 @@ class MethodCheck:
             return failed("frozen", "; ".join(problems))
         declared = type(models[0]).frozen_modules
         trainable = sum(1 for p in models[0].parameters() if p.requires_grad)
-        what = ", ".join(declared) if declared else "no frozen parts declared"
-        return passed(
-            "frozen",
-            f"{what}{': not trainable, no gradient' if declared else ''}; all {trainable} "
-            "other parameter tensors are trainable and get a gradient",
-        )
+        if not declared:
+            what = f"no frozen parts declared; all {trainable} parameter tensors"
+        else:
+            what = f"{', '.join(declared)}: not trainable, no gradient; all {trainable} other"
+        return passed("frozen", f"{what} are trainable and get a gradient")
 
     def resume(self) -> Contract:
         reference, job = self.reference_run(), self.job
