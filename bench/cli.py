@@ -329,11 +329,15 @@ def _from_plugin(registry, name: str) -> str:
 
 def _print_contracts(contracts) -> int:
     """Print each contract's line as it completes; 0 if all passed, else FAILED_JOBS."""
-    logging.getLogger("bench").setLevel(logging.WARNING)  # the lines are the report
-    results = []
-    for contract in contracts:
-        print(contract, flush=True)
-        results.append(contract)
+    logger, results = logging.getLogger("bench"), []
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # the lines are the report, not the loops' progress
+    try:
+        for contract in contracts:
+            print(contract, flush=True)
+            results.append(contract)
+    finally:
+        logger.setLevel(level)
     passing = sum(c.ok for c in results)
     print(f"\n{passing} of {len(results)} contracts pass")
     return 0 if passing == len(results) else FAILED_JOBS
