@@ -17,6 +17,7 @@ from bench.datasets import DATASETS, prepare_dataset
 from bench.datasets.prepared import class_count_table
 from bench.executors import EXECUTORS
 from bench.methods import METHODS
+from bench.plugins import load_plugins
 from bench.preemption import Preempted
 from bench.protocols import PROTOCOLS, describe_overrides, protocol_overrides
 from bench.report import (
@@ -48,7 +49,9 @@ from bench.sweep import (
     plan,
     preset_differences,
     rerun_failed,
+    resolved_settings,
     run_sweep,
+    setting_rows,
     submit_sweep,
     sweep_status,
 )
@@ -154,7 +157,12 @@ def _spec(args: argparse.Namespace) -> SweepSpec:
         seeds=args.seeds,
         preset=args.preset,
         overrides=tuple(args.overrides),
+        plugins=args.plugins,
     )
+
+
+def _plugin_modules(values: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for value in values for name in _names(value)))
 
 
 def _profile(args: argparse.Namespace) -> Profile | None:
@@ -247,6 +255,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     if args.preset in COMPARED_PRESETS:
         print_preset_differences(_spec(args), COMPARED_PRESETS[args.preset])
+    if args.show_settings:
+        print_settings(_spec(args))
     for problem in data_problems(jobs, args.data_root):
         print(f"note (`run` refuses this sweep until it is fixed): {problem}")
     return 0
@@ -267,6 +277,23 @@ def print_preset_differences(spec, other: str) -> None:
     print(f"  ('-': a setting that recipe does not use; {spec.preset} values first)")
 
 
+def print_settings(spec: SweepSpec) -> None:
+    """Every section's resolved settings; those that differ from the defaults marked."""
+    print(
+        f"\nresolved settings ({spec.preset} preset and --set; '*' differs from the default, "
+        "shown in brackets; 'unused': this recipe does not use it):"
+    )
+    for section, values in resolved_settings(spec):
+        rows = setting_rows(values)
+        print(f"  [{section}]" + ("" if rows else " no settings"))
+        width = max((len(name) for name, *_ in rows), default=0)
+        for name, value, default, unused in rows:
+            mark = "*" if value != default else " "
+            line = f"    {mark} {name:<{width}}  {_shown(value)}"
+            line += f"  (default {_shown(default)})" if value != default else ""
+            print(line + ("  unused" if unused else ""))
+
+
 def _shown(value) -> str:
     if isinstance(value, tuple):
         return ",".join(map(_shown, value))
@@ -278,13 +305,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in METHODS.names():
         cls = METHODS.get(name)
         kind = "pretraining" if cls.pretrains else "baseline"
-        print(f"  {name:<12} {kind:<12} {cls.summary}")
+        print(f"  {name:<12} {kind:<12} {cls.summary}{_from_plugin(METHODS, name)}")
     print("datasets:")
     for name in DATASETS.names():
         cls = DATASETS.get(name)
         names = cls.class_names if isinstance(cls.class_names, tuple) else None
         classes = f"{len(names)} classes: {', '.join(names)}" if names else "classes from its file"
-        print(f"  {name:<12} {cls.summary or cls.__doc__.splitlines()[0]}; {classes}")
+        about = cls.summary or (cls.__doc__ or name).strip().splitlines()[0]
+        print(f"  {name:<12} {about}; {classes}{_from_plugin(DATASETS, name)}")
     print("presets:")
     for preset in PRESETS.values():
         print(f"  {preset.name:<12} {preset.description}")
@@ -292,6 +320,43 @@ def cmd_list(args: argparse.Namespace) -> int:
     for protocol in PROTOCOLS.values():
         print(f"  {protocol.name:<12} {protocol.summary}; from {protocol.source}")
     return 0
+
+
+def _from_plugin(registry, name: str) -> str:
+    plugin = registry.plugin(name)
+    return f" [plugin: {plugin}]" if plugin else ""
+
+
+def _print_contracts(contracts) -> int:
+    """Print each contract's line as it completes; 0 if all passed, else FAILED_JOBS."""
+    logger, results = logging.getLogger("bench"), []
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # the lines are the report, not the loops' progress
+    try:
+        for contract in contracts:
+            print(contract, flush=True)
+            results.append(contract)
+    finally:
+        logger.setLevel(level)
+    passing = sum(c.ok for c in results)
+    print(f"\n{passing} of {len(results)} contracts pass")
+    return 0 if passing == len(results) else FAILED_JOBS
+
+
+def cmd_check_method(args: argparse.Namespace) -> int:
+    from bench.conformance import iter_check_method
+
+    contracts = iter_check_method(args.name, args.overrides, args.plugins, args.only)
+    return _print_contracts(contracts)
+
+
+def cmd_check_dataset(args: argparse.Namespace) -> int:
+    from bench.conformance import iter_check_dataset
+
+    contracts = iter_check_dataset(
+        args.name, args.overrides, args.data_root, args.raw, args.plugins, args.only
+    )
+    return _print_contracts(contracts)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -395,6 +460,44 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_cluster_arguments(parser)
 
 
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_sweep_arguments(parser)
+    parser.add_argument(
+        "--show-settings",
+        action="store_true",
+        help="print every section's resolved settings and what differs from the defaults",
+    )
+
+
+def _check_arguments(kind: str):
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name", help=f"{kind} name (see `list`)")
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="a setting over the check's tiny ones (repeatable)",
+        )
+        parser.add_argument(
+            "--only", type=_names, default=None, help="comma-separated contracts to check"
+        )
+        if kind == "dataset":
+            parser.add_argument(
+                "--data-root",
+                type=Path,
+                default=None,
+                help="where a prepared dataset is (default: $BENCH_DATA_ROOT, then ./data); "
+                "generated datasets are checked in a temporary folder",
+            )
+            parser.add_argument(
+                "--raw", type=Path, default=None, help="prepare it first from this raw release"
+            )
+
+    return add
+
+
 def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="dataset name (see `list`)")
     parser.add_argument("--raw", type=Path, default=None, help="folder of the raw release")
@@ -484,7 +587,7 @@ def _status_arguments(parser: argparse.ArgumentParser) -> None:
 # name -> (help, arguments, command)
 COMMANDS = {
     "run": ("plan and run a sweep, then print its table", _run_arguments, cmd_run),
-    "plan": ("print the planned jobs without running them", _add_sweep_arguments, cmd_plan),
+    "plan": ("print the planned jobs without running them", _plan_arguments, cmd_plan),
     "prepare": (
         "read a downloaded dataset release once into patches for every run",
         _prepare_arguments,
@@ -503,6 +606,16 @@ COMMANDS = {
         _status_arguments,
         cmd_status,
     ),
+    "check-method": (
+        "check a method's contracts with the harness on tiny data (about a minute on CPU)",
+        _check_arguments("method"),
+        cmd_check_method,
+    ),
+    "check-dataset": (
+        "check a dataset's contracts with the harness",
+        _check_arguments("dataset"),
+        cmd_check_dataset,
+    ),
 }
 
 
@@ -513,12 +626,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quiet = {"action": "store_true", "help": "only warnings and the table"}
     parser.add_argument("-q", "--quiet", **quiet)
+    plugin = {
+        "dest": "plugins",
+        "action": "append",
+        "metavar": "MODULE",
+        "help": "import this plugin module first (repeatable; see docs/PLUGINS.md)",
+    }
+    parser.add_argument("--plugin", default=[], **plugin)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, command) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text)
         add_arguments(command_parser)
         # -q before or after the sub-command
         command_parser.add_argument("-q", "--quiet", default=argparse.SUPPRESS, **quiet)
+        command_parser.add_argument("--plugin", default=argparse.SUPPRESS, **plugin)
         command_parser.set_defaults(func=command)
     return parser
 
@@ -532,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        args.plugins = load_plugins(_plugin_modules(args.plugins))
         return args.func(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -31,6 +31,9 @@ class PretrainJob:
     pretrain: PretrainConfig
     seed: int
     preset: str = field(default="quick", metadata={"identity": False})
+    # modules of the plugins that register the method and dataset (bench.plugins), which
+    # execute imports first (in a worker process too); not part of the id
+    plugins: tuple[str, ...] = field(default=(), metadata={"identity": False})
 
     kind = "pretrain"
 
@@ -61,6 +64,8 @@ class FinetuneJob:
     fraction: float
     seed: int
     preset: str = field(default="quick", metadata={"identity": False})
+    # as PretrainJob.plugins
+    plugins: tuple[str, ...] = field(default=(), metadata={"identity": False})
 
     kind = "finetune"
 
@@ -111,6 +116,7 @@ def execute(
     writes the failed record itself, since the others may never get to it.
     """
     from bench import distributed
+    from bench.plugins import load_plugins
 
     if processes > 1 and not isinstance(job, PretrainJob):
         raise ValueError(f"{job.job_id}: only pretraining runs on several processes")
@@ -126,6 +132,7 @@ def execute(
         distributed.barrier()
         run_dir = store.run_dir(job.job_id)
         try:
+            load_plugins(job.plugins, how="named by the job")
             if isinstance(job, PretrainJob):
                 from bench.pretrain import run_pretraining
 

@@ -48,6 +48,7 @@ from bench.metrics import ConfusionMatrix
 from bench.pretrain import (
     epoch_batches,
     lr_schedule,
+    method_step,
     pretraining_model,
     pretraining_trainer,
     shuffled_batches,
@@ -128,10 +129,7 @@ def bare_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float]:
     batches = epoch_batches(train, job.pretrain, job.seed, 0, device, trainer.place)
     start = time.perf_counter()
     for step, (images, _) in enumerate(batches):
-        images = images.to(device, non_blocking=True).float().div_(255.0)
-        ctx = StepContext(step=step, total_steps=steps, epoch=0)
-        outcome = trainer.step(step, lambda: method.training_step(images, ctx))  # noqa: B023
-        method.after_optimizer_step(ctx)
+        outcome = method_step(trainer, method, images, StepContext(step, steps, 0))
     return steps * job.pretrain.batch_size / (time.perf_counter() - start), outcome.loss
 
 

@@ -45,7 +45,27 @@ class StopSignals:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def poll(self) -> str | None:
+        """What asked the loop to stop (a signal's name), or None; asked once per step."""
+        return self.requested
+
     def check(self, where: str) -> None:
         """Raise :class:`Preempted` if a signal arrived (call after checkpointing)."""
         if self.requested:
             raise Preempted(f"{self.requested} received; checkpoint written {where}", self.signum)
+
+
+class StopAtStep(StopSignals):
+    """:class:`StopSignals` that also stops by itself during the ``step``-th optimisation
+    step (1-based) after it is entered, exactly as a SIGTERM arriving in that step would:
+    how ``bench check-method`` interrupts a run mid-epoch without sending signals."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step, self._steps = step, 0
+
+    def poll(self) -> str | None:
+        self._steps += 1
+        if self._steps == self.step and self.requested is None:
+            self.requested = f"the stop at step {self.step}"
+        return self.requested

@@ -39,6 +39,7 @@ from bench.engine import (
     seed_for,
 )
 from bench.methods import PretrainingMethod, StepContext, create_method
+from bench.preemption import StopSignals
 from bench.store import (
     BACKBONE,
     CHECKPOINT,
@@ -259,7 +260,11 @@ def pretraining_model(
     return method
 
 
-def pretraining_trainer(job, method, device, schedule, run_dir: Path | None) -> Trainer:
+def pretraining_trainer(
+    job, method, device, schedule, run_dir: Path | None, stop: StopSignals | None = None
+) -> Trainer:
+    """The engine's trainer of ``method`` (its optimiser, ``schedule``, checkpoint in
+    ``run_dir``); ``stop``: what stops it (by default SIGTERM/SIGUSR2)."""
     return Trainer(
         job_id=job.job_id,
         model=method,
@@ -269,7 +274,18 @@ def pretraining_trainer(job, method, device, schedule, run_dir: Path | None) -> 
         amp=job.pretrain.amp,
         checkpoint_path=run_dir / CHECKPOINT if run_dir is not None else None,
         what="pretraining",
+        stop=stop or StopSignals(),
     )
+
+
+def method_step(trainer: Trainer, method, images: torch.Tensor, ctx: StepContext) -> StepOutcome:
+    """One pretraining step on a batch of uint8 ``images``: as [0, 1] floats on the
+    trainer's device, the method's loss through the engine's step, then the method's own
+    update (EMA, queues)."""
+    images = images.to(trainer.device, non_blocking=True).float().div_(255.0)
+    outcome = trainer.step(ctx.step, lambda: method.training_step(images, ctx))
+    method.after_optimizer_step(ctx)
+    return outcome
 
 
 # ----------------------------------------------------------------------------------------
@@ -351,9 +367,12 @@ class PretrainLog:
 # ----------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------
-def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> dict[str, Any]:
+def run_pretraining(
+    job, run_dir: Path, data_root: Path | str | None = None, stop: StopSignals | None = None
+) -> dict[str, Any]:
     """Pretrain ``job.method``; write checkpoint.pt each epoch, and at the end backbone.pt
-    (plus decoder.pt for methods that pretrain smp's ASPP/decoder).
+    (plus decoder.pt for methods that pretrain smp's ASPP/decoder). ``stop`` is what makes
+    it checkpoint and stop (:class:`Preempted`) mid-run, by default SIGTERM/SIGUSR2.
 
     Inside a process group (:mod:`bench.distributed`) every process trains on its shard of
     each global batch, gradients are averaged, and only rank 0 writes files."""
@@ -371,7 +390,7 @@ def run_pretraining(job, run_dir: Path, data_root: Path | str | None = None) -> 
     total_steps = cfg.epochs * steps_per_epoch
     method = pretraining_model(job, dataset, device, place.world_size, len(train))
     schedule = phase_schedule(cfg, method.phase_epochs(), steps_per_epoch)
-    trainer = pretraining_trainer(job, method, device, schedule, run_dir)
+    trainer = pretraining_trainer(job, method, device, schedule, run_dir, stop)
     resumed = trainer.load() or {"epoch": 0, "batch": 0}
     start = (int(resumed["epoch"]), int(resumed.get("batch", 0)))
     if start != (0, 0):
@@ -414,10 +433,8 @@ def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume) -> N
     epoch_start = time.perf_counter()
 
     def train_step(images: torch.Tensor, step: int) -> StepOutcome:
-        images = images.to(trainer.device, non_blocking=True).float().div_(255.0)
         ctx = StepContext(step=step, total_steps=total_steps, epoch=epoch)
-        outcome = trainer.step(step, lambda: method.training_step(images, ctx))
-        method.after_optimizer_step(ctx)
+        outcome = method_step(trainer, method, images, ctx)
         totals.add(outcome)
         progress.images_seen += images.shape[0] * place.world_size
         progress.step(epoch, step, outcome, totals)

@@ -2,10 +2,16 @@
 
 Each method or dataset is one file that registers its class with a decorator under its CLI
 name. Unknown names fail at once with the list of valid choices.
+
+The registries of methods and datasets also hold what plugins register (:mod:`bench.plugins`):
+installed plugins are imported the first time such a registry is asked for a name, so
+``import bench`` stays as cheap as before. While a plugin is being imported, registering a
+name that is taken is an error that names the plugin (outside plugins it stays a warning).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterator
@@ -14,6 +20,9 @@ from typing import Generic, TypeVar
 from bench.config import ConfigError
 
 T = TypeVar("T")
+
+# The plugin being imported now: (how it was named, its module), or None (bench.plugins).
+_loading: list[tuple[str, str]] = []
 
 
 class UnknownNameError(ConfigError, KeyError):
@@ -24,26 +33,71 @@ class UnknownNameError(ConfigError, KeyError):
         return str(self.args[0])
 
 
-class Registry(Generic[T]):
-    """A named collection of classes, filled by the ``register`` decorator."""
+@contextlib.contextmanager
+def registering_from(label: str, module: str):
+    """While active, registrations come from the plugin ``label`` (its import ``module``):
+    a name that is already taken raises :class:`ConfigError` naming both."""
+    _loading.append((label, module))
+    try:
+        yield
+    finally:
+        _loading.pop()
 
-    def __init__(self, kind: str) -> None:
+
+class Registry(Generic[T]):
+    """A named collection of classes, filled by the ``register`` decorator; with
+    ``plugins``, installed plugins are loaded before the first look-up."""
+
+    def __init__(self, kind: str, plugins: bool = False) -> None:
         self.kind = kind
+        self.plugins = plugins
         self._entries: dict[str, T] = {}
+        # name -> (who registered it: a plugin's label or the defining module, the module
+        # whose import registers it)
+        self._origins: dict[str, tuple[str, str]] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
+                if _loading:
+                    raise ConfigError(
+                        f"plugin {_loading[-1][0]} registers {self.kind} {name!r}, which "
+                        f"{self._origins[name][0]} already registered; give it another name"
+                    )
                 warnings.warn(
                     f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2
                 )
             self._entries[name] = obj
+            self._origins[name] = _loading[-1] if _loading else (obj.__module__,) * 2
             obj.name = name  # type: ignore[attr-defined]
             return obj
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (tests that register a class for a while)."""
+        self._entries.pop(name, None)
+        self._origins.pop(name, None)
+
+    def origin(self, name: str) -> str | None:
+        """The module to import so that ``name`` is registered again (in a worker process
+        that runs a job): the plugin or module that registered it, or None for the
+        harness's own entries (``bench.*``) and classes defined in ``__main__``."""
+        self.get(name)
+        module = self._origins[name][1]
+        if module == "__main__" or module == "bench" or module.startswith("bench."):
+            return None
+        return module
+
+    def plugin(self, name: str) -> str | None:
+        """The module of the plugin that registered ``name`` (:mod:`bench.plugins`), or
+        None when no plugin did."""
+        self.get(name)
+        label, module = self._origins[name]
+        return module if label != module else None
+
     def get(self, name: str) -> T:
+        self._load_plugins()
         try:
             return self._entries[name]
         except KeyError:
@@ -53,13 +107,22 @@ class Registry(Generic[T]):
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names in registration order, filtered by a shell-style wildcard."""
+        self._load_plugins()
         return [n for n in self._entries if fnmatch.fnmatch(n, pattern)]
 
+    def _load_plugins(self) -> None:
+        if self.plugins:
+            from bench.plugins import load_installed
+
+            load_installed()
+
     def __contains__(self, name: object) -> bool:
+        self._load_plugins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load_plugins()
         return len(self._entries)

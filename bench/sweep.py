@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import check_fractions, check_seeds
 from bench.jobs import FinetuneJob, Job, PretrainJob
 from bench.methods import METHODS
+from bench.plugins import load_plugins
 from bench.protocols import finetune_settings
 from bench.states import JobState, JobStatus, job_statuses
 from bench.store import RunStore
@@ -48,7 +49,8 @@ GENERIC_SECTIONS = ("data", "pretrain", "finetune")
 class SweepSpec:
     """What to run. ``methods=None`` means every registered method that can run here;
     ``seeds=None`` means the preset's seeds; ``overrides`` are ``section.field=value``
-    strings (``--set``). An explicitly empty list is an error."""
+    strings (``--set``); ``plugins`` are modules to import first (``--plugin``,
+    :mod:`bench.plugins`). An explicitly empty list is an error."""
 
     methods: tuple[str, ...] | None = None
     datasets: tuple[str, ...] = ("synthetic",)
@@ -56,6 +58,7 @@ class SweepSpec:
     seeds: tuple[int, ...] | None = None
     preset: str = "quick"
     overrides: tuple[str, ...] = field(default_factory=tuple)
+    plugins: tuple[str, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,9 @@ class CheckedSpec:
 def check_spec(spec: SweepSpec) -> CheckedSpec:
     """Every name, list and setting of ``spec`` checked before any work: unknown names,
     empty lists, duplicates, fractions outside (0, 1], negative seeds and settings outside
-    their ranges raise :class:`ConfigError` naming the valid choices."""
+    their ranges raise :class:`ConfigError` naming the valid choices. The spec's plugins
+    are imported first."""
+    load_plugins(spec.plugins)
     preset = get_preset(spec.preset)
     methods = spec.methods if spec.methods is not None else tuple(METHODS.names())
     check_names("method", methods, METHODS)
@@ -123,15 +128,12 @@ def plan(spec: SweepSpec) -> list[Job]:
     """The sweep's jobs in an order that respects dependencies (pretraining before its
     fine-tunings). Unknown names or bad settings raise ConfigError listing the valid ones."""
     sweep = check_spec(spec)
-    preset, user = sweep.preset, sweep.user
-    data = build_section(DataConfig, "data", preset.values.get("data"), user.get("data"))
-    finetune = finetune_settings(preset.values.get("finetune"), user.get("finetune"))
-    check_load_mode(finetune.load, sweep.methods, explicit="load" in user.get("finetune", {}))
+    data, finetune = shared_sections(sweep)
+    explicit = "load" in sweep.user.get("finetune", {})
+    check_load_mode(finetune.load, sweep.methods, explicit)
     jobs: list[Job] = []
     for dataset, dataset_cls in sweep.datasets.items():
-        dataset_params = build_section(
-            dataset_cls.Params, dataset, preset.values.get(dataset), user.get(dataset)
-        )
+        dataset_params = dataset_section(sweep, dataset, dataset_cls)
         common = {"dataset": dataset, "dataset_params": dataset_params, "data": data}
         for method, method_cls in sweep.methods.items():
             jobs += _method_jobs(sweep, method, method_cls, common, finetune)
@@ -153,7 +155,13 @@ def _method_jobs(
     if reason:
         log.warning("leaving %s out of the default sweep: %s", method, reason)
         return []
-    common = {**common, "method": method, "method_params": method_params, "preset": preset.name}
+    common = {
+        **common,
+        "method": method,
+        "method_params": method_params,
+        "preset": preset.name,
+        "plugins": plugin_modules(method, common["dataset"]),
+    }
     jobs: list[Job] = []
     for seed in sweep.seeds:
         pretrain_job = None
@@ -174,6 +182,26 @@ def _method_jobs(
     return jobs
 
 
+def shared_sections(sweep: CheckedSpec) -> tuple[DataConfig, FinetuneConfig]:
+    """The ``data`` and ``finetune`` sections of every job of a sweep."""
+    preset, user = sweep.preset, sweep.user
+    data = build_section(DataConfig, "data", preset.values.get("data"), user.get("data"))
+    return data, finetune_settings(preset.values.get("finetune"), user.get("finetune"))
+
+
+def dataset_section(sweep: CheckedSpec, dataset: str, dataset_cls: type):
+    """A dataset's own settings: defaults < preset < the user's ``--set`` values."""
+    preset, user = sweep.preset, sweep.user
+    return build_section(dataset_cls.Params, dataset, preset.values.get(dataset), user.get(dataset))
+
+
+def plugin_modules(method: str, dataset: str) -> tuple[str, ...]:
+    """The modules a worker process imports to find ``method`` and ``dataset`` registered
+    (none for the harness's own)."""
+    origins = (METHODS.origin(method), DATASETS.origin(dataset))
+    return tuple(dict.fromkeys(module for module in origins if module))
+
+
 def method_sections(preset: Preset, user: dict, method: str, method_cls: type):
     """A method's own settings and its pretraining loop's under ``preset`` and the user's
     ``--set`` values: defaults < preset < the method's values for that preset < the user's."""
@@ -191,6 +219,36 @@ def method_sections(preset: Preset, user: dict, method: str, method_cls: type):
 
 
 UNUSED = "-"  # a setting the recipe does not use
+
+
+def resolved_settings(spec: SweepSpec) -> list[tuple[str, Any]]:
+    """Every settings section the jobs of ``spec`` run with, resolved as :func:`plan`
+    resolves them: ``data``, ``finetune``, each dataset's, each method's own, then the
+    pretraining loop's, one section per group of methods that share it (labelled
+    ``pretrain: simclr, moco``)."""
+    sweep = check_spec(spec)
+    data, finetune = shared_sections(sweep)
+    sections: list[tuple[str, Any]] = [("data", data), ("finetune", finetune)]
+    sections += [(d, dataset_section(sweep, d, cls)) for d, cls in sweep.datasets.items()]
+    loops: dict[PretrainConfig, list[str]] = {}
+    for method, method_cls in sweep.methods.items():
+        params, pretrain = method_sections(sweep.preset, sweep.user, method, method_cls)
+        sections.append((method, params))
+        if method_cls.pretrains:
+            loops.setdefault(pretrain, []).append(method)
+    sections += [(f"pretrain: {', '.join(names)}", cfg) for cfg, names in loops.items()]
+    return sections
+
+
+def setting_rows(section: Any) -> list[tuple[str, Any, Any, bool]]:
+    """Each field of a settings section: (name, value, the dataclass default, whether the
+    section's other choices leave it unused)."""
+    unused = section.unused_fields()
+    rows = []
+    for f in fields(section):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        rows.append((f.name, getattr(section, f.name), default, f.name in unused))
+    return rows
 
 
 def preset_differences(spec: SweepSpec, other: str) -> dict[str, list[tuple[str, Any, Any]]]:

@@ -39,3 +39,29 @@ def file_tree(root: Path) -> dict[str, tuple[int, int]]:
         str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in sorted(Path(root).rglob("*"))
     }
+
+
+@pytest.fixture
+def registries(tmp_path):
+    """Methods and datasets a test registers (itself or through plugin modules written in
+    its folder or imported from examples/) are forgotten afterwards, and those modules
+    unloaded, so no other test sees them."""
+    import sys
+
+    from bench.datasets import DATASETS
+    from bench.methods import METHODS
+
+    before = {id(r): set(r.names()) for r in (METHODS, DATASETS)}
+    modules = set(sys.modules)
+    yield
+    for registry in (METHODS, DATASETS):
+        for name in set(registry.names()) - before[id(registry)]:
+            registry.unregister(name)
+    for name in set(sys.modules) - modules:
+        path = str(getattr(sys.modules[name], "__file__", None) or "")
+        if path.startswith((str(tmp_path), str(EXAMPLES))):
+            del sys.modules[name]
+
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"

@@ -126,6 +126,14 @@ CASES = [
     (["prepare", "potsdamm", "--raw", RAW], "unknown dataset 'potsdamm'; valid datasets:"),
     (["perf", "--steps", "0"], "--steps: expected a positive integer, got '0'"),
     (["perf", "--methods", "random"], "perf measures pretraining methods"),
+    # plugins and conformance checks
+    (["plan", "--plugin", "no_such_plugin_xyz"], "plugin 'no_such_plugin_xyz' (--plugin) failed"),
+    (["check-method", "simclrr"], "unknown method 'simclrr'; valid methods:"),
+    (["check-method", "simclr", "--only", "resum"], "unknown contract 'resum'; valid contracts"),
+    (["check-method", "simclr", "--set", "simclr.temperature=0"], "simclr.temperature must be"),
+    (["check-dataset", "synthetic", "--raw", RAW], "dataset synthetic is generated"),
+    (["check-dataset", "synthetic", "--set", "pretrain.lr=1"], "takes only --set synthetic.KEY"),
+    (["check-dataset", "potsdamm"], "unknown dataset 'potsdamm'"),
 ]
 
 

@@ -60,3 +60,30 @@ def test_plan_of_the_paper_and_common_presets_shows_what_differs(tmp_path, capsy
     assert "(paper: lars)" in capsys.readouterr().out
     assert main([*args]) == 0  # quick: compared with nothing
     assert "settings where" not in capsys.readouterr().out
+
+
+def test_plan_show_settings_prints_every_section_and_marks_what_differs(capsys):
+    args = ["plan", "--methods", "simclr,moco,random", "--set", "simclr.temperature=0.2"]
+    assert main([*args, "--set", "pretrain.epochs=5", "--show-settings"]) == 0
+    out = capsys.readouterr().out
+    settings = out[out.index("resolved settings (quick preset") :]
+    sections = [line.strip() for line in settings.splitlines() if line.startswith("  [")]
+    assert sections == [
+        "[data]",
+        "[finetune]",
+        "[synthetic]",
+        "[simclr]",
+        "[moco]",
+        "[random] no settings",
+        "[pretrain: simclr, moco]",  # one loop shared by both under this preset
+    ]
+    lines = [line.split() for line in settings.splitlines()]
+    assert ["*", "temperature", "0.2", "(default", "0.5)"] in lines
+    assert ["temperature", "0.2"] in lines  # moco's own, at its default: not marked
+    assert ["*", "epochs", "5", "(default", "3)"] in lines
+    assert ["lars_trust", "0.001", "unused"] in lines  # with Adam
+
+
+def test_plan_without_show_settings_prints_no_settings(capsys):
+    assert main(["plan", "--methods", "random"]) == 0
+    assert "resolved settings" not in capsys.readouterr().out

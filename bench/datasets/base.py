@@ -18,7 +18,7 @@ IGNORE_INDEX = 255  # label value excluded from losses and metrics
 DATA_ROOT_ENV = "BENCH_DATA_ROOT"
 BAND_COUNTS = {"rgb": 3, "rgbir": 4}  # data.bands -> leading bands used (stored R, G, B, IR)
 
-DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
+DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset", plugins=True)
 register_dataset = DATASETS.register
 
 
@@ -90,6 +90,15 @@ class PatchSet(Dataset):
             mask = mask[restore] if self._masks is not None else mask
         return torch.from_numpy(np.array(image)), torch.from_numpy(np.array(mask))
 
+    def read_masks(self, index: slice | np.ndarray) -> np.ndarray:
+        """The masks of ``index`` only, uint8 ``[n, H, W]`` (a scan of the labels reads no
+        images)."""
+        if self._masks is None:
+            return np.empty((0, 0, 0), dtype=np.uint8)
+        rows, restore = self._select(index)
+        masks = np.asarray(self._masks[rows])
+        return masks[restore] if restore is not None else masks
+
     def subset(self, indices: list[int] | np.ndarray) -> PatchSet:
         idx = np.asarray(indices, dtype=np.int64)
         rows = idx if self._rows is None else self._rows[idx]
@@ -106,6 +115,10 @@ class SegmentationDataset:
     class_colours: ClassVar[tuple[tuple[int, int, int], ...]]
     ignore_index: ClassVar[int] = IGNORE_INDEX
     summary: ClassVar[str] = ""
+    # Values of the dataset's own settings for the conformance checks (`bench check-method`
+    # pretrains on the synthetic dataset at these, `bench check-dataset` checks a dataset at
+    # its own): small enough for seconds on a CPU. Prepared datasets have none.
+    check_settings: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: object, data: DataConfig, data_root: Path | str | None = None):
         self.params = params

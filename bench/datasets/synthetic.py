@@ -39,6 +39,7 @@ class SyntheticLandCover(SegmentationDataset):
     summary = "built-in procedural aerial scenes, no files needed"
     class_names = synthetic_scene.CLASS_NAMES
     class_colours = synthetic_scene.CLASS_COLOURS
+    check_settings = {"n_train": 16, "n_test": 8, "patch_size": 32}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -47,6 +47,8 @@ class Method:
     preset_pretrain: ClassVar[dict[str, dict[str, Any]]] = {}
     # preset name -> values of this method's own Params
     preset_params: ClassVar[dict[str, dict[str, Any]]] = {}
+    # values of its own Params that fit `bench check-method`'s tiny data (16 images, batch 4)
+    check_settings: ClassVar[dict[str, Any]] = {}
     # The largest finetune.load mode (config.LOAD_MODES) this method's weights can serve:
     # "backbone" unless the method pretrains smp's ASPP/decoder too (decoder_state_dict).
     transfers: ClassVar[str] = "backbone"
@@ -77,6 +79,13 @@ class Method:
 
 class PretrainingMethod(Method, nn.Module):
     """A self-supervised method: subclasses build heads in ``__init__`` and define a step."""
+
+    # Sub-modules (attribute paths, e.g. "key_backbone") that must get no gradient: momentum
+    # (EMA) copies and target networks, which the method updates itself, outside the
+    # optimiser (bench.methods.ema.frozen_copy). `bench check-method` checks that their
+    # parameters have requires_grad=False and no gradient after a step, and that every other
+    # parameter is trainable and gets one.
+    frozen_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -151,7 +160,7 @@ class BaselineMethod(Method):
         raise NotImplementedError
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", plugins=True)
 register_method = METHODS.register
 
 

@@ -57,6 +57,9 @@ class BYOL(PretrainingMethod):
     # The loss has no negatives, so it stays a mean over each process's images; targets
     # stay identical everywhere because every process applies the same averaged update.
     sync_batchnorm = True
+    # the EMA target network (Grill et al. 2020, sec. 3.1: "the target network ... is an
+    # exponential moving average of the online parameters"), outside the optimiser
+    frozen_modules = ("target_backbone", "target_projector")
     # common: the shared views' jitter (SimCLR's); the blur/solarize asymmetry is BYOL's own
     preset_params = {
         "quick": {"crop_scale": (0.2, 1.0)},

@@ -58,6 +58,11 @@ class MoCo(PretrainingMethod):
 
     Params = MoCoParams
     summary = "MoCo v2: momentum key encoder and a queue of negatives (He/Chen et al. 2020)"
+    # the momentum key encoder, updated by EMA only (He et al. 2020, sec. 3.2: "only the
+    # parameters of the query encoder are updated by back-propagation")
+    frozen_modules = ("key_backbone", "key_projector")
+    # a queue longer than the check's batch of 4 and shorter than its 16 images
+    check_settings = {"queue_size": 8}
     # MoCo v2 as released (facebookresearch/moco main_moco.py): SGD(model.parameters(), LR
     # 0.03 x batch/256, momentum 0.9, weight decay 1e-4 on every parameter), cosine per
     # epoch to 0 (adjust_learning_rate with --cos), 200 epochs, float32.

@@ -1,0 +1,110 @@
+"""One contract's outcome, and the helpers every conformance check shares."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from bench.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Contract:
+    """One contract's outcome: ``status`` PASS, FAIL or SKIP (not checked: what it needs
+    failed), and one line that says what was found or what to fix."""
+
+    name: str
+    status: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "PASS"
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.name}: {self.message}"
+
+
+def passed(name: str, message: str) -> Contract:
+    return Contract(name, "PASS", message)
+
+
+def failed(name: str, message: str) -> Contract:
+    return Contract(name, "FAIL", " ".join(message.split()))  # one line
+
+
+def guarded(name: str, check: Callable[[], Contract]) -> Contract:
+    """``check()``, or a FAIL that names the exception it raised (foreign code may raise
+    anything; one contract failing must not hide the others)."""
+    try:
+        return check()
+    except Unavailable as why:
+        return Contract(name, "SKIP", str(why))
+    except ConfigError:
+        raise  # bad input, reported as such by the caller
+    except Exception as error:  # noqa: BLE001
+        lines = str(error).strip().splitlines()
+        return failed(name, f"raised {type(error).__name__}: {lines[0] if lines else ''}")
+
+
+def selected(contracts: tuple[str, ...], only: Iterable[str] | None) -> tuple[str, ...]:
+    """The contracts to run: all, or those named in ``only`` (ConfigError for others)."""
+    if only is None:
+        return contracts
+    only = tuple(only)
+    unknown = [name for name in only if name not in contracts]
+    if unknown or not only:
+        raise ConfigError(
+            f"unknown contract {', '.join(map(repr, unknown)) or '(none given)'}; valid "
+            f"contracts: {', '.join(contracts)}"
+        )
+    return tuple(name for name in contracts if name in only)
+
+
+class Unavailable(Exception):
+    """What a contract needs (a step, a reference run) failed in an earlier contract."""
+
+
+class Shared:
+    """Results several contracts use, computed once when first needed; one that failed
+    makes the later contracts that need it SKIP instead of failing again."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, object] = {}
+        self._failed: set[str] = set()
+
+    def get(self, what: str, compute: Callable[[], object]):
+        """The shared result ``what`` (its description, also its key)."""
+        if what in self._failed:
+            raise Unavailable(f"needs {what}, which failed above")
+        if what not in self._values:
+            try:
+                self._values[what] = compute()
+            except Exception:
+                self._failed.add(what)
+                raise
+        return self._values[what]
+
+
+def run_contracts(
+    names: tuple[str, ...], checks: dict[str, Callable[[], Contract]]
+) -> Iterator[Contract]:
+    """Each named contract's outcome, in order, as it completes."""
+    for name in names:
+        yield guarded(name, checks[name])
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """torch on one CPU thread while active: the checks' tiny tensors gain nothing from
+    intra-op threads, and on a busy machine lose much to them (on 2 shared cores a check
+    ran 6x slower with two threads than with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
