@@ -138,6 +138,13 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results", type=Path, default=Path("results"), help="results folder (default: ./results)"
     )
+    for logger, where in (("wandb", "offline unless WANDB_MODE"), ("mlflow", "<results>/mlruns")):
+        parser.add_argument(
+            f"--{logger}",
+            action="store_true",
+            help=f"also log every run to {logger} ({where}); the same as --set "
+            f"pretrain.{logger}=true --set finetune.{logger}=true",
+        )
     parser.add_argument(
         "--data-root",
         type=Path,
@@ -147,13 +154,15 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace) -> SweepSpec:
+    loggers = [name for name in ("wandb", "mlflow") if getattr(args, name)]
+    enabled = [f"{section}.{name}=true" for name in loggers for section in ("pretrain", "finetune")]
     return SweepSpec(
         methods=args.methods,
         datasets=args.datasets,
         fractions=args.fractions,
         seeds=args.seeds,
         preset=args.preset,
-        overrides=tuple(args.overrides),
+        overrides=(*enabled, *args.overrides),
     )
 
 
