@@ -1,5 +1,6 @@
 """Command line: a thin argparse layer over the typed functions the tests also call
 (``bench.run_sweep``, ``bench.sweep.plan``, ``bench.report.results_table``,
+``bench.report.write_report``,
 ``bench.datasets.prepare_dataset``, ``bench.states.job_statuses`` ...); it parses, calls one,
 and prints what it returns."""
 
@@ -32,6 +33,7 @@ from bench.report import (
     render,
     results_table,
     table_format,
+    write_report,
 )
 from bench.states import JobState, job_statuses, summary
 from bench.store import (
@@ -368,6 +370,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    path, unreadable = write_report(args.results, args.output)
+    code = _warn_unreadable(unreadable)
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    return code
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     store = RunStore(args.results)
     store.check_exists()
@@ -482,6 +491,13 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument(
+        "--output", type=Path, default=None, help="the HTML file (default: <results>/report.html)"
+    )
+
+
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument(
@@ -507,6 +523,11 @@ COMMANDS = {
     "list": ("registered methods, datasets and presets", lambda parser: None, cmd_list),
     "table": ("print or write the table of a results folder", _table_arguments, cmd_table),
     "plot": ("figures: a metric vs the label fraction, per dataset", _plot_arguments, cmd_plot),
+    "report": (
+        "one self-contained HTML page: tables, per-class IoU, plots, losses, jobs, settings",
+        _report_arguments,
+        cmd_report,
+    ),
     "status": (
         "state of every job in a results folder (planned, queued, running, ...)",
         _status_arguments,

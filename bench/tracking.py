@@ -37,6 +37,7 @@ from typing import Any
 
 from bench import distributed
 from bench.config import ConfigError
+from bench.store import read_spec
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,7 @@ def score_scalars(scores: Mapping[str, Any], class_names) -> dict[str, float]:
 
 def run_settings(run_dir: Path) -> dict[str, Any]:
     """The job's spec.json (every setting), for the loggers' run configuration."""
-    try:
-        return json.loads((Path(run_dir) / "spec.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_spec(run_dir) or {}
 
 
 # ----------------------------------------------------------------------------------------
