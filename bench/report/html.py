@@ -22,7 +22,7 @@ from typing import Any
 from bench.config import ConfigError
 from bench.report.formats import render
 from bench.report.plots import figure_bytes, fraction_figure, loss_figure
-from bench.report.table import AUTO, METRIC_LABELS, build_table, per_class_table
+from bench.report.table import AUTO, METRIC_LABELS, build_table, method_order, per_class_table
 from bench.states import JobState, JobStatus, job_statuses, summary
 from bench.store import (
     RunStore,
@@ -224,6 +224,7 @@ def loss_curves(store: RunStore, run_ids: Iterable[str]) -> dict[str, dict[str, 
 
 def loss_section(store: RunStore, run_ids: list[str]) -> str:
     curves = loss_curves(store, run_ids)
+    curves = {method: curves[method] for method in method_order(curves)}  # as in the tables
     if not curves:
         return '<p class="note">no pretraining epoch has finished yet</p>'
     note = (

@@ -72,6 +72,7 @@ def loss_figure(curves: dict[str, dict[str, list[tuple[int, float]]]]):
     losses are not comparable)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     methods = list(curves)
     columns = min(4, len(methods))
@@ -84,6 +85,7 @@ def loss_figure(curves: dict[str, dict[str, list[tuple[int, float]]]]):
             epochs, losses = zip(*points, strict=True)
             axis.plot(epochs, losses, marker="o", markersize=3, color=f"C{index}", label=label)
         axis.set_title(method)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_ylabel("mean loss")
         axis.grid(alpha=0.3)
