@@ -1,5 +1,6 @@
 """Command line: a thin argparse layer over the typed functions the tests also call
 (``bench.run_sweep``, ``bench.sweep.plan``, ``bench.report.results_table``,
+``bench.report.write_report``,
 ``bench.datasets.prepare_dataset``, ``bench.states.job_statuses`` ...); it parses, calls one,
 and prints what it returns."""
 
@@ -33,6 +34,7 @@ from bench.report import (
     render,
     results_table,
     table_format,
+    write_report,
 )
 from bench.states import JobState, job_statuses, summary
 from bench.store import (
@@ -141,6 +143,13 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results", type=Path, default=Path("results"), help="results folder (default: ./results)"
     )
+    for logger, where in (("wandb", "offline unless WANDB_MODE"), ("mlflow", "<results>/mlruns")):
+        parser.add_argument(
+            f"--{logger}",
+            action="store_true",
+            help=f"also log every run to {logger} ({where}); the same as --set "
+            f"pretrain.{logger}=true --set finetune.{logger}=true",
+        )
     parser.add_argument(
         "--data-root",
         type=Path,
@@ -150,13 +159,15 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace) -> SweepSpec:
+    loggers = [name for name in ("wandb", "mlflow") if getattr(args, name)]
+    enabled = [f"{section}.{name}=true" for name in loggers for section in ("pretrain", "finetune")]
     return SweepSpec(
         methods=args.methods,
         datasets=args.datasets,
         fractions=args.fractions,
         seeds=args.seeds,
         preset=args.preset,
-        overrides=tuple(args.overrides),
+        overrides=(*enabled, *args.overrides),
         plugins=args.plugins,
     )
 
@@ -424,6 +435,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    path, unreadable = write_report(args.results, args.output)
+    code = _warn_unreadable(unreadable)
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    return code
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     store = RunStore(args.results)
     store.check_exists()
@@ -576,6 +594,13 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument(
+        "--output", type=Path, default=None, help="the HTML file (default: <results>/report.html)"
+    )
+
+
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument(
@@ -601,6 +626,11 @@ COMMANDS = {
     "list": ("registered methods, datasets and presets", lambda parser: None, cmd_list),
     "table": ("print or write the table of a results folder", _table_arguments, cmd_table),
     "plot": ("figures: a metric vs the label fraction, per dataset", _plot_arguments, cmd_plot),
+    "report": (
+        "one self-contained HTML page: tables, per-class IoU, plots, losses, jobs, settings",
+        _report_arguments,
+        cmd_report,
+    ),
     "status": (
         "state of every job in a results folder (planned, queued, running, ...)",
         _status_arguments,

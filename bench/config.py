@@ -203,6 +203,12 @@ class PretrainConfig(Settings):
     # at the first steps, meant for long GPU runs. An execution choice, not part of the id.
     compile: bool = setting(False, identity=False)
     log_every: int = setting(10, ge=1, identity=False)  # steps between progress lines
+    # Live curves (bench.tracking): TensorBoard event files in <run folder>/tb/ (on), a W&B
+    # run (offline unless WANDB_MODE says otherwise) and an MLflow run (the results folder's
+    # file store); logging choices, not part of the id
+    tensorboard: bool = setting(True, identity=False)
+    wandb: bool = setting(False, identity=False)
+    mlflow: bool = setting(False, identity=False)
     # Data-parallel pretraining (bench.distributed): processes per node (one per GPU) and
     # nodes; None takes the cluster profile's pretrain_gpus / pretrain_nodes, else 1. The
     # global batch stays batch_size, split evenly over the processes, so these are execution
@@ -285,6 +291,9 @@ class FinetuneConfig(Settings):
     eval_batch_size: int = setting(64, ge=1, identity=False)
     compile: bool = setting(False, identity=False)  # as pretrain.compile
     log_every: int = setting(25, ge=1, identity=False)
+    tensorboard: bool = setting(True, identity=False)  # as pretrain.tensorboard
+    wandb: bool = setting(False, identity=False)
+    mlflow: bool = setting(False, identity=False)
     checkpoint_every: int = setting(50, ge=0, identity=False)  # steps; 0 = only on signal
 
     def __post_init__(self) -> None:

@@ -46,6 +46,7 @@ from bench.metrics import METRIC_NOTE
 from bench.models import build_segmentation_model, load_backbone_strict, load_strict
 from bench.protocols import PROTOCOLS, protocol_overrides
 from bench.store import BACKBONE, CHECKPOINT, DECODER, append_log, now_iso, provenance
+from bench.tracking import open_tracker, score_scalars
 
 log = logging.getLogger(__name__)
 
@@ -288,9 +289,13 @@ def run_finetuning(
     model, init_source, loaded = finetuning_model(job, data.dataset, pretrained_dir, device)
     trainer = finetuning_trainer(job, model, device, run_dir, data.length)
     progress = train_on_labels(job, trainer, data, run_dir)
-    train_seconds = time.perf_counter() - progress.started
-    eval_start = time.perf_counter()
-    scores = evaluate_job(job, model, data, device)
+    try:
+        train_seconds = time.perf_counter() - progress.started
+        eval_start = time.perf_counter()
+        scores = evaluate_job(job, model, data, device)
+        progress.final_scores(scores, data.dataset.class_names)
+    finally:
+        progress.close()
     return {
         **finetune_record(job, data),
         "init": init_source,
@@ -308,8 +313,8 @@ def run_finetuning(
 
 def train_on_labels(job, trainer: Trainer, data: FinetuneData, run_dir: Path) -> FinetuneLog:
     """The fine-tuning steps, from the checkpoint if there is one; a stop signal ends them
-    early after a checkpoint (so does ``checkpoint_every``, without ending them)."""
-    cfg: FinetuneConfig = job.finetune
+    early after a checkpoint (so does ``checkpoint_every``, without ending them). Returns
+    the open log (the final scores go to it too)."""
     total = data.length.steps
     resumed = trainer.load() or {"step": 0, "running": 0.0}
     start_step = int(resumed["step"])
@@ -317,6 +322,18 @@ def train_on_labels(job, trainer: Trainer, data: FinetuneData, run_dir: Path) ->
         trainer.restore_rng(resumed, seed_for(job.seed, 0xF7, start_step))
         log.info("%s: resumed from checkpoint at step %d/%d", job.job_id, start_step, total)
     progress = FinetuneLog(job, run_dir, float(resumed["running"]), start_step, total)
+    try:
+        _train_steps(job, trainer, data, progress, start_step)
+    except BaseException:
+        progress.close()
+        raise
+    return progress
+
+
+def _train_steps(job, trainer: Trainer, data: FinetuneData, progress, start_step: int) -> None:
+    """Steps ``start_step`` .. the last of the labelled batches, with the engine's loop."""
+    cfg: FinetuneConfig = job.finetune
+    total = data.length.steps
     ignore_index = data.dataset.ignore_index
 
     def train_step(batch, step: int) -> StepOutcome:
@@ -334,7 +351,6 @@ def train_on_labels(job, trainer: Trainer, data: FinetuneData, run_dir: Path) ->
     batches = labelled_batches(data.labelled, order, data.normalize, trainer.device, steps)
     with trainer.stop:
         trainer.run(batches, train_step, position, cfg.checkpoint_every, total - 1)
-    return progress
 
 
 def evaluate_job(job, model, data: FinetuneData, device: torch.device) -> dict[str, Any]:
@@ -360,16 +376,27 @@ def evaluate_job(job, model, data: FinetuneData, device: torch.device) -> dict[s
 
 
 class FinetuneLog:
-    """The running loss, a progress line and a log.jsonl line every ``log_every`` steps."""
+    """The running loss, a progress line and a log.jsonl line every ``log_every`` steps;
+    each step's loss and LR, and the final scores, to the live curves of
+    :mod:`bench.tracking`. Close it at the end."""
 
     def __init__(self, job, run_dir: Path, running: float, start_step: int, total: int) -> None:
         self.job, self.run_dir, self.running = job, run_dir, running
         self.start_step, self.total = start_step, total
         self.started = time.perf_counter()
+        self.tracker = open_tracker(run_dir, job, job.finetune, start_step + 1)
+
+    def close(self) -> None:
+        self.tracker.close()
+
+    def final_scores(self, scores: dict[str, Any], class_names) -> None:
+        """The test scores, at the last step."""
+        self.tracker.scalars(score_scalars(scores, class_names), self.total)
 
     def step(self, step: int, outcome: StepOutcome) -> None:
         cfg = self.job.finetune
         self.running += outcome.loss
+        self.tracker.scalars({"train/loss": outcome.loss, "train/lr": outcome.lr}, step + 1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == self.total:
             count = (step % cfg.log_every) + 1
             seconds = (time.perf_counter() - self.started) / (step + 1 - self.start_step)

@@ -49,6 +49,7 @@ from bench.store import (
     now_iso,
     provenance,
 )
+from bench.tracking import open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -314,20 +315,30 @@ class EpochTotals:
 
 
 class PretrainLog:
-    """Progress lines every ``log_every`` steps, and log.jsonl (rank 0 only)."""
+    """Progress lines every ``log_every`` steps, log.jsonl, and the live curves of
+    :mod:`bench.tracking` (rank 0 only); ``first_step`` is the first step this process logs
+    (1-based: after a resume, the step after the checkpoint). Close it at the end."""
 
-    def __init__(self, job, run_dir: Path, total_steps: int, steps_per_epoch: int) -> None:
+    def __init__(
+        self, job, run_dir: Path, total_steps: int, steps_per_epoch: int, first_step: int = 1
+    ) -> None:
         self.job, self.run_dir = job, run_dir
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
         self.main = distributed.topology().is_main
         self.started = time.perf_counter()
         self.images_seen = 0
         self.last_loss = math.nan
+        self.tracker = open_tracker(run_dir, job, job.pretrain, first_step)
+
+    def close(self) -> None:
+        self.tracker.close()
 
     def step(self, epoch: int, step: int, outcome: StepOutcome, totals: EpochTotals) -> None:
         self.last_loss = outcome.loss
         if not self.main:
             return
+        scalars = {"loss": outcome.loss, "lr": outcome.lr, **outcome.extras}
+        self.tracker.scalars({f"train/{k}": v for k, v in scalars.items()}, step + 1)
         if outcome.extras:  # method-specific scalars: one JSON line per step
             entry = {"kind": "step", "epoch": epoch + 1, "step": step + 1, "loss": outcome.loss}
             append_log(self.run_dir, {**entry, **outcome.extras})
@@ -349,19 +360,25 @@ class PretrainLog:
             )
 
     def epoch(self, epoch: int, totals: EpochTotals, lr: float, seconds: float) -> None:
-        if self.main:
-            append_log(
-                self.run_dir,
-                {
-                    "kind": "epoch",
-                    "epoch": epoch + 1,
-                    "step": (epoch + 1) * self.steps_per_epoch,
-                    "loss": totals.loss / self.steps_per_epoch,
-                    "lr": lr,
-                    "epoch_seconds": seconds,
-                    **{f"mean_{k}": v for k, v in totals.means().items()},
-                },
-            )
+        if not self.main:
+            return
+        step, loss = (epoch + 1) * self.steps_per_epoch, totals.loss / self.steps_per_epoch
+        means = totals.means()
+        append_log(
+            self.run_dir,
+            {
+                "kind": "epoch",
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "epoch_seconds": seconds,
+                **{f"mean_{k}": v for k, v in means.items()},
+            },
+        )
+        scalars = {"loss": loss, "lr": lr, "seconds": seconds, **means}
+        self.tracker.scalars({f"epoch/{k}": v for k, v in scalars.items()}, step)
+        self.tracker.flush()
 
 
 # ----------------------------------------------------------------------------------------
@@ -402,11 +419,15 @@ def run_pretraining(
             start[1],
             steps_per_epoch,
         )
-    progress = PretrainLog(job, run_dir, total_steps, steps_per_epoch)
-    with trainer.stop:
-        for epoch in range(start[0], cfg.epochs):
-            resume = resumed if epoch == start[0] and start[1] else None
-            train_epoch(job, trainer, train, epoch, progress, resume)
+    first_step = start[0] * steps_per_epoch + start[1] + 1
+    progress = PretrainLog(job, run_dir, total_steps, steps_per_epoch, first_step)
+    try:
+        with trainer.stop:
+            for epoch in range(start[0], cfg.epochs):
+                resume = resumed if epoch == start[0] and start[1] else None
+                train_epoch(job, trainer, train, epoch, progress, resume)
+    finally:
+        progress.close()
     train_seconds = time.perf_counter() - progress.started
     if place.is_main:
         decoder = method.decoder_state_dict()

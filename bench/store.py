@@ -233,6 +233,33 @@ def append_log(run_dir: Path, entry: dict[str, Any]) -> None:
         handle.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The lines of a run's log.jsonl that are JSON objects, in order; none when there is no
+    file. A line being written by a running job (cut short) is left out."""
+    try:
+        text = (Path(run_dir) / LOG).read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return []
+    entries = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def read_spec(run_dir: Path) -> dict[str, Any] | None:
+    """A run's spec.json (every setting of its job), None when missing or unreadable."""
+    try:
+        spec = json.loads((Path(run_dir) / SPEC).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -36,6 +36,7 @@ from bench.protocols import finetune_settings
 from bench.states import JobState, JobStatus, job_statuses
 from bench.store import RunStore
 from bench.submission import read_submission
+from bench.tracking import check_logger_packages
 
 if TYPE_CHECKING:
     from bench.executors import SubmitReport
@@ -137,6 +138,8 @@ def plan(spec: SweepSpec) -> list[Job]:
         common = {"dataset": dataset, "dataset_params": dataset_params, "data": data}
         for method, method_cls in sweep.methods.items():
             jobs += _method_jobs(sweep, method, method_cls, common, finetune)
+    for job in jobs:  # W&B or MLflow asked for and not installed: say so before any work
+        check_logger_packages(job.kind, job.pretrain if job.kind == "pretrain" else job.finetune)
     return jobs
 
 

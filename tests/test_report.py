@@ -346,3 +346,115 @@ def test_cli_plot(results, tmp_path, capsys):
     assert "miou_vs_fraction.png" in capsys.readouterr().out
     assert main(["plot", "--results", str(results), "--format", "jpg"]) == 2
     assert "unknown plot format 'jpg'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------
+# What the seeds can resolve: the minimum detectable difference and the seeds needed
+# ----------------------------------------------------------------------------------------
+def _paired_differences(frame: pd.DataFrame, method: str, column) -> np.ndarray:
+    """The method's values minus the baseline's on their shared seeds, from the frame."""
+    values = frame.set_index(["method", "dataset", "fraction", "seed"])[column.metric]
+    mine = values.loc[(method, column.dataset, column.fraction)]
+    theirs = values.loc[("random", column.dataset, column.fraction)]
+    common = sorted(set(mine.index) & set(theirs.index))
+    return mine.loc[common].to_numpy() - theirs.loc[common].to_numpy()
+
+
+@pytest.mark.filterwarnings("ignore::statsmodels.tools.sm_exceptions.ConvergenceWarning")
+def test_mdd_and_seeds_needed_agree_with_statsmodels(results):
+    power_analysis = pytest.importorskip("statsmodels.stats.power").TTestPower()
+    frame = _independent_frame(results)
+    table = build_table(_records(results), ("miou", "kappa"), "random")
+    checked = {"mdd": 0, "zero spread": 0, "seeds": 0}
+    for column in table.columns:
+        for method in table.methods[1:]:
+            cell = table.cell(method, column)
+            if cell.mean is None:
+                continue
+            differences = _paired_differences(frame, method, column)
+            if len(differences) < 2:
+                assert cell.mdd is None and cell.seeds_needed is None
+                continue
+            sd = np.std(differences, ddof=1)
+            if sd < 1e-6:  # equal differences: anything is detected
+                assert cell.mdd == 0 and cell.seeds_needed == MIN_PAIRED_SEEDS
+                checked["zero spread"] += 1
+                continue
+            effect = power_analysis.solve_power(
+                nobs=len(differences), alpha=0.05, power=0.8, alternative="two-sided"
+            )
+            assert cell.mdd == pytest.approx(effect * sd, rel=1e-5)
+            checked["mdd"] += 1
+            gap = np.mean(differences)
+            assert cell.gap == pytest.approx(gap, abs=1e-9)
+            if abs(gap) < 1e-6:
+                assert cell.seeds_needed is None
+                continue
+            n = power_analysis.solve_power(
+                effect_size=abs(gap) / sd, alpha=0.05, power=0.8, alternative="two-sided"
+            )
+            if math.isnan(n):  # statsmodels' solver gives up on large effects (n < 2)
+                assert cell.seeds_needed == MIN_PAIRED_SEEDS
+                continue
+            assert cell.seeds_needed == max(MIN_PAIRED_SEEDS, math.ceil(n - 1e-6))
+            checked["seeds"] += 1
+    assert checked["mdd"] >= 10 and checked["zero spread"] >= 1 and checked["seeds"] >= 3
+
+
+def test_mdd_is_detected_with_power_08_in_a_simulation():
+    """Paired differences whose true mean is the MDD are found significant by the table's
+    test (scipy's ttest_1samp on the differences) in 80% of simulated experiments."""
+    from bench.report.power import detectable_effect
+
+    rng = np.random.default_rng(23)
+    for n in (2, 3, 5, 10):
+        effect = detectable_effect(n, 0.05, 0.8)
+        draws = rng.normal(effect, 1.0, size=(40_000, n))
+        rate = np.mean(stats.ttest_1samp(draws, 0.0, axis=1).pvalue < 0.05)
+        assert rate == pytest.approx(0.8, abs=0.01), n
+
+
+def test_mdd_is_shown_in_every_format(results):
+    import io
+
+    table = build_table(_records(results), ("miou", "kappa"), "random")
+    shown = [
+        (method, column, table.cell(method, column))
+        for column in table.columns
+        for method in table.methods[1:]
+        if table.cell(method, column).mdd is not None
+    ]
+    assert len(shown) >= 10
+    md, html_text, latex = (render(table, fmt) for fmt in ("md", "html", "latex"))
+    for method, column, cell in shown:
+        name = f"{column.dataset} {column.fraction_label} {column.label}"
+        line = next(line for line in md.splitlines() if line.startswith(f"MDD, {name}:"))
+        gap = f"{cell.gap:+.2f}" if round(cell.gap, 2) else "0.00"  # zero has no sign
+        assert f"{method} {cell.mdd:.2f} ({cell.pairs} seeds; gap {gap}" in line
+        if cell.seeds_needed is not None:
+            assert f"{method} {cell.mdd:.2f}" in line and f"{cell.seeds_needed} seeds)" in line
+        assert f"{method} {cell.mdd:.2f} ({cell.pairs} seeds" in html_text
+        latex_name = latex_escape(method)
+        assert f"{latex_name} {cell.mdd:.2f} ({cell.pairs} seeds" in latex
+    assert "No † means not shown at this size" in md and "No $^\\dagger$ means" in latex
+    csv = pd.read_csv(io.StringIO(render(table, "csv")))
+    for method, column, cell in shown:
+        row = csv[
+            (csv["method"] == method)
+            & (csv["dataset"] == column.dataset)
+            & (csv["fraction"] == column.fraction)
+            & (csv["metric"] == column.metric)
+        ].iloc[0]
+        assert row["mdd"] == pytest.approx(cell.mdd, abs=5e-5)
+        expected = math.nan if cell.seeds_needed is None else cell.seeds_needed
+        assert row["seeds_needed"] == pytest.approx(expected, nan_ok=True)
+    assert csv[csv["method"] == "random"]["mdd"].isna().all()
+
+
+def test_mdd_needs_a_baseline_and_two_shared_seeds(results):
+    records = _records(results)
+    assert "MDD" not in render(build_table(records, ("miou",), None), "md")
+    one_seed = [r for r in records if r["seed"] == 0]
+    text = render(build_table(one_seed, ("miou",), "random"), "md")
+    assert "MDD: no method shares 2 or more seeds with random" in text
+    assert "MDD," not in text

@@ -1,8 +1,9 @@
 """Result records -> tables (Markdown, LaTeX, CSV, HTML) and plots.
 
-``table`` builds typed ``Table``s (numbers, ranks, Δ, paired tests), ``formats`` writes them
-as text, ``plots`` draws them with matplotlib. ``comparison_table`` is the one-call version
-``bench run`` prints at the end of a sweep.
+``table`` builds typed ``Table``s (numbers, ranks, Δ, paired tests, what the seeds can
+resolve with ``power``), ``formats`` writes them as text, ``plots`` draws them with
+matplotlib, ``html`` puts all of it, with job states and settings, on one page.
+``comparison_table`` is the one-call version ``bench run`` prints at the end of a sweep.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from bench.config import ConfigError
 from bench.report.formats import FORMATS, SUFFIXES, check_format, latex_escape, render
+from bench.report.html import REPORT, write_report
 from bench.report.plots import PLOT_FORMATS, plot_fraction_curves
 from bench.report.table import (
     ALPHA,
@@ -117,4 +119,6 @@ __all__ = [
     "table_format",
     "records_frame",
     "render",
+    "REPORT",
+    "write_report",
 ]

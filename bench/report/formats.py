@@ -16,7 +16,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench.report.table import ALPHA, DECIMALS, MIN_PAIRED_SEEDS, Cell, Table
+from bench.report.power import MAX_SEEDS
+from bench.report.table import ALPHA, DECIMALS, MIN_PAIRED_SEEDS, POWER, Cell, Column, Table
 
 MISSING_ORDER = ("failed", "skipped", "not run", "undefined")
 
@@ -168,6 +169,7 @@ def caption_lines(table: Table, style: Style) -> list[str]:
             f"{e(' over the seeds both finished, run only with ')}{style.geq}"
             f"{e(f' {MIN_PAIRED_SEEDS} such seeds; no correction for multiple comparisons.')}"
         )
+    lines.extend(power_lines(table, style))
     missing = table.missing_counts()
     total = sum(missing.values())
     footer = f"Missing cells: {total} of {table.n_cells}"
@@ -190,6 +192,68 @@ def caption_lines(table: Table, style: Style) -> list[str]:
             lines.append(e(IMAGE_MIOU_NOTE))
     lines.extend(e(f"Note: {caption}.") for caption in table.captions)
     return lines
+
+
+def power_lines(table: Table, style: Style) -> list[str]:
+    """What the seeds can resolve: how the MDD is defined, then one line per column with the
+    MDD of each compared method and the seeds its gap needs; or why nothing can be said."""
+    if table.baseline is None:
+        return []
+    e, b = style.escape, style.escape(table.baseline)
+    columns = [(c, _power_entries(table, c, style)) for c in table.columns]
+    columns = [(c, entries) for c, entries in columns if entries]
+    if not columns:
+        return [
+            e(f"MDD: no method shares 2 or more seeds with {table.baseline}, so the table ")
+            + e("cannot say which differences these seeds could detect; run at least ")
+            + e(f"{MIN_PAIRED_SEEDS} seeds.")
+        ]
+    definition = (
+        e("MDD (minimum detectable difference, in points): the smallest true difference from ")
+        + b
+        + e(f" that the paired t-test above (level {ALPHA:g}, over the seeds shared with ")
+        + b
+        + e(
+            f") detects with power {POWER:g}, from the observed std of the paired "
+            "differences; 0 where they do not vary, none with fewer than 2 shared seeds. No "
+        )
+        + style.dagger
+        + e(
+            " means not shown at this size, not no difference. Gap: the mean paired "
+            f"difference; seeds: how many shared seeds would detect it with power {POWER:g} "
+            f"at that spread (at least {MIN_PAIRED_SEEDS}, where the test starts)."
+        )
+    )
+    lines = [definition]
+    for column, entries in columns:
+        lines.append(e(f"MDD, {_column_name(table, column)}: ") + "; ".join(entries) + e("."))
+    return lines
+
+
+def _column_name(table: Table, column: Column) -> str:
+    if table.kind == "per-class":
+        return f"IoU of {column.label}"
+    return f"{column.dataset} {column.fraction_label} {column.label}"
+
+
+def _power_entries(table: Table, column: Column, style: Style) -> list[str]:
+    """``simclr 2.35 (3 seeds; gap +5.00 needs 3 seeds)`` for each compared method with at
+    least 2 seeds shared with the baseline."""
+    entries = []
+    for method in table.methods:
+        cell = table.cell(method, column)
+        if method == table.baseline or cell.mdd is None:
+            continue
+        text = f"{style.escape(method)} {_number(cell.mdd, style)} ({cell.pairs} seeds; "
+        text += f"gap {_number(cell.gap, style, sign=True)} "
+        if cell.seeds_needed is None and cell.gap == 0:
+            text += style.escape("is nothing to detect)")
+        elif cell.seeds_needed is None:
+            text += style.escape(f"needs more than {MAX_SEEDS:,} seeds)")
+        else:
+            text += style.escape(f"needs {cell.seeds_needed} seeds)")
+        entries.append(text)
+    return entries
 
 
 IMAGE_MIOU_NOTE = (
@@ -278,6 +342,8 @@ CSV_FIELDS = (
     "pairs",
     "p_value",
     "significant",
+    "mdd",
+    "seeds_needed",
 )
 
 
@@ -287,7 +353,10 @@ def to_csv(table: Table) -> str:
     ``status`` is ``ok`` (every seed of the table finished), ``partial`` (some did) or why
     there is no value; ``seeds`` lists the finished ones separated by ``;``; ``rank`` is 1
     or 2 for the marked cells; ``delta``/``pairs``/``p_value``/``significant`` compare with
-    ``baseline`` (``p_value`` empty when not tested).
+    ``baseline`` (``p_value`` empty when not tested); ``mdd`` is the minimum detectable
+    difference at the shared seeds and ``seeds_needed`` the shared seeds that would detect
+    the observed paired gap (both empty with fewer than 2 shared seeds; ``seeds_needed``
+    also with no gap, or beyond ``MAX_SEEDS``).
     """
 
     def fixed(value: float | None) -> str:
@@ -317,6 +386,8 @@ def to_csv(table: Table) -> str:
                     cell.pairs if compared else "",
                     "" if cell.p_value is None else f"{cell.p_value:.4g}",
                     "" if cell.p_value is None else str(cell.significant).lower(),
+                    fixed(cell.mdd) if compared else "",
+                    cell.seeds_needed if compared and cell.seeds_needed is not None else "",
                 ]
             )
     return out.getvalue()

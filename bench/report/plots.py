@@ -1,8 +1,11 @@
-"""Figures with matplotlib (Agg canvas, no display): a metric vs the label fraction.
+"""Figures with matplotlib (Agg canvas, no display): a metric vs the label fraction, and
+the pretraining loss curves of the HTML report.
 
 One figure per metric, one panel per dataset; x is the label fraction on a log axis, y the
 mean over seeds in percent with the sample std (ddof=1) as error bars (none for one seed);
-one line per method in the table's row order. Points without a value are left out.
+one line per method in the table's row order. Points without a value are left out. Figures
+are made in memory (``fraction_figure``, ``loss_figure``) and written as files
+(``plot_fraction_curves``) or embedded (``figure_bytes``, :mod:`bench.report.html`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ def plot_fraction_curves(
     formats: Iterable[str] = PLOT_FORMATS,
 ) -> list[Path]:
     """Write ``<metric>_vs_fraction.<format>`` per metric and format; return the paths."""
-    from matplotlib import rc_context
-
     formats = tuple(formats)
     bad = [f for f in formats if f not in PLOT_FORMATS]
     if bad or not formats:
@@ -38,18 +39,60 @@ def plot_fraction_curves(
     records = list(records)
     paths = []
     for metric in metrics:
-        table = build_table(records, (metric,), baseline=None)
-        if table is None:
-            raise ConfigError("no fine-tuning results to plot")
-        figure = _figure(table)
+        figure = fraction_figure(records, metric)
         for fmt in formats:
             path = Path(output_dir) / f"{metric}_vs_fraction.{fmt}"
-            buffer = io.BytesIO()
-            with rc_context({"svg.hashsalt": "bench", "svg.fonttype": "none"}):
-                figure.savefig(buffer, format=fmt, dpi=150, metadata=_metadata(fmt))
-            atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_bytes(path, figure_bytes(figure, fmt))
             paths.append(path)
     return paths
+
+
+def fraction_figure(records: Iterable[dict[str, Any]], metric: str):
+    """The figure of ``metric`` vs the label fraction (module docstring), in memory."""
+    table = build_table(records, (metric,), baseline=None)
+    if table is None:
+        raise ConfigError("no fine-tuning results to plot")
+    return _figure(table)
+
+
+def figure_bytes(figure, fmt: str, dpi: int = 150) -> bytes:
+    """``figure`` as a PNG or SVG file's bytes, the same on every rerun (no dates, a fixed
+    SVG id salt, text kept as text)."""
+    from matplotlib import rc_context
+
+    buffer = io.BytesIO()
+    with rc_context({"svg.hashsalt": "bench", "svg.fonttype": "none"}):
+        figure.savefig(buffer, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+    return buffer.getvalue()
+
+
+def loss_figure(curves: dict[str, dict[str, list[tuple[int, float]]]]):
+    """Pretraining loss curves: one panel per method (``curves`` method -> run label ->
+    (epoch, mean loss) points), one line per run, each panel on its own scale (the methods'
+    losses are not comparable)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    methods = list(curves)
+    columns = min(4, len(methods))
+    rows = -(-len(methods) // columns)
+    figure = Figure(figsize=(3.4 * columns, 2.6 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis, method in zip(axes, methods, strict=False):
+        for index, (label, points) in enumerate(curves[method].items()):
+            epochs, losses = zip(*points, strict=True)
+            axis.plot(epochs, losses, marker="o", markersize=3, color=f"C{index}", label=label)
+        axis.set_title(method)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("mean loss")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small", frameon=False)
+    for axis in axes[len(methods) :]:
+        axis.set_visible(False)
+    return figure
 
 
 def _figure(table):

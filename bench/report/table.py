@@ -14,6 +14,12 @@ Definitions (README "Comparison tables" says the same):
   against the baseline's on the seeds both finished (same seed = same pretraining seed and
   same labelled subset), run only with at least ``MIN_PAIRED_SEEDS`` pairs; significant when
   ``p < ALPHA``. No correction for multiple comparisons.
+- Minimum detectable difference (MDD, :mod:`bench.report.power`): for a method with at
+  least 2 seeds shared with the baseline, the smallest true mean difference the same test
+  detects with power ``POWER``, from the observed std of the paired differences (0 when they
+  do not vary; none with fewer than 2 pairs). *Seeds needed*: the smallest number of shared
+  seeds (at least ``MIN_PAIRED_SEEDS``, where the table starts testing) at which the
+  observed mean paired difference would be detected with that power at that spread.
 - A cell without values says why: ``failed`` (a run failed), ``skipped`` (its pretraining
   failed), ``not run`` (no record) or ``undefined`` (finished but the metric is NaN).
 """
@@ -33,6 +39,7 @@ from scipy import special
 from bench.config import PRESETS, ConfigError, check_unique
 from bench.methods import METHODS
 from bench.protocols import PROTOCOLS, describe_overrides
+from bench.report import power
 
 # image_miou: GLCNet's per-image IoU averaged over the scored images (bench.metrics)
 METRIC_LABELS = {
@@ -45,6 +52,7 @@ METRIC_LABELS = {
 DECIMALS = 2  # percent values are shown (and ranked) with two decimals
 MIN_PAIRED_SEEDS = 3  # fewer pairs than this: no test (a t-test on 2 pairs has 1 dof)
 ALPHA = 0.05
+POWER = 0.8  # of the minimum detectable difference and the seeds needed
 AUTO = "auto"  # baseline: "random" when it is in the table, else none
 DEFAULT_BASELINE = "random"
 
@@ -80,6 +88,9 @@ class Cell:
     delta: float | None = None  # mean - baseline mean, percentage points
     p_value: float | None = None  # paired t-test vs the baseline; None when not tested
     pairs: int = 0  # seeds both this cell and the baseline's have
+    gap: float | None = None  # mean paired difference over those seeds, points
+    mdd: float | None = None  # minimum detectable difference at those seeds; None: < 2 pairs
+    seeds_needed: int | None = None  # pairs to detect ``gap``; None: no gap, or beyond reach
 
     @property
     def n(self) -> int:
@@ -429,10 +440,22 @@ def _compared(cell: Cell, reference: Cell) -> Cell:
     ours = dict(zip(cell.seeds, cell.values, strict=True))
     theirs = dict(zip(reference.seeds, reference.values, strict=True))
     common = sorted(set(ours) & set(theirs))
-    p_value = None
-    if len(common) >= MIN_PAIRED_SEEDS:
-        p_value = paired_test([ours[s] for s in common], [theirs[s] for s in common])
-    return replace(cell, delta=cell.mean - reference.mean, p_value=p_value, pairs=len(common))
+    mine, base = [ours[s] for s in common], [theirs[s] for s in common]
+    p_value = paired_test(mine, base) if len(common) >= MIN_PAIRED_SEEDS else None
+    compared = replace(cell, delta=cell.mean - reference.mean, p_value=p_value, pairs=len(common))
+    return _with_power(compared, np.asarray(mine) - np.asarray(base))
+
+
+def _with_power(cell: Cell, differences: np.ndarray) -> Cell:
+    """``cell`` with the gap, MDD and seeds needed of its paired ``differences`` (module
+    docstring); unchanged with fewer than 2 pairs."""
+    if len(differences) < 2:
+        return cell
+    gap, spread = float(np.mean(differences)), power.spread(differences)
+    gap = 0.0 if abs(gap) < power.ROUND_OFF else gap  # equal values, up to float round-off
+    needed = power.seeds_needed(gap, spread, ALPHA, POWER, MIN_PAIRED_SEEDS)
+    mdd = power.minimum_detectable_difference(len(differences), spread, ALPHA, POWER)
+    return replace(cell, gap=gap, mdd=mdd, seeds_needed=needed)
 
 
 def paired_test(values: list[float], reference: list[float]) -> float | None:
