@@ -98,10 +98,12 @@ def _pretrain_job(method: str, settings: PerfSettings) -> PretrainJob:
         ),
     )
     job = next(j for j in plan(spec) if isinstance(j, PretrainJob))
-    n_train = job.pretrain.batch_size * settings.pretrain_steps
-    spec = SweepSpec(
-        **{**spec.__dict__, "overrides": (*spec.overrides, f"synthetic.n_train={n_train}")}
-    )
+    batch = job.pretrain.batch_size
+    sizes = [f"synthetic.n_train={batch * settings.pretrain_steps}"]
+    if method == "moco":  # a queue of two batches, shorter than these few images (>= 3 batches)
+        sizes = [f"synthetic.n_train={batch * max(3, settings.pretrain_steps)}",
+                 f"moco.queue_size={2 * batch}"]  # fmt: skip
+    spec = SweepSpec(**{**spec.__dict__, "overrides": (*spec.overrides, *sizes)})
     return next(j for j in plan(spec) if isinstance(j, PretrainJob))
 
 

@@ -112,26 +112,56 @@ def test_sweep_as_arrays_with_dependencies_gives_the_inline_table(
     assert "5 jobs: 5 done" in capsys.readouterr().out
 
 
+# A method whose step raises: every setting passes the checks before submission (bad input
+# is refused there now), so only the job itself can fail. Workers import it as a plugin.
+FAILING = """
+from bench.methods import register_method
+from bench.methods.simclr import SimCLR
+
+@register_method("failing")
+class Failing(SimCLR):
+    summary = "SimCLR whose training step raises, for the failed-job test"
+
+    def training_step(self, images, ctx):
+        raise RuntimeError("failing: this method raises when its job runs")
+"""
+
+
+@pytest.fixture
+def failing_plugin(tmp_path, monkeypatch, registries):
+    """The module above on this process's path and, through PYTHONPATH (sbatch exports the
+    submitting environment), on the SLURM job's."""
+    import os
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "failing_method.py").write_text(FAILING)
+    monkeypatch.syspath_prepend(str(folder))
+    path = os.pathsep.join(filter(None, (str(folder), os.environ.get("PYTHONPATH"))))
+    monkeypatch.setenv("PYTHONPATH", path)
+    return "failing_method"
+
+
 def test_a_failing_job_is_reported_failed_while_the_rest_completes(
-    dirs, tiny_overrides, cluster, capsys
+    dirs, tiny_overrides, cluster, failing_plugin, capsys
 ):
-    """moco's queue must exceed the batch: this setting fails when the job runs."""
     results, data = dirs
     spec = SweepSpec(
-        methods=("simclr", "moco"),
+        methods=("simclr", "failing"),
         fractions=(0.5,),
-        overrides=(*tiny_overrides, "moco.queue_size=8"),
+        overrides=tiny_overrides,
+        plugins=(failing_plugin,),
     )
     swept = run_sweep(spec, results, data, "slurm", cluster, timeout_s=DEADLINE_S)
     states = _states(results, swept.jobs)
     by_name = {(job.method, job.kind): job.job_id for job in swept.jobs}
     assert states[by_name[("simclr", "pretrain")]] == "done"
     assert states[by_name[("simclr", "finetune")]] == "done"
-    assert states[by_name[("moco", "pretrain")]] == "failed"
-    assert states[by_name[("moco", "finetune")]] == "failed"  # cancelled: dependency failed
+    assert states[by_name[("failing", "pretrain")]] == "failed"
+    assert states[by_name[("failing", "finetune")]] == "failed"  # cancelled: dependency failed
     assert main(["status", "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "ValueError: moco.queue_size (8) must exceed pretrain.batch_size (16)" in out
+    assert "RuntimeError: failing: this method raises when its job runs" in out
     assert "SLURM state CANCELLED" in out
 
 

@@ -201,7 +201,7 @@ def test_multitask_inpainting_loss_is_on_unit_scale_images():
     standardised = weighted_l1(seen["rec"], (images - 0.5) / 0.25, (corrupted - 0.5) / 0.25)
     assert abs(float(standardised.detach()) - logs["inpainting"]) > 0.1  # a different quantity
     total = 20 * logs["inpainting"] + logs["agr"] + logs["exemplar"]
-    assert float(loss) == pytest.approx(total, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(total, rel=1e-5)
 
 
 def test_multitask_exemplar_loss_equals_the_released_one():
