@@ -167,15 +167,25 @@ def test_a_diverging_pretraining_fails_alone_and_the_sweep_reports_it(tmp_path):
 
 def test_concurrent_sweeps_into_one_results_folder_lose_nothing(tmp_path):
     results, data = tmp_path / "results", tmp_path / "data"
-    runs = [  # they also render the synthetic data and write subset lists at the same time
-        subprocess.Popen(
-            _cli(results, data, methods, "0.5", TINY),
+    # MoCo's data-sized queue would not exceed the batch on 48 images (refused): set one
+    extra = {"moco": ("moco.queue_size=32",)}
+    logs = {
+        methods: tmp_path / f"{methods}.err" for methods in ("random", "simclr", "moco", "byol")
+    }
+    streams = {methods: log.open("w") for methods, log in logs.items()}
+    runs = {  # they also render the synthetic data and write subset lists at the same time
+        methods: subprocess.Popen(
+            _cli(results, data, methods, "0.5", (*TINY, *extra.get(methods, ()))),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
         )
-        for methods in ("random", "simclr", "moco", "byol")
-    ]
-    assert all(run.wait(timeout=900) == 0 for run in runs)
+        for methods, stderr in streams.items()
+    }
+    codes = {methods: run.wait(timeout=900) for methods, run in runs.items()}
+    for stderr in streams.values():
+        stderr.close()
+    failed = {m: logs[m].read_text()[-2000:] for m, code in codes.items() if code != 0}
+    assert not failed, failed
     records = [json.loads(p.read_text()) for p in results.glob("*/result.json")]
     assert len(records) == 7 and all(r["status"] == "ok" for r in records)
     table = subprocess.run(
