@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -458,3 +459,11 @@ def test_mdd_needs_a_baseline_and_two_shared_seeds(results):
     text = render(build_table(one_seed, ("miou",), "random"), "md")
     assert "MDD: no method shares 2 or more seeds with random" in text
     assert "MDD," not in text
+
+
+def test_html_table_has_no_bare_angle_brackets_in_its_text(results):
+    """Every '<' or '>' in the HTML is a tag's: the caption's "p < 0.05" is written &lt;."""
+    page = comparison_table(_records(results), ("miou", "kappa"), "random", "html")
+    text = re.sub(r"</?[a-zA-Z][^<>]*>", "", page)
+    assert "<" not in text and ">" not in text
+    assert "p &lt; 0.05" in page

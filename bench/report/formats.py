@@ -63,7 +63,7 @@ def latex_escape(text: str) -> str:
 
 
 MARKDOWN = Style(_markdown_escape, lambda t: f"**{t}**", lambda t: f"<u>{t}</u>")
-HTML = Style(html.escape, lambda t: f"<b>{t}</b>", lambda t: f"<u>{t}</u>")
+HTML = Style(html.escape, lambda t: f"<b>{t}</b>", lambda t: f"<u>{t}</u>", less="&lt;")
 LATEX = Style(
     latex_escape,
     lambda t: f"\\textbf{{{t}}}",
