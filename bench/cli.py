@@ -132,14 +132,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds", type=_ints, default=None, help="comma-separated seeds (default: the preset's)"
     )
     parser.add_argument("--preset", default="quick", help=f"one of: {', '.join(PRESETS)}")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a setting, e.g. --set pretrain.epochs=10 (repeatable)",
-    )
+    _add_set_option(parser, "override a setting, e.g. --set pretrain.epochs=10 (repeatable)")
     parser.add_argument(
         "--results", type=Path, default=Path("results"), help="results folder (default: ./results)"
     )
@@ -251,7 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    jobs = plan(_spec(args))
+    spec = _spec(args)
+    jobs = plan(spec)
     statuses = sweep_status(jobs, args.results)
     for job in jobs:
         after = ",".join(job.depends_on) or "-"
@@ -265,9 +259,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             + f"; DeepLabV3+ head: {cfg.head}; scored on test {cfg.evaluation}"
         )
     if args.preset in COMPARED_PRESETS:
-        print_preset_differences(_spec(args), COMPARED_PRESETS[args.preset])
+        print_preset_differences(spec, COMPARED_PRESETS[args.preset])
     if args.show_settings:
-        print_settings(_spec(args))
+        print_settings(spec)
     for problem in data_problems(jobs, args.data_root):
         print(f"note (`run` refuses this sweep until it is fixed): {problem}")
     return 0
@@ -487,17 +481,19 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_set_option(
+    parser: argparse.ArgumentParser, help_text: str, metavar: str = "SECTION.KEY=VALUE"
+) -> None:
+    """``--set`` (repeatable, collected in ``overrides``): settings as the sweeps read them."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar=metavar, help=help_text
+    )
+
+
 def _check_arguments(kind: str):
     def add(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("name", help=f"{kind} name (see `list`)")
-        parser.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="SECTION.KEY=VALUE",
-            help="a setting over the check's tiny ones (repeatable)",
-        )
+        _add_set_option(parser, "a setting over the check's tiny ones (repeatable)")
         parser.add_argument(
             "--only", type=_names, default=None, help="comma-separated contracts to check"
         )
@@ -539,13 +535,8 @@ def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
         default=(0.01, 0.1),
         help="label fractions of the subset lists to write (default 0.01,0.1)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="DATASET.KEY=VALUE",
-        help="a dataset setting, e.g. --set potsdam.labels=no_boundary",
+    _add_set_option(
+        parser, "a dataset setting, e.g. --set potsdam.labels=no_boundary", "DATASET.KEY=VALUE"
     )
     parser.add_argument("--force", action="store_true", help="discard and redo a prepared copy")
 

@@ -43,6 +43,7 @@ from bench.finetune import (
     segmentation_loss,
 )
 from bench.jobs import FinetuneJob, PretrainJob, execute
+from bench.methods import METHODS
 from bench.methods.base import StepContext
 from bench.metrics import ConfusionMatrix
 from bench.pretrain import (
@@ -99,10 +100,9 @@ def _pretrain_job(method: str, settings: PerfSettings) -> PretrainJob:
     )
     job = next(j for j in plan(spec) if isinstance(j, PretrainJob))
     batch = job.pretrain.batch_size
-    sizes = [f"synthetic.n_train={batch * settings.pretrain_steps}"]
-    if method == "moco":  # a queue of two batches, shorter than these few images (>= 3 batches)
-        sizes = [f"synthetic.n_train={batch * max(3, settings.pretrain_steps)}",
-                 f"moco.queue_size={2 * batch}"]  # fmt: skip
+    own = METHODS.get(method).few_batches_settings(batch)  # they hold for >= 3 batches
+    steps = max(3, settings.pretrain_steps) if own else settings.pretrain_steps
+    sizes = [f"synthetic.n_train={batch * steps}", *(f"{method}.{k}={v}" for k, v in own.items())]
     spec = SweepSpec(**{**spec.__dict__, "overrides": (*spec.overrides, *sizes)})
     return next(j for j in plan(spec) if isinstance(j, PretrainJob))
 

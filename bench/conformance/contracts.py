@@ -89,12 +89,16 @@ class Shared:
         return self._values[what]
 
 
-def run_contracts(
-    names: tuple[str, ...], checks: dict[str, Callable[[], Contract]]
-) -> Iterator[Contract]:
-    """Each named contract's outcome, in order, as it completes."""
+def run_gated(first: str, names: tuple[str, ...], check: object, skip: str) -> Iterator[Contract]:
+    """Contract ``first``, then each of ``names``, as they complete: contract ``a-b`` is
+    ``check.a_b()``; when ``first`` does not pass, the others SKIP with reason ``skip``."""
+    gate = guarded(first, getattr(check, first.replace("-", "_")))
+    yield gate
     for name in names:
-        yield guarded(name, checks[name])
+        if gate.ok:
+            yield guarded(name, getattr(check, name.replace("-", "_")))
+        else:
+            yield Contract(name, "SKIP", skip)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.config import ConfigError, DataConfig, build_section, parse_overrides
-from bench.conformance.contracts import Contract, Shared, failed, passed, run_contracts, selected
+from bench.conformance.contracts import Contract, Shared, failed, passed, run_gated, selected
 from bench.datasets import DATASETS, create_dataset, default_data_root, prepare_dataset
 from bench.datasets.base import DatasetError, SegmentationDataset
 from bench.datasets.prepared import PreparedDataset
@@ -78,20 +78,15 @@ def iter_check_dataset(
     if raw is not None and generated:
         raise ConfigError(f"dataset {name} is generated, it reads no raw files; drop --raw")
     with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
-        root = Path(data_root) if data_root is not None else default_data_root()
-        root = Path(tmp) / "data" if generated and data_root is None else root
+        if data_root is not None:
+            root = Path(data_root)
+        else:
+            root = Path(tmp) / "data" if generated else default_data_root()
         if raw is not None:
             own = [item for item in overrides if item.startswith(f"{name}.")]
             prepare_dataset(name, raw, root, cls.check_settings, own)
         check = DatasetCheck(create_dataset(name, params, data, root), Path(tmp))
-        ready = next(run_contracts(("ready",), {"ready": check.ready}))
-        yield ready
-        for contract in names:
-            if ready.ok:
-                method = getattr(check, contract.replace("-", "_"))
-                yield from run_contracts((contract,), {contract: method})
-            else:
-                yield Contract(contract, "SKIP", "needs the data, which is not ready")
+        yield from run_gated("ready", names, check, skip="needs the data, which is not ready")
 
 
 def dataset_sections(name: str, cls: type, overrides: tuple[str, ...]):

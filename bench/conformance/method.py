@@ -33,7 +33,7 @@ from bench.conformance.contracts import (
     failed,
     one_cpu_thread,
     passed,
-    run_contracts,
+    run_gated,
     selected,
 )
 from bench.datasets import DATASETS, create_dataset
@@ -95,28 +95,19 @@ def iter_check_method(
         one_cpu_thread(),
     ):
         check = MethodCheck(*jobs, folder=Path(tmp))
-        setup = run_contracts(("setup",), {"setup": check.setup})
-        first = next(setup)
-        yield first
-        for contract in names:
-            if first.ok:
-                yield from run_contracts((contract,), {contract: getattr(check, _attr(contract))})
-            else:
-                yield Contract(contract, "SKIP", "needs the setup, which failed")
-
-
-def _attr(contract: str) -> str:
-    return contract.replace("-", "_")
+        yield from run_gated("setup", names, check, skip="needs the setup, which failed")
 
 
 def tiny_overrides(method: str | None = None) -> tuple[str, ...]:
     """``--set`` items of the check's data and pretraining loop, and of ``method``'s
-    ``check_settings``."""
+    ``few_batches_settings`` and ``check_settings``."""
     dataset = DATASETS.get(CHECK_DATASET)
     items = {f"{CHECK_DATASET}.{k}": v for k, v in dataset.check_settings.items()}
     items |= {f"pretrain.{k}": v for k, v in CHECK_PRETRAIN.items()}
     if method is not None:
-        items |= {f"{method}.{k}": v for k, v in METHODS.get(method).check_settings.items()}
+        cls = METHODS.get(method)
+        own = cls.few_batches_settings(CHECK_PRETRAIN["batch_size"]) | cls.check_settings
+        items |= {f"{method}.{k}": v for k, v in own.items()}
     return tuple(f"{key}={_text(value)}" for key, value in items.items())
 
 
@@ -416,17 +407,14 @@ def frozen_problems(models: list[PretrainingMethod]) -> list[str]:
             f"{len(undeclared)} tensors are frozen but not declared (e.g. "
             f"{undeclared[0]}): name their module in frozen_modules"
         )
-    dead = [n for n, p in others if p.requires_grad and not _got_gradient(models, n)]
+    with_gradient = {n for m in models for n, p in m.named_parameters() if p.grad is not None}
+    dead = [n for n, p in others if p.requires_grad and n not in with_gradient]
     if dead:
         problems.append(
             f"{len(dead)} trainable tensors get no gradient (e.g. {dead[0]}): use them in the "
             "loss, or freeze them and name their module in frozen_modules"
         )
     return problems
-
-
-def _got_gradient(models: list[PretrainingMethod], name: str) -> bool:
-    return any(dict(m.named_parameters())[name].grad is not None for m in models)
 
 
 def mid_epoch_step(steps_per_epoch: int, epochs: int) -> int:

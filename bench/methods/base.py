@@ -63,6 +63,13 @@ class Method:
         return None
 
     @classmethod
+    def few_batches_settings(cls, batch_size: int) -> dict[str, Any]:
+        """Values of its own Params that let it pretrain on only a few (at least three)
+        batches of ``batch_size`` images, as ``check-method`` and ``bench perf`` do, where
+        its defaults need more data (MoCo's queue). Empty: the defaults fit."""
+        return {}
+
+    @classmethod
     def check_data(cls, params: Any, config: PretrainConfig, train_size: int) -> None:
         """Refuse (:class:`bench.config.ConfigError`, with the numbers) settings that do not
         fit ``train_size`` pretraining images; checked before a sweep starts."""

@@ -87,9 +87,8 @@ def peak_region_boxes(cam: torch.Tensor, size: int, ratio: float, **rule) -> tor
     # pixels): no region, as for an exactly constant map in the release
     constant = (high - low <= 1e-5 * torch.maximum(high.abs(), low.abs())).cpu().numpy()
     if rule.get("divide_by_max", False):
-        peak = flat.amax(dim=1)
-        constant |= (peak == 0).cpu().numpy()  # the release would divide by zero
-        cam = cam / torch.where(peak == 0, 1.0, peak)[:, None, None]
+        constant |= (high == 0).cpu().numpy()  # the release would divide by zero
+        cam = cam / torch.where(high == 0, 1.0, high)[:, None, None]
     up = F.interpolate(cam[:, None], size=(size, size), mode="bilinear", align_corners=False)
     up = up[:, 0].cpu().numpy()
     boxes = np.tile(np.array([0, 0, size, size], dtype=np.float32), (len(up), 1))

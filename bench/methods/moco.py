@@ -61,8 +61,6 @@ class MoCo(PretrainingMethod):
     # the momentum key encoder, updated by EMA only (He et al. 2020, sec. 3.2: "only the
     # parameters of the query encoder are updated by back-propagation")
     frozen_modules = ("key_backbone", "key_projector")
-    # a queue longer than the check's batch of 4 and shorter than its 16 images
-    check_settings = {"queue_size": 8}
     # MoCo v2 as released (facebookresearch/moco main_moco.py): SGD(model.parameters(), LR
     # 0.03 x batch/256, momentum 0.9, weight decay 1e-4 on every parameter), cosine per
     # epoch to 0 (adjust_learning_rate with --cos), 200 epochs, float32.
@@ -81,6 +79,12 @@ class MoCo(PretrainingMethod):
     }
     # common: the shared views (SimCLR's crop and jitter)
     preset_params = {"common": {"crop_scale": (0.08, 1.0), "jitter": (0.8, 0.8, 0.8, 0.2)}}
+
+    @classmethod
+    def few_batches_settings(cls, batch_size: int) -> dict[str, int]:
+        """A queue of two batches: longer than a batch, shorter than three batches' images
+        (the data-sized rule would refuse so few)."""
+        return {"queue_size": 2 * batch_size}
 
     @classmethod
     def check_data(cls, params: MoCoParams, config, train_size: int) -> None:

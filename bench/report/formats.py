@@ -161,14 +161,7 @@ def caption_lines(table: Table, style: Style) -> list[str]:
         + e("column whose means are all equal.")
     )
     if table.baseline is not None:
-        b = e(table.baseline)
-        lines.append(
-            f"{style.delta}{e(': mean minus the mean of ')}{b}{e(', in points; ')}"
-            f"{style.dagger}{e(': p ')}{style.less}{e(f' {ALPHA:g} in a two-sided paired t-test ')}"
-            f"{e('(as scipy.stats.ttest_rel) against ')}{b}"
-            f"{e(' over the seeds both finished, run only with ')}{style.geq}"
-            f"{e(f' {MIN_PAIRED_SEEDS} such seeds; no correction for multiple comparisons.')}"
-        )
+        lines.append(baseline_test_line(table.baseline, style))
     lines.extend(power_lines(table, style))
     missing = table.missing_counts()
     total = sum(missing.values())
@@ -192,6 +185,18 @@ def caption_lines(table: Table, style: Style) -> list[str]:
             lines.append(e(IMAGE_MIOU_NOTE))
     lines.extend(e(f"Note: {caption}.") for caption in table.captions)
     return lines
+
+
+def baseline_test_line(baseline: str, style: Style) -> str:
+    """What Δ and † mean: the difference from ``baseline`` and the paired test against it."""
+    e, b = style.escape, style.escape(baseline)
+    return (
+        f"{style.delta}{e(': mean minus the mean of ')}{b}{e(', in points; ')}"
+        f"{style.dagger}{e(': p ')}{style.less}{e(f' {ALPHA:g} in a two-sided paired t-test ')}"
+        f"{e('(as scipy.stats.ttest_rel) against ')}{b}"
+        f"{e(' over the seeds both finished, run only with ')}{style.geq}"
+        f"{e(f' {MIN_PAIRED_SEEDS} such seeds; no correction for multiple comparisons.')}"
+    )
 
 
 def power_lines(table: Table, style: Style) -> list[str]:

@@ -33,6 +33,7 @@ from bench.store import (
     read_spec,
 )
 
+NO_FINISHED_RUNS = '<p class="note">no finished fine-tuning runs yet</p>'
 REPORT = "report.html"  # in the results folder unless --output says otherwise
 # what a record says about where and with what it ran (bench.store.provenance, + device)
 ENVIRONMENT = (
@@ -78,14 +79,16 @@ def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
         raise ConfigError(f"results folder {store.root} has no runs (no spec.json or result.json)")
     records, unreadable = store.scan()
     statuses = job_statuses(store, run_ids)
+    specs = {job_id: read_spec(store.run_dir(job_id)) for job_id in run_ids}
+    metrics = reported_metrics(records)
     sections = [
         ("status", "Jobs", status_section(statuses, unreadable)),
-        ("tables", "Comparison tables", tables_section(records)),
+        ("tables", "Comparison tables", tables_section(records, metrics)),
         ("per-class", "Per-class IoU", per_class_section(records)),
-        ("plots", "Metrics vs label fraction", plots_section(records)),
-        ("losses", "Pretraining loss", loss_section(store, run_ids)),
+        ("plots", "Metrics vs label fraction", plots_section(records, metrics)),
+        ("losses", "Pretraining loss", loss_section(store, specs)),
         ("environment", "Environment", environment_section(records)),
-        ("settings", "Settings of every run", settings_section(store, run_ids)),
+        ("settings", "Settings of every run", settings_section(specs)),
     ]
     contents = "".join(f'<li><a href="#{key}">{title}</a></li>' for key, title, _ in sections)
     body = "\n".join(
@@ -163,11 +166,10 @@ def reported_metrics(records: Iterable[dict[str, Any]]) -> tuple[str, ...]:
     return tuple(m for m in METRIC_LABELS if any(isinstance(r.get(m), float) for r in finished))
 
 
-def tables_section(records: list[dict[str, Any]]) -> str:
-    """One comparison table per metric (Δ and tests against ``random`` when it ran)."""
-    metrics = reported_metrics(records)
+def tables_section(records: list[dict[str, Any]], metrics: tuple[str, ...]) -> str:
+    """One comparison table per reported metric (Δ and tests against ``random`` when it ran)."""
     if not metrics:
-        return '<p class="note">no finished fine-tuning runs yet</p>'
+        return NO_FINISHED_RUNS
     parts = []
     for metric in metrics:
         table = build_table(records, (metric,), AUTO)
@@ -183,7 +185,7 @@ def per_class_section(records: list[dict[str, Any]]) -> str:
         if r.get("kind") == "finetune" and r.get("status") == "ok"
     }
     if not finished:
-        return '<p class="note">no finished fine-tuning runs yet</p>'
+        return NO_FINISHED_RUNS
     parts = []
     for dataset, fraction in sorted(finished):
         table = per_class_table(records, dataset, fraction, AUTO)
@@ -192,10 +194,9 @@ def per_class_section(records: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def plots_section(records: list[dict[str, Any]]) -> str:
-    metrics = reported_metrics(records)
+def plots_section(records: list[dict[str, Any]], metrics: tuple[str, ...]) -> str:
     if not metrics:
-        return '<p class="note">no finished fine-tuning runs yet</p>'
+        return NO_FINISHED_RUNS
     parts = []
     for metric in metrics:
         png = figure_bytes(fraction_figure(records, metric), "png", dpi=100)
@@ -203,12 +204,13 @@ def plots_section(records: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def loss_curves(store: RunStore, run_ids: Iterable[str]) -> dict[str, dict[str, list]]:
-    """method -> "dataset seed s" -> (epoch, mean loss) of every pretraining run, from the
-    epoch lines of its log.jsonl (a running one: the epochs so far)."""
+def loss_curves(store: RunStore, specs: dict[str, dict | None]) -> dict[str, dict[str, list]]:
+    """method -> "dataset seed s" -> (epoch, mean loss) of every pretraining run (``specs``:
+    job id -> its spec.json), from the epoch lines of its log.jsonl (a running one: the
+    epochs so far)."""
     curves: dict[str, dict[str, list]] = {}
-    for job_id in run_ids:
-        spec = read_spec(store.run_dir(job_id)) or {}
+    for job_id, spec in specs.items():
+        spec = spec or {}
         if spec.get("kind") != "pretrain":
             continue
         points = [
@@ -222,8 +224,8 @@ def loss_curves(store: RunStore, run_ids: Iterable[str]) -> dict[str, dict[str, 
     return curves
 
 
-def loss_section(store: RunStore, run_ids: list[str]) -> str:
-    curves = loss_curves(store, run_ids)
+def loss_section(store: RunStore, specs: dict[str, dict | None]) -> str:
+    curves = loss_curves(store, specs)
     curves = {method: curves[method] for method in method_order(curves)}  # as in the tables
     if not curves:
         return '<p class="note">no pretraining epoch has finished yet</p>'
@@ -251,11 +253,10 @@ def environment_section(records: list[dict[str, Any]]) -> str:
     return _block(f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def settings_section(store: RunStore, run_ids: list[str]) -> str:
+def settings_section(specs: dict[str, dict | None]) -> str:
     """Each run's spec.json (every setting of its job), folded."""
     parts = []
-    for job_id in run_ids:
-        spec = read_spec(store.run_dir(job_id))
+    for job_id, spec in specs.items():
         text = json.dumps(spec, indent=1, sort_keys=True) if spec else "no spec.json"
         parts.append(f"<details><summary>{_e(job_id)}</summary><pre>{_e(text)}</pre></details>")
     return "\n".join(parts)

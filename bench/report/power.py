@@ -85,11 +85,14 @@ def seeds_needed(
     effect = abs(gap) / spread
     if effect * math.sqrt(minimum) > 1e3:  # certain detection (and past scipy's range)
         return minimum
-    low, high = minimum, MAX_SEEDS
+    low = minimum
     if paired_power(effect, low, alpha) >= power:
         return low
-    if paired_power(effect, high, alpha) < power:
-        return None
+    high = min(2 * low, MAX_SEEDS)  # doubled until it reaches the power: ~log2(n) steps
+    while paired_power(effect, high, alpha) < power:
+        if high == MAX_SEEDS:
+            return None
+        low, high = high, min(2 * high, MAX_SEEDS)
     while high - low > 1:  # power grows with n: bisect on the smallest n that reaches it
         middle = (low + high) // 2
         if paired_power(effect, middle, alpha) >= power:
