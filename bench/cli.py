@@ -43,6 +43,8 @@ from bench.store import (
     atomic_write_bytes,
     check_output_dir,
     check_output_file,
+    describe_storage_fault,
+    storage_fault,
 )
 from bench.sweep import (
     SweepSpec,
@@ -64,6 +66,7 @@ log = logging.getLogger("bench")
 FAILED_JOBS = 1  # some jobs failed or were skipped
 BAD_INPUT = 2  # one line says what is wrong; nothing was written
 INCOMPLETE = 3  # unreadable records were left out of a table, plot or status
+STORAGE_FAULT = 4  # a full, read-only or forbidden filesystem stopped the command
 INTERRUPTED = 130
 STOPPED = 143
 
@@ -239,7 +242,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {args.results}")
     for status in ("failed", "skipped"):
         for record in result.by_status(status):
-            print(f"{status.upper():<7} {record['job_id']}: {record['error']}")
+            why = record.get("storage_fault") or record["error"]
+            print(f"{status.upper():<7} {record['job_id']}: {why}")
+    faults = [r["storage_fault"] for r in result.by_status("failed") if r.get("storage_fault")]
+    if faults:
+        print(f"stopped at a storage fault: {faults[0]}; then rerun this command (finished "
+              "jobs are kept, nothing half-written is read as done)")  # fmt: skip
+        return STORAGE_FAULT
     return 0 if result.ok else FAILED_JOBS
 
 
@@ -679,6 +688,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return BAD_INPUT
+    except OSError as error:
+        fault = storage_fault(error)
+        if fault is None:
+            raise
+        print(f"error: {describe_storage_fault(fault)}; then rerun", file=sys.stderr)
+        return STORAGE_FAULT
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED

@@ -101,7 +101,8 @@ class Executor:
 class InlineExecutor(Executor):
     """Sequential, in-process. Finished jobs are skipped; jobs whose dependency did not
     finish are reported as skipped (never run from the wrong weights). ``timeout_s`` does
-    not apply (the jobs run in this process)."""
+    not apply (the jobs run in this process). A storage fault (full, read-only or forbidden
+    filesystem) stops the sweep: the remaining jobs are skipped, not each failed in turn."""
 
     name = "inline"
 
@@ -113,6 +114,7 @@ class InlineExecutor(Executor):
         log.info("%s (%d pretraining, %d fine-tuning); results in %s", summary(statuses.values()),
                  pretraining, len(jobs) - pretraining, results_root)  # fmt: skip
         records: Records = {}
+        fault = None  # the job whose storage fault stopped the sweep
         for number, job in enumerate(jobs, start=1):
             prefix = f"[{number}/{len(jobs)}]"
             status = statuses[job.job_id]
@@ -121,21 +123,30 @@ class InlineExecutor(Executor):
                 records[job.job_id] = status.record
                 continue
             blocked = [d for d in job.depends_on if records.get(d, {}).get("status") != "ok"]
-            if blocked:
-                log.warning("%s skipped: %s, because %s did not finish", prefix,
-                            job.describe(), ", ".join(blocked))  # fmt: skip
-                records[job.job_id] = skipped_record(
-                    job, f"dependency {', '.join(blocked)} did not finish"
+            if fault is not None or blocked:
+                why = (
+                    storage_stop(fault)
+                    if fault
+                    else f"dependency {', '.join(blocked)} did not finish"
                 )
+                log.warning("%s skipped: %s, because %s", prefix, job.describe(), why)
+                records[job.job_id] = skipped_record(job, why)
                 continue
             if status.state is not JobState.PLANNED:
                 log.info("%s retrying a job that was %s", prefix, status.state)
             log.info("%s %s (%s)", prefix, job.describe(), job.job_id)
             start = time.perf_counter()
             records[job.job_id] = execute(job, results_root, data_root)
+            fault = job.job_id if records[job.job_id].get("storage_fault") else None
             log.info("%s %s in %.1fs", prefix, records[job.job_id]["status"],
                      time.perf_counter() - start)  # fmt: skip
         return records
+
+
+def storage_stop(job_id: str) -> str:
+    """Why a job was not started after ``job_id`` hit a storage fault: every job writes to
+    the same folders, so each would fail the same way after spending its compute."""
+    return f"not started: the sweep stopped at the storage fault of {job_id}"
 
 
 class SubmititExecutor(Executor):
@@ -168,11 +179,14 @@ class SubmititExecutor(Executor):
             for job in stage:
                 layouts.setdefault(pretrain_layout(job, self.profile), []).append(job)
             for layout, group in layouts.items():
-                self._run_chunks(executor, group, layout, results_root, data_root, store)
+                faulty = self._run_chunks(executor, group, layout, results_root, data_root, store)
+                if faulty is not None:  # as InlineExecutor: stop, skip the rest
+                    return collect_records(jobs, store, storage_stop(faulty))
         return collect_records(jobs, store)
 
-    def _run_chunks(self, executor, jobs, layout, results_root, data_root, store) -> None:
-        """Run ``jobs`` (all of one process layout) ``array_parallelism`` at a time."""
+    def _run_chunks(self, executor, jobs, layout, results_root, data_root, store) -> str | None:
+        """Run ``jobs`` (all of one process layout) ``array_parallelism`` at a time; stop
+        after a chunk in which a job hit a storage fault, and return that job's id."""
         parallel = self.profile.settings.get("array_parallelism", 4)
         executor.update_parameters(**layout_parameters(self.profile, *layout))
         data_root = absolute_data_root(data_root)
@@ -192,6 +206,10 @@ class SubmititExecutor(Executor):
                     log.info("ok: %s (%s)", job.describe(), job.job_id)
                 except Exception as error:  # noqa: BLE001  (the record says what failed)
                     log.warning("failed: %s: %s", job.job_id, str(error).strip()[-300:])
+            faulty = [job.job_id for job in chunk if storage_fault_of(store, job.job_id)]
+            if faulty:
+                return faulty[0]
+        return None
 
 
 class SlurmExecutor(SubmititExecutor):
@@ -325,22 +343,36 @@ class SlurmArrays:
         }
 
 
-def collect_records(jobs: list[Job], store: RunStore) -> Records:
+def collect_records(jobs: list[Job], store: RunStore, stopped: str | None = None) -> Records:
     """Every job's record after a run; a job without one is ``skipped`` (its dependency did
-    not finish, or it was cancelled or killed)."""
+    not finish, it was cancelled or killed, or the run ``stopped`` before it, saying why),
+    or ``failed`` when its attempt marker holds the storage fault that kept its record."""
     records = {}
     for job in jobs:
         record = store.read_record(job.job_id)
-        if record is None:
+        fault = storage_fault_of(store, job.job_id) if record is None else None
+        if fault is not None:
+            record = {**skipped_record(job, fault), "status": "failed", "storage_fault": fault}
+        elif record is None:
             blocked = [d for d in job.depends_on if not is_done(store, d)]
             reason = (
                 f"dependency {', '.join(blocked)} did not finish"
                 if blocked
-                else "the job ended without a result record (cancelled or killed)"
+                else stopped or "the job ended without a result record (cancelled or killed)"
             )
             record = skipped_record(job, reason)
         records[job.job_id] = record
     return records
+
+
+def storage_fault_of(store: RunStore, job_id: str) -> str | None:
+    """The storage fault that failed ``job_id`` in another process: from its record, or
+    from its attempt marker when the record could not be written."""
+    record = store.read_record(job_id)
+    if record is not None:
+        return record.get("storage_fault")
+    attempt = store.read_attempt(job_id) or {}
+    return attempt.get("error")
 
 
 def absolute_data_root(data_root) -> str:

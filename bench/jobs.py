@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.config import DataConfig, FinetuneConfig, PretrainConfig, full_dict, stable_hash
 from bench.preemption import Preempted
-from bench.store import RunStore, failed_record
+from bench.store import RunStore, failed_record, storage_fault
 
 log = logging.getLogger(__name__)
 
@@ -114,42 +114,74 @@ def execute(
     launched as one task per GPU) joins the job's process group first
     (:mod:`bench.distributed`); then rank 0 writes the files, and a process that fails alone
     writes the failed record itself, since the others may never get to it.
+
+    A full, read-only or forbidden filesystem (:func:`bench.store.storage_fault`) fails the
+    job with one line naming the path and the cause; the record then carries it as
+    ``storage_fault``, and when even the record cannot be written, the attempt marker does
+    (:meth:`RunStore.fail_attempt`), so ``status`` shows the job failed, not planned.
     """
     from bench import distributed
-    from bench.plugins import load_plugins
+    from bench.states import JobState, record_status
 
     if processes > 1 and not isinstance(job, PretrainJob):
         raise ValueError(f"{job.job_id}: only pretraining runs on several processes")
     store = RunStore(results_root)
-    from bench.states import JobState, record_status
-
     status = record_status(store, job.job_id)
     if status.state is JobState.DONE:
         return status.record
     with distributed.process_group(processes) as place:
-        if place.is_main:
-            store.prepare_run(job, job_spec(job))
-        distributed.barrier()
-        run_dir = store.run_dir(job.job_id)
         try:
-            load_plugins(job.plugins, how="named by the job")
-            if isinstance(job, PretrainJob):
-                from bench.pretrain import run_pretraining
-
-                record = run_pretraining(job, run_dir, data_root)
-            else:
-                from bench.finetune import run_finetuning
-
-                record = run_finetuning(job, run_dir, data_root, pretrained_dir(job, store))
+            if place.is_main:
+                store.prepare_run(job, job_spec(job))
+                store.begin_attempt(job.job_id)
+            distributed.barrier()
+            record = _run(job, store, data_root)
         except (KeyboardInterrupt, Preempted):
+            if place.is_main:
+                store.end_attempt(job.job_id)
             raise  # not a failure: the checkpoint is written, a rerun resumes
         except Exception as error:  # noqa: BLE001  (reported in the record)
-            log.error("%s failed: %s: %s", job.job_id, type(error).__name__, error)
             record = failed_record(job, error, traceback.format_exc())
+            log.error("%s failed: %s", job.job_id, record.get("storage_fault") or record["error"])
             if not place.is_main:
                 record["failed_process"] = place.rank
-                store.write_record(job.job_id, record)
-                return record
+                return keep_record(store, job, record)
         if place.is_main:
-            store.write_record(job.job_id, record)
+            record = keep_record(store, job, record)
+    return record
+
+
+def _run(job: Job, store: RunStore, data_root: Path | str | None) -> dict[str, Any]:
+    """The job's work (its plugins imported first); returns its record."""
+    from bench.plugins import load_plugins
+
+    load_plugins(job.plugins, how="named by the job")
+    run_dir = store.run_dir(job.job_id)
+    if isinstance(job, PretrainJob):
+        from bench.pretrain import run_pretraining
+
+        return run_pretraining(job, run_dir, data_root)
+    from bench.finetune import run_finetuning
+
+    return run_finetuning(job, run_dir, data_root, pretrained_dir(job, store))
+
+
+def keep_record(store: RunStore, job: Job, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``record`` and end the job's attempt. When the filesystem refuses the record,
+    the job has failed (even if its work succeeded): return a failed record naming the
+    fault, written into the attempt marker if that still takes a write."""
+    try:
+        store.write_record(job.job_id, record)
+    except OSError as error:
+        fault = storage_fault(error)
+        if fault is None:
+            raise
+        if record.get("storage_fault") is None:
+            failed = failed_record(job, error, traceback.format_exc())
+            ok = record["status"] == "ok"
+            record = failed if ok else {**record, "storage_fault": failed["storage_fault"]}
+            log.error("%s failed: %s", job.job_id, record["storage_fault"])
+        store.fail_attempt(job.job_id, record["storage_fault"])
+        return record
+    store.end_attempt(job.job_id)
     return record

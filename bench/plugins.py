@@ -27,6 +27,7 @@ import importlib
 import os
 from collections.abc import Iterable
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from bench.config import ConfigError
 from bench.registry import registering_from
@@ -86,6 +87,7 @@ def load_plugins(modules: Iterable[str], how: str = "--plugin") -> tuple[str, ..
 
 def import_plugin(module: str, label: str) -> None:
     """Import ``module``, its registrations attributed to the plugin ``label``."""
+    check_module_name(module)
     try:
         with registering_from(label, module):
             importlib.import_module(module)
@@ -97,3 +99,16 @@ def import_plugin(module: str, label: str) -> None:
         raise PluginError(
             f"plugin {label} failed to import: {type(error).__name__}{detail}"
         ) from None
+
+
+def check_module_name(module: str) -> None:
+    """``module`` is a dotted module name, not a file path (PluginError saying how to name
+    the file's module instead)."""
+    if "/" not in module and "\\" not in module and not module.endswith(".py"):
+        return
+    path = Path(module)
+    raise PluginError(
+        f"a plugin is named by its module, not by a file path ({module}); put its folder on "
+        f"the Python path and name the module: PYTHONPATH={path.parent} python -m bench "
+        f"--plugin {path.stem} ..."
+    )

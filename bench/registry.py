@@ -15,7 +15,7 @@ import contextlib
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from bench.config import ConfigError
 
@@ -48,9 +48,10 @@ class Registry(Generic[T]):
     """A named collection of classes, filled by the ``register`` decorator; with
     ``plugins``, installed plugins are loaded before the first look-up."""
 
-    def __init__(self, kind: str, plugins: bool = False) -> None:
+    def __init__(self, kind: str, plugins: bool = False, base: type | None = None) -> None:
         self.kind = kind
         self.plugins = plugins
+        self.base = base  # every registered class derives from it
         self._entries: dict[str, T] = {}
         # name -> (who registered it: a plugin's label or the defining module, the module
         # whose import registers it)
@@ -58,6 +59,7 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
+            self._check_class(name, obj)
             if name in self._entries and self._entries[name] is not obj:
                 if _loading:
                     raise ConfigError(
@@ -73,6 +75,17 @@ class Registry(Generic[T]):
             return obj
 
         return decorator
+
+    def _check_class(self, name: str, obj: Any) -> None:
+        """``obj`` derives from :attr:`base` (else ConfigError naming who registered it)."""
+        base = self.base
+        if base is None or (isinstance(obj, type) and issubclass(obj, base)):
+            return
+        who = f"plugin {_loading[-1][0]}" if _loading else f"module {obj.__module__}"
+        raise ConfigError(
+            f"{who} registers {obj!r} as {self.kind} {name!r}, but it is not a subclass of "
+            f"{base.__module__}.{base.__qualname__}; derive it from that class"
+        )
 
     def unregister(self, name: str) -> None:
         """Forget ``name`` (tests that register a class for a while)."""

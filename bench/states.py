@@ -4,10 +4,13 @@ words.
 
 - ``planned``: nothing ran or was submitted yet;
 - ``queued`` / ``running``: SLURM lists the job as waiting or running (a job being retried
-  wins over its older failed or unreadable record);
+  wins over its older failed or unreadable record); or, without a record, its attempt
+  marker names a live process (:meth:`bench.store.RunStore.begin_attempt`);
 - ``done``: its record says ``ok``;
 - ``failed``: its record says ``failed`` (the detail is the error), or SLURM ended it
-  without a record (cancelled, killed, out of time);
+  without a record (cancelled, killed, out of time), or its attempt marker says why it
+  failed when no record could be written (a full disk), or names a process of this machine
+  that is gone (killed, or its folder stopped taking writes);
 - ``corrupt``: its result.json is not a valid record (the detail says why); a rerun of its
   sweep redoes the job;
 - ``skipped``: in a sweep's result only, a job whose dependency did not finish.
@@ -15,13 +18,14 @@ words.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from bench.cluster import state_kind
-from bench.store import RunStore, UnreadableRecord
+from bench.store import RunStore, UnreadableRecord, process_alive
 from bench.submission import read_submission
 from bench.submitit_adapter import scheduler_states
 
@@ -54,6 +58,7 @@ def derive_status(
     record: dict[str, Any] | UnreadableRecord | None,
     submission: dict[str, Any] | None = None,
     scheduler_state: str = "",
+    attempt: dict[str, Any] | None = None,
 ) -> JobStatus:
     """The one rule from what is known of a job to its state (module docstring)."""
     scheduler_id = submission.get("scheduler_job_id") if submission else None
@@ -67,15 +72,38 @@ def derive_status(
         why = f"{record}; a rerun of its sweep redoes the job"
         return JobStatus(JobState.CORRUPT, why, scheduler_id)
     if valid is not None:
-        detail = last_line(valid.get("traceback")) or str(valid.get("error", ""))
+        detail = (
+            valid.get("storage_fault")
+            or last_line(valid.get("traceback"))
+            or str(valid.get("error", ""))
+        )
         return JobStatus(JobState.FAILED, detail, scheduler_id, valid)
     if scheduler_state:
         why = f"SLURM state {scheduler_state}, no result record"
         return JobStatus(JobState.FAILED, why, scheduler_id)
+    if attempt is not None:
+        state, why = attempt_state(attempt)
+        return JobStatus(state, why, scheduler_id)
     if submission is not None and submission.get("executor") == "slurm":
         why = "submitted; SLURM does not list it yet"
         return JobStatus(JobState.QUEUED, why, scheduler_id)
     return JobStatus(JobState.PLANNED, "", scheduler_id)
+
+
+def attempt_state(attempt: dict[str, Any]) -> tuple[JobState, str]:
+    """What a job's attempt marker says when it has no record: failed with the cause it
+    holds, running while its process lives, failed when that process is gone."""
+    pid, host = attempt.get("pid"), attempt.get("host")
+    if attempt.get("error"):
+        return JobState.FAILED, f"{attempt['error']} (no result record could be written)"
+    if host != socket.gethostname() or not isinstance(pid, int):
+        return JobState.RUNNING, f"started by process {pid} on {host} (not checked from here)"
+    if process_alive(pid):
+        return JobState.RUNNING, f"process {pid} on {host}"
+    return JobState.FAILED, (
+        f"its process {pid} on {host} ended without a result record (killed, or its folder "
+        "stopped taking writes); a rerun of its sweep redoes the job"
+    )
 
 
 def job_statuses(
@@ -85,7 +113,7 @@ def job_statuses(
     submission.json and SLURM's accounting."""
     job_ids = list(job_ids)
     if not ask_scheduler:
-        return {job_id: derive_status(store.read(job_id)) for job_id in job_ids}
+        return {job_id: record_status(store, job_id) for job_id in job_ids}
     submissions = {job_id: read_submission(store, job_id) for job_id in job_ids}
     slurm_ids = [
         s["scheduler_job_id"] for s in submissions.values() if s and s.get("executor") == "slurm"
@@ -95,13 +123,15 @@ def job_statuses(
     for job_id, submission in submissions.items():
         scheduler_id = submission.get("scheduler_job_id") if submission else None
         scheduler_state = slurm.get(scheduler_id, "") if scheduler_id else ""
-        statuses[job_id] = derive_status(store.read(job_id), submission, scheduler_state)
+        attempt = store.read_attempt(job_id)
+        statuses[job_id] = derive_status(store.read(job_id), submission, scheduler_state, attempt)
     return statuses
 
 
 def record_status(store: RunStore, job_id: str) -> JobStatus:
-    """The status from the record alone (no scheduler): planned, done, failed or corrupt."""
-    return derive_status(store.read(job_id))
+    """The status from the record and attempt marker (no scheduler): planned, running, done,
+    failed or corrupt."""
+    return derive_status(store.read(job_id), attempt=store.read_attempt(job_id))
 
 
 def is_done(store: RunStore, job_id: str) -> bool:

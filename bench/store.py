@@ -7,10 +7,13 @@ with ``"status": "failed"``, the error and the traceback; the next sweep retries
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -24,20 +27,115 @@ RECORD = "result.json"
 SPEC = "spec.json"
 LOG = "log.jsonl"
 CHECKPOINT = "checkpoint.pt"
+# written when a job starts and removed when its record is written: a run folder with it and
+# no record belongs to a job that runs, or whose process died (bench.states)
+ATTEMPT = "attempt.json"
+ATTEMPT_SIZE = 4096  # fixed, so the cause of a failure overwrites it in place on a full disk
 BACKBONE = "backbone.pt"
 DECODER = "decoder.pt"  # smp DeepLabV3+ decoder weights, for methods that pretrain it
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
+def temporary_path(path: Path, suffix: str = "") -> Path:
+    """Where ``path`` is written before its atomic rename: a hidden name carrying this
+    process's id, so :func:`remove_stale_temporaries` knows an abandoned one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY}{suffix}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one. A failed
+    write removes its temporary file (a full disk gets its space back) and raises an
+    ``OSError`` that names ``path``."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    with writing_to(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def writing_to(path: Path, temporary: Path | None = None):
+    """While writing ``path`` (through ``temporary``): on failure remove ``temporary`` and
+    name ``path`` in an ``OSError`` that names no file (a write into an open file)."""
+    try:
+        yield
+    except BaseException as error:
+        if temporary is not None:
+            _remove_quietly(temporary)
+        if isinstance(error, OSError) and error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:  # a read-only folder keeps it; the next run's sweep removes it
+        pass
+
+
+TEMPORARY = ".tmp"
+_TEMPORARY_NAME = re.compile(r"^\..+\.(\d+)\.tmp(\..*)?$")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files in ``folder`` left by writers that died (their process id
+    is no live process here); returns what was removed. A live writer's files are kept."""
+    removed = []
+    for path in Path(folder).glob(".*"):
+        match = _TEMPORARY_NAME.match(path.name)
+        if match and path.is_file() and not process_alive(int(match[1])):
+            _remove_quietly(path)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` runs on this machine (a zombie counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+# ---------------------------------------------------------------------------- storage faults
+# errno -> what to do about it; a write that fails with one of these fails for every job of
+# the results folder alike (module docstring of bench.jobs)
+STORAGE_ERRNOS: dict[int, str] = {
+    errno.ENOSPC: "free space on that filesystem",
+    errno.EDQUOT: "free space or raise the quota",
+    errno.EROFS: "make the filesystem writable again",
+    errno.EACCES: "make the folder writable for this user",
+    errno.EPERM: "make the folder writable for this user",
+}
+
+
+def storage_fault(error: BaseException | None) -> OSError | None:
+    """The ``OSError`` of a full, read-only or forbidden filesystem behind ``error`` (its
+    causes and contexts searched too), or None when ``error`` is something else."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def describe_storage_fault(fault: OSError) -> str:
+    """One line: the cause, the path and what to do, e.g. ``no space left on device
+    (ENOSPC) writing results/x/checkpoint.pt: free space on that filesystem``."""
+    name = errno.errorcode.get(fault.errno, str(fault.errno))
+    cause = (fault.strerror or os.strerror(fault.errno)).lower()
+    where = f" writing {fault.filename}" if fault.filename else ""
+    return f"{cause} ({name}){where}: {STORAGE_ERRNOS[fault.errno]}"
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -67,6 +165,17 @@ def _check_writable_folder(folder: Path, what: str) -> None:
         raise ConfigError(f"{what}: {folder} {state}")
     if not os.access(folder, os.W_OK):
         raise ConfigError(f"{what}: {folder} is not writable")
+
+
+def _fixed_size(marker: dict[str, Any]) -> bytes:
+    """``marker`` as JSON padded with spaces to :data:`ATTEMPT_SIZE` bytes (a long error is
+    cut to fit)."""
+    marker = dict(marker)
+    while True:
+        data = json.dumps(marker, sort_keys=True).encode()
+        if len(data) < ATTEMPT_SIZE or not marker.get("error"):
+            return data[: ATTEMPT_SIZE - 1].ljust(ATTEMPT_SIZE - 1) + b"\n"
+        marker["error"] = marker["error"][: len(marker["error"]) // 2] + "..."
 
 
 STORE_VERSION = 1  # layout of results folders; bump when old records cannot be read
@@ -113,10 +222,44 @@ class RunStore:
         return self.root / job_id
 
     def prepare_run(self, job: Any, spec: dict[str, Any]) -> Path:
+        """The job's folder with its spec.json, and without the temporary files of an
+        earlier attempt that died."""
         run_dir = self.run_dir(job.job_id)
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
         atomic_write_json(run_dir / SPEC, spec)
         return run_dir
+
+    # -- attempts: which process runs a job, and why it failed when no record could say so
+    def begin_attempt(self, job_id: str) -> None:
+        """Mark ``job_id`` as run by this process (before the job's big writes)."""
+        marker = {"job_id": job_id, "pid": os.getpid(), "host": socket.gethostname(),
+                  "started_at": now_iso()}  # fmt: skip
+        atomic_write_bytes(self.run_dir(job_id) / ATTEMPT, _fixed_size(marker))
+
+    def fail_attempt(self, job_id: str, error: str) -> bool:
+        """Write ``error`` into the job's attempt marker in place (no new space is needed, so
+        this works on a full disk); False when even that failed (a read-only folder)."""
+        marker = self.read_attempt(job_id) or {"job_id": job_id}
+        data = _fixed_size({**marker, "error": error, "finished_at": now_iso()})
+        try:
+            with open(self.run_dir(job_id) / ATTEMPT, "r+b") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            return False
+        return True
+
+    def end_attempt(self, job_id: str) -> None:
+        _remove_quietly(self.run_dir(job_id) / ATTEMPT)
+
+    def read_attempt(self, job_id: str) -> dict[str, Any] | None:
+        try:
+            marker = json.loads((self.run_dir(job_id) / ATTEMPT).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return marker if isinstance(marker, dict) else None
 
     def read(self, job_id: str) -> dict[str, Any] | UnreadableRecord | None:
         """The record of ``job_id``; None when there is none; :class:`UnreadableRecord` when
@@ -157,7 +300,7 @@ class RunStore:
 # ---------------------------------------------------------------------------- validity
 @dataclass(frozen=True)
 class UnreadableRecord:
-    """A result.json that is not a valid record: where, and why."""
+    """A result.json (or spec.json) that is not a valid record (spec): where, and why."""
 
     path: Path
     reason: str
@@ -251,13 +394,21 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def read_spec(run_dir: Path) -> dict[str, Any] | None:
-    """A run's spec.json (every setting of its job), None when missing or unreadable."""
+def read_spec(run_dir: Path) -> dict[str, Any] | UnreadableRecord | None:
+    """A run's spec.json (every setting of its job); None when there is none;
+    :class:`UnreadableRecord` saying why when it is not a JSON object."""
+    path = Path(run_dir) / SPEC
     try:
-        spec = json.loads((Path(run_dir) / SPEC).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        spec = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
-    return spec if isinstance(spec, dict) else None
+    except (OSError, UnicodeDecodeError) as error:
+        return UnreadableRecord(path, f"cannot be read ({error})")
+    except json.JSONDecodeError as error:
+        return UnreadableRecord(path, f"is not valid JSON ({error})")
+    if not isinstance(spec, dict):
+        return UnreadableRecord(path, f"holds a JSON {type(spec).__name__}, not an object")
+    return spec
 
 
 def now_iso() -> str:
@@ -305,10 +456,14 @@ def job_fields(job: Any) -> dict[str, Any]:
 
 
 def failed_record(job: Any, error: BaseException, trace: str) -> dict[str, Any]:
+    """The record of a job that raised ``error``; a storage fault behind it is named in
+    ``storage_fault`` (one line: cause, path, what to do)."""
+    fault = storage_fault(error)
     return {
         "status": "failed",
         **job_fields(job),
         "error": f"{type(error).__name__}: {error}",
+        "storage_fault": describe_storage_fault(fault) if fault is not None else None,
         "traceback": trace,
         "finished_at": now_iso(),
         **provenance(),

@@ -118,7 +118,8 @@ def score_scalars(scores: Mapping[str, Any], class_names) -> dict[str, float]:
 
 def run_settings(run_dir: Path) -> dict[str, Any]:
     """The job's spec.json (every setting), for the loggers' run configuration."""
-    return read_spec(run_dir) or {}
+    spec = read_spec(run_dir)
+    return spec if isinstance(spec, dict) else {}
 
 
 # ----------------------------------------------------------------------------------------

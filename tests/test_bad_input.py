@@ -134,6 +134,16 @@ CASES = [
     (["check-dataset", "synthetic", "--raw", RAW], "dataset synthetic is generated"),
     (["check-dataset", "synthetic", "--set", "pretrain.lr=1"], "takes only --set synthetic.KEY"),
     (["check-dataset", "potsdamm"], "unknown dataset 'potsdamm'"),
+    # paths checked before anything changes; metrics the records do not have
+    (["check-dataset", "potsdam", "--raw", FILE], f"raw folder {FILE} is a file, not a folder"),
+    (["prepare", "potsdam", "--raw", FILE], f"raw folder {FILE} is a file, not a folder"),
+    (["prepare", "potsdam", "--raw", MISSING, "--force"], f"raw folder {MISSING} does not exist"),
+    (
+        ["table", "--results", RESULTS, "--metric", "miou,image_miou"],
+        "no finished fine-tuning record has metric 'image_miou' (records written before it "
+        "existed lack it); metrics these records have: miou, kappa",
+    ),
+    (["--plugin", "./mine.py", "plan"], "a plugin is named by its module, not by a file path"),
 ]
 
 
@@ -171,7 +181,8 @@ def test_bad_input_is_refused_before_any_work(workspace, tmp_path, capsys, argv,
     first, *rest = err.strip().splitlines()
     assert first.startswith("error: ") and _fill(message, workspace) in first, err
     assert "Traceback" not in err + out
-    assert not rest or argv[1:3] == ["--datasets", "potsdam"], err  # where to prepare it
+    # more lines only where the message shows a command or a layout to follow
+    assert not rest or argv[1:3] == ["--datasets", "potsdam"] or "layout:" in first, err
     assert file_tree(tmp_path) == before, "a refused command wrote or changed a file"
 
 
@@ -248,6 +259,17 @@ def test_unreadable_records_are_named_counted_and_left_out(tmp_path, capsys, kin
     out = capsys.readouterr().out
     line = next(row for row in out.splitlines() if job_id in row)
     assert line.startswith("corrupt") and reason in line and "1 corrupt" in out
+
+
+def test_report_names_a_corrupt_spec_and_exits_3(tmp_path, capsys):
+    results = write_fixture(tmp_path / "results")
+    spec = _first_record(results).parent / "spec.json"
+    spec.write_text('{"job_id": ')
+    assert main(["report", "--results", str(results)]) == INCOMPLETE
+    out, err = capsys.readouterr()
+    assert f"warning: left out {spec}: is not valid JSON" in err and "Traceback" not in err
+    page = (results / "report.html").read_text()
+    assert f"left out, not a valid record: {spec}" in page
 
 
 def test_a_rerun_redoes_a_job_whose_record_is_unreadable(dirs, capsys):

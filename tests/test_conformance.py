@@ -12,6 +12,7 @@ from bench.conformance import check_dataset, check_method
 from bench.datasets import DATASETS, PatchSet, register_dataset
 from bench.datasets.synthetic import SyntheticLandCover
 from bench.methods import METHODS, register_method
+from bench.methods.base import PretrainingMethod
 from bench.methods.byol import BYOL
 from bench.methods.simclr import SimCLR
 
@@ -104,7 +105,14 @@ class CountedTemperature(SimCLR):
         return loss * (1.0 + 0.01 * self.calls), logs
 
 
+class MissingHook(SimCLR):
+    """A method that left one of its hooks to the base class."""
+
+    training_step = PretrainingMethod.training_step
+
+
 BROKEN = {
+    "missing-hook": MissingHook,
     "unseeded": UnseededViews,
     "trainable-target": TrainableTarget,
     "undeclared-target": UndeclaredTarget,
@@ -131,6 +139,7 @@ def broken(registries):
         ("trainable-target", "frozen", "call target_projector.requires_grad_(False)"),
         ("undeclared-target", "frozen", "are frozen but not declared (e.g. target_backbone."),
         ("detached", "step", "60 of 60 backbone tensors get no gradient"),
+        ("missing-hook", "step", "hook PretrainingMethod.training_step is not implemented"),
     ],
 )
 def test_broken_methods_fail_with_what_to_fix(broken, name, contract, message):
@@ -211,3 +220,12 @@ def test_an_unprepared_dataset_says_how_to_prepare_it(tmp_path):
     assert "--raw FOLDER" in text and "4_Ortho_RGBIR" in text
     assert all(status == "SKIP" for name, (status, _) in results.items() if name != "ready")
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize(
+    "check,name,only",
+    [(check_method, "random", ("setup",)), (check_dataset, "synthetic", ("ready",))],
+)
+def test_the_first_contract_can_be_named_in_only(check, name, only):
+    results = outcomes(check(name, only=only))
+    assert list(results) == list(only) and results[only[0]][0] == "PASS"

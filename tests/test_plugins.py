@@ -94,6 +94,34 @@ def test_a_plugin_that_fails_to_import_is_one_line_naming_it(plugin_dir, capsys,
     assert not results.exists()
 
 
+NOT_A_METHOD = """
+from bench.methods import register_method
+
+@register_method("notamethod")
+class NotAMethod:
+    summary = "a class that does not derive from Method"
+"""
+
+
+@pytest.mark.parametrize("command", [["list"], ["check-method", "notamethod"], ["plan"]])
+def test_a_plugin_registering_a_class_that_is_not_a_method_is_one_line(plugin_dir, capsys, command):
+    write_module(plugin_dir, "wrong_base", NOT_A_METHOD)
+    assert main(["--plugin", "wrong_base", *command]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "Traceback" not in out + err
+    assert "plugin 'wrong_base' (--plugin) registers <class 'wrong_base.NotAMethod'>" in err
+    assert "not a subclass of bench.methods.base.Method" in err
+
+
+@pytest.mark.parametrize("given", ["./mine.py", "mine.py", "plugins/mine.py"])
+def test_a_plugin_named_by_its_file_path_says_to_name_the_module(capsys, given):
+    assert main(["--plugin", given, "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "a plugin is named by its module, not by a file path" in err
+    assert "--plugin mine " in err and "PYTHONPATH=" in err
+
+
 def test_plugin_option_before_or_after_the_command_and_comma_lists(plugin_dir, capsys):
     write_module(plugin_dir, "plugged_method", PLUGGED)
     write_module(plugin_dir, "other_plugin", PLUGGED.replace("plugged", "plugged_too"))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from bench.config import ConfigError
+from bench.datasets.base import DatasetError
 
 
 @dataclass(frozen=True)
@@ -43,17 +45,34 @@ def guarded(name: str, check: Callable[[], Contract]) -> Contract:
         return check()
     except Unavailable as why:
         return Contract(name, "SKIP", str(why))
+    except DatasetError as error:
+        return failed(name, str(error))  # names the file and the command that fixes it
     except ConfigError:
         raise  # bad input, reported as such by the caller
     except Exception as error:  # noqa: BLE001
-        lines = str(error).strip().splitlines()
-        return failed(name, f"raised {type(error).__name__}: {lines[0] if lines else ''}")
+        return failed(name, what_raised(error))
+
+
+def what_raised(error: BaseException) -> str:
+    """One line: the exception and the function (and file) that raised it, so a FAIL names
+    the hook to fix; an unimplemented hook says so by name."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    code = frame.tb_frame.f_code if frame is not None else None
+    where = f"{code.co_qualname} ({Path(code.co_filename).name}:{frame.tb_lineno})" if code else ""
+    if isinstance(error, NotImplementedError) and code is not None:
+        return f"hook {code.co_qualname} is not implemented (NotImplementedError); define it"
+    lines = str(error).strip().splitlines()
+    detail = f": {lines[0]}" if lines else ""
+    return f"raised {type(error).__name__}{detail}" + (f" in {where}" if where else "")
 
 
 def selected(contracts: tuple[str, ...], only: Iterable[str] | None) -> tuple[str, ...]:
-    """The contracts to run: all, or those named in ``only`` (ConfigError for others)."""
+    """The contracts to run after the first (the gate, which always runs): all, or those
+    named in ``only``, which may name the gate too (ConfigError for other names)."""
     if only is None:
-        return contracts
+        return contracts[1:]
     only = tuple(only)
     unknown = [name for name in only if name not in contracts]
     if unknown or not only:
@@ -61,7 +80,7 @@ def selected(contracts: tuple[str, ...], only: Iterable[str] | None) -> tuple[st
             f"unknown contract {', '.join(map(repr, unknown)) or '(none given)'}; valid "
             f"contracts: {', '.join(contracts)}"
         )
-    return tuple(name for name in contracts if name in only)
+    return tuple(name for name in contracts[1:] if name in only)
 
 
 class Unavailable(Exception):

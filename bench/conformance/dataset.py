@@ -18,6 +18,7 @@ folder) or on its prepared copy (a real one; ``--raw FOLDER`` prepares it first)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -28,9 +29,11 @@ from bench.config import ConfigError, DataConfig, build_section, parse_overrides
 from bench.conformance.contracts import Contract, Shared, failed, passed, run_gated, selected
 from bench.datasets import DATASETS, create_dataset, default_data_root, prepare_dataset
 from bench.datasets.base import DatasetError, SegmentationDataset
-from bench.datasets.prepared import PreparedDataset
+from bench.datasets.prepared import MANIFEST, PreparedDataset
 from bench.datasets.subsets import labelled_indices_by
 from bench.plugins import load_plugins
+
+log = logging.getLogger(__name__)
 
 CONTRACTS = (
     "ready",
@@ -72,7 +75,7 @@ def iter_check_dataset(
     bad input raises ConfigError before anything runs."""
     load_plugins(plugins)
     cls = DATASETS.get(name)
-    names = selected(CONTRACTS[1:], only)
+    names = selected(CONTRACTS, only)
     params, data = dataset_sections(name, cls, tuple(overrides))
     generated = not issubclass(cls, PreparedDataset)
     if raw is not None and generated:
@@ -83,10 +86,25 @@ def iter_check_dataset(
         else:
             root = Path(tmp) / "data" if generated else default_data_root()
         if raw is not None:
-            own = [item for item in overrides if item.startswith(f"{name}.")]
-            prepare_dataset(name, raw, root, cls.check_settings, own)
+            prepare_from(create_dataset(name, params, data, root), Path(raw), overrides)
         check = DatasetCheck(create_dataset(name, params, data, root), Path(tmp))
         yield from run_gated("ready", names, check, skip="needs the data, which is not ready")
+
+
+def prepare_from(dataset: PreparedDataset, raw: Path, overrides: Iterable[str]) -> None:
+    """Prepare ``dataset`` from ``raw`` for the check, after checking the raw folder; a
+    dataset prepared already is checked as it is, and a warning says that ``raw`` was only
+    checked for its layout."""
+    dataset.check_raw(raw)
+    if (dataset.prepared_dir / MANIFEST).is_file():
+        log.warning(
+            "note: %s is already prepared in %s; checking that copy (--raw %s was checked "
+            "for its layout only; prepare --force re-reads it)",
+            dataset.name, dataset.prepared_dir, raw,
+        )  # fmt: skip
+        return
+    own = [item for item in overrides if item.startswith(f"{dataset.name}.")]
+    prepare_dataset(dataset.name, raw, dataset.data_root, type(dataset).check_settings, own)
 
 
 def dataset_sections(name: str, cls: type, overrides: tuple[str, ...]):

@@ -87,7 +87,7 @@ def iter_check_method(
     load_plugins(plugins)
     cls = METHODS.get(name)
     contracts = CONTRACTS if cls.pretrains else BASELINE_CONTRACTS
-    names = selected(contracts[1:], only)
+    names = selected(contracts, only)
     jobs = check_jobs(name, tuple(overrides), tuple(plugins))
     with (
         tempfile.TemporaryDirectory(prefix="bench-check-") as tmp,

@@ -18,9 +18,6 @@ IGNORE_INDEX = 255  # label value excluded from losses and metrics
 DATA_ROOT_ENV = "BENCH_DATA_ROOT"
 BAND_COUNTS = {"rgb": 3, "rgbir": 4}  # data.bands -> leading bands used (stored R, G, B, IR)
 
-DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset", plugins=True)
-register_dataset = DATASETS.register
-
 
 class DatasetError(ConfigError):
     """Raw or prepared data is missing or wrong; the message says which file and why."""
@@ -191,6 +188,12 @@ class TileLayout:
                 "larger than the patch size?); whole-tile evaluation needs every pixel"
             )
         return image, mask
+
+
+DATASETS: Registry[type[SegmentationDataset]] = Registry(
+    "dataset", plugins=True, base=SegmentationDataset
+)
+register_dataset = DATASETS.register
 
 
 def create_dataset(

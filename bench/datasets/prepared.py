@@ -28,6 +28,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,7 +46,7 @@ from bench.datasets.base import (
 )
 from bench.datasets.readers import check_same_size, read_image
 from bench.datasets.subsets import labelled_indices, write_subset
-from bench.store import atomic_write_json
+from bench.store import atomic_write_json, remove_stale_temporaries, temporary_path, writing_to
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,13 @@ class PreparedDataset(SegmentationDataset):
             path = self.prepared_dir / MANIFEST
             if not path.is_file():
                 raise DatasetError(self._not_prepared_message())
-            manifest = json.loads(path.read_text())
+            manifest = read_json_file(path, self.prepare_command() + " --force")
+            missing = [key for key in MANIFEST_KEYS if key not in manifest]
+            if missing:
+                raise DatasetError(
+                    f"{path} is damaged (no {', '.join(missing)}); prepare the dataset again: "
+                    f"{self.prepare_command()} --force"
+                )
             if manifest.get("version") != PREPARED_VERSION:
                 raise DatasetError(
                     f"{self.prepared_dir} was prepared by another version of the harness "
@@ -256,11 +263,22 @@ class PreparedDataset(SegmentationDataset):
         if split not in self._loaded:
             self.check_ready()
             folder = self.prepared_dir
-            images = np.load(folder / f"{split}_images.npy", mmap_mode="r")
-            masks = np.load(folder / f"{split}_masks.npy", mmap_mode="r")
-            ids = (folder / f"{split}_ids.txt").read_text().split()
+            memory_map = partial(np.load, mmap_mode="r")
+            images = self._read_prepared(folder / f"{split}_images.npy", memory_map)
+            masks = self._read_prepared(folder / f"{split}_masks.npy", memory_map)
+            ids = self._read_prepared(folder / f"{split}_ids.txt", lambda p: p.read_text().split())
             self._loaded[split] = PatchSet(images, masks, ids, bands=self.in_channels)
         return self._loaded[split]
+
+    def _read_prepared(self, path: Path, read: Callable[[Path], Any]) -> Any:
+        """``read(path)`` of a prepared file; a damaged one is named with the fix."""
+        try:
+            return read(path)
+        except (OSError, ValueError, EOFError) as error:
+            raise DatasetError(
+                f"{path} is damaged ({type(error).__name__}: {error}); prepare the dataset "
+                f"again: {self.prepare_command()} --force"
+            ) from None
 
     def band_stats(self) -> tuple[list[float], list[float]]:
         manifest, n = self.manifest(), self.in_channels
@@ -309,23 +327,16 @@ class PreparedDataset(SegmentationDataset):
         missing subset lists."""
         raw = Path(raw)
         out = self.prepared_dir
-        if force and out.exists():
-            shutil.rmtree(out)
-        if (out / MANIFEST).is_file():
+        if (out / MANIFEST).is_file() and not force:
             progress(f"{self.name} is already prepared in {out} (use --force to redo it)")
             shutil.rmtree(out / "tiles", ignore_errors=True)
             manifest = self.manifest()
             self._write_subsets(manifest, seeds, fractions, progress)
             return manifest
-        if not raw.is_dir():
-            raise DatasetError(
-                f"{self.name}: raw folder {raw} does not exist; expected layout:\n{self.layout}"
-            )
         started = time.perf_counter()
-        tiles = self.find_tiles(raw)
-        for split in SPLITS:
-            if not any(t.split == split for t in tiles):
-                raise DatasetError(f"{self.name}: no {split} images found under {raw}")
+        tiles = self.check_raw(raw)
+        if force and out.exists():  # only once the new raw input was found complete
+            shutil.rmtree(out)
         state = {
             "dataset": self.name,
             "version": PREPARED_VERSION,
@@ -343,10 +354,25 @@ class PreparedDataset(SegmentationDataset):
         progress(f"prepared {self.name} in {out} in {time.perf_counter() - started:.1f}s")
         return manifest
 
+    def check_raw(self, raw: Path) -> list[RawTile]:
+        """The tiles of the raw release in ``raw``, each split present (DatasetError naming
+        the folder and the expected layout if not)."""
+        if not raw.is_dir():
+            state = "is a file, not a folder" if raw.exists() else "does not exist"
+            raise DatasetError(
+                f"{self.name}: raw folder {raw} {state}; expected layout:\n{self.layout}"
+            )
+        tiles = self.find_tiles(raw)
+        for split in SPLITS:
+            if not any(t.split == split for t in tiles):
+                raise DatasetError(f"{self.name}: no {split} images found under {raw}")
+        return tiles
+
     def _start_or_resume(self, out: Path, state: dict, raw: Path, progress) -> None:
         state_path = out / STATE
         if state_path.is_file():
-            previous = json.loads(state_path.read_text())
+            remove_stale_temporaries(out / "tiles")
+            previous = read_json_file(state_path, self.prepare_command() + " --force")
             if {k: previous.get(k) for k in state} != state:
                 raise DatasetError(
                     f"{out} holds an interrupted prepare of other files (from "
@@ -384,9 +410,10 @@ class PreparedDataset(SegmentationDataset):
         }
         folder = out / "tiles"
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{tile.tile_id}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, images=images, masks=masks)
-        os.replace(tmp, folder / f"{tile.tile_id}.npz")
+        tmp = temporary_path(folder / tile.tile_id, ".npz")
+        with writing_to(folder / f"{tile.tile_id}.npz", tmp):
+            np.savez(tmp, images=images, masks=masks)
+            os.replace(tmp, folder / f"{tile.tile_id}.npz")
         atomic_write_json(folder / f"{tile.tile_id}.json", summary)  # the tile's done marker
         return summary
 
@@ -453,9 +480,7 @@ class PreparedDataset(SegmentationDataset):
             "masks": (f"{split}_masks.npy", (total, patch, patch)),
         }
         arrays = {
-            key: np.lib.format.open_memmap(
-                out / f".{name}.tmp", mode="w+", dtype=np.uint8, shape=shape
-            )
+            key: allocated_memmap(out / f".{name}.tmp", shape)
             for key, (name, shape) in targets.items()
         }
         row, ids = 0, []
@@ -498,6 +523,34 @@ class PreparedDataset(SegmentationDataset):
             f"label subsets for fractions {', '.join(f'{f:g}' for f in usable)} and seeds "
             f"{', '.join(map(str, seeds))} in {self.prepared_dir / 'subsets'}"
         )
+
+
+def allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint8 ``.npy`` file mapped for writing, its blocks allocated first: writing into
+    the map of a sparse file on a full disk kills the process with SIGBUS, while allocating
+    raises a plain ``OSError`` (ENOSPC)."""
+    with writing_to(path):
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    return array
+
+
+MANIFEST_KEYS = ("version", "bands", "splits", "band_mean", "band_std", "classes")
+
+
+def read_json_file(path: Path, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a DatasetError naming the file and ``fix`` (the command
+    that rewrites it) when it cannot be read or is not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DatasetError(
+            f"{path} is damaged ({type(error).__name__}: {error}); prepare the dataset again: {fix}"
+        ) from None
+    if not isinstance(value, dict):
+        raise DatasetError(f"{path} is damaged (not a JSON object); prepare it again: {fix}")
+    return value
 
 
 def class_count_table(manifest: dict[str, Any]) -> str:

@@ -167,7 +167,7 @@ class BaselineMethod(Method):
         raise NotImplementedError
 
 
-METHODS: Registry[type[Method]] = Registry("method", plugins=True)
+METHODS: Registry[type[Method]] = Registry("method", plugins=True, base=Method)
 register_method = METHODS.register
 
 

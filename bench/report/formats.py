@@ -209,7 +209,8 @@ def power_lines(table: Table, style: Style) -> list[str]:
     columns = [(c, entries) for c, entries in columns if entries]
     if not columns:
         return [
-            e(f"MDD: no method shares 2 or more seeds with {table.baseline}, so the table ")
+            e(f"MDD: no method has values at 2 or more seeds where {table.baseline} has ")
+            + e("values, so the table ")
             + e("cannot say which differences these seeds could detect; run at least ")
             + e(f"{MIN_PAIRED_SEEDS} seeds.")
         ]

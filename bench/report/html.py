@@ -80,6 +80,8 @@ def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
     records, unreadable = store.scan()
     statuses = job_statuses(store, run_ids)
     specs = {job_id: read_spec(store.run_dir(job_id)) for job_id in run_ids}
+    unreadable += [spec for spec in specs.values() if isinstance(spec, UnreadableRecord)]
+    specs = {job_id: s if isinstance(s, dict) else None for job_id, s in specs.items()}
     metrics = reported_metrics(records)
     sections = [
         ("status", "Jobs", status_section(statuses, unreadable)),
@@ -257,6 +259,6 @@ def settings_section(specs: dict[str, dict | None]) -> str:
     """Each run's spec.json (every setting of its job), folded."""
     parts = []
     for job_id, spec in specs.items():
-        text = json.dumps(spec, indent=1, sort_keys=True) if spec else "no spec.json"
+        text = json.dumps(spec, indent=1, sort_keys=True) if spec else "no readable spec.json"
         parts.append(f"<details><summary>{_e(job_id)}</summary><pre>{_e(text)}</pre></details>")
     return "\n".join(parts)

@@ -240,6 +240,21 @@ def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
     return metrics
 
 
+def check_metrics_recorded(frame: pd.DataFrame, metrics: tuple[str, ...]) -> None:
+    """Each of ``metrics`` has a value in some finished record (ConfigError naming the
+    metrics the records have otherwise: a table of empty cells says nothing)."""
+    finished = frame[frame["status"] == "ok"]
+    if finished.empty:
+        return
+    has = [m for m in METRIC_LABELS if finished[m].notna().any()]
+    absent = [m for m in metrics if m not in has]
+    if absent:
+        raise ConfigError(
+            f"no finished fine-tuning record has metric {absent[0]!r} (records written "
+            f"before it existed lack it); metrics these records have: {', '.join(has)}"
+        )
+
+
 def build_table(
     records: Iterable[dict[str, Any]],
     metrics: Iterable[str] = ("miou", "kappa"),
@@ -256,6 +271,7 @@ def build_table(
     frame = records_frame(records)
     if frame.empty:
         return None
+    check_metrics_recorded(frame, metrics)
     pairs = sorted(
         {(d, float(f)) for d, f in zip(frame["dataset"], frame["fraction"], strict=True)}
     )
