@@ -7,8 +7,8 @@ The typed entry points used by the CLI and the tests::
     result = run_sweep(SweepSpec(methods=("simclr", "random"), fractions=(0.01, 0.1)))
 """
 
-__version__ = "0.1.0"
-
-from bench.sweep import SweepResult, SweepSpec, plan, run_sweep  # noqa: E402
+from bench.execution.sweeps import SweepResult, run_sweep
+from bench.sweep import SweepSpec, plan
+from bench.version import __version__
 
 __all__ = ["SweepResult", "SweepSpec", "__version__", "plan", "run_sweep"]

@@ -1,8 +1,8 @@
 """Command line: a thin argparse layer over the typed functions the tests also call
 (``bench.run_sweep``, ``bench.sweep.plan``, ``bench.report.results_table``,
-``bench.report.write_report``,
-``bench.datasets.prepare_dataset``, ``bench.states.job_statuses`` ...); it parses, calls one,
-and prints what it returns."""
+``bench.report.write_report``, ``bench.datasets.prepare_dataset``,
+``bench.execution.status.job_statuses`` ...); it parses, calls one, and prints what it
+returns."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench.cluster import Profile, load_profile, parse_cluster_overrides
 from bench.config import COMPARED_PRESETS, PRESETS, ConfigError
 from bench.datasets import DATASETS, prepare_dataset
 from bench.datasets.prepared import class_count_table
-from bench.executors import EXECUTORS
+from bench.execution.cluster import Profile, load_profile, parse_cluster_overrides
+from bench.execution.executors import EXECUTORS
+from bench.execution.status import job_statuses
+from bench.execution.sweeps import rerun_failed, run_sweep, submit_sweep, sweep_status
 from bench.methods import METHODS
 from bench.plugins import load_plugins
 from bench.preemption import Preempted
@@ -36,7 +38,7 @@ from bench.report import (
     table_format,
     write_report,
 )
-from bench.states import JobState, job_statuses, summary
+from bench.states import JobState, summary
 from bench.store import (
     RunStore,
     UnreadableRecord,
@@ -52,12 +54,8 @@ from bench.sweep import (
     data_problems,
     plan,
     preset_differences,
-    rerun_failed,
     resolved_settings,
-    run_sweep,
     setting_rows,
-    submit_sweep,
-    sweep_status,
 )
 
 log = logging.getLogger("bench")
@@ -134,7 +132,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seeds", type=_ints, default=None, help="comma-separated seeds (default: the preset's)"
     )
-    parser.add_argument("--preset", default="quick", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--preset", default="quick", help=f"one of: {', '.join(PRESETS.names())}")
     _add_set_option(parser, "override a setting, e.g. --set pretrain.epochs=10 (repeatable)")
     parser.add_argument(
         "--results", type=Path, default=Path("results"), help="results folder (default: ./results)"
@@ -328,10 +326,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         about = cls.summary or (cls.__doc__ or name).strip().splitlines()[0]
         print(f"  {name:<12} {about}; {classes}{_from_plugin(DATASETS, name)}")
     print("presets:")
-    for preset in PRESETS.values():
+    for preset in map(PRESETS.get, PRESETS.names()):
         print(f"  {preset.name:<12} {preset.description}")
     print("downstream protocols (--set finetune.protocol=...):")
-    for protocol in PROTOCOLS.values():
+    for protocol in map(PROTOCOLS.get, PROTOCOLS.names()):
         print(f"  {protocol.name:<12} {protocol.summary}; from {protocol.source}")
     return 0
 
@@ -394,10 +392,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    from bench.perf import PerfSettings, format_report, run_perf, write_report
+    from bench.perf import PerfSettings, format_report, pretraining_methods, run_perf, write_report
 
     settings = PerfSettings(
-        methods=args.methods or PerfSettings.methods,
+        methods=args.methods or pretraining_methods(),
         pretrain_steps=args.steps,
         finetune_steps=args.finetune_steps,
         repeats=args.repeats,

@@ -22,13 +22,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bench.errors import ConfigError
+from bench.registry import Registry
+
 # What fine-tuning loads from a pretraining run, each mode a superset of the one before:
 # the encoder; plus smp's decoder.aspp; plus the rest of the decoder (never the class head).
 LOAD_MODES = ("backbone", "backbone+aspp", "all")
-
-
-class ConfigError(ValueError):
-    """A bad setting; the message says which key and what is valid."""
 
 
 class SettingError(ConfigError):
@@ -247,7 +246,7 @@ class FinetuneConfig(Settings):
     ``glcnet``, ``false``); a preset or ``--set`` may override single fields on top, and the
     record and the table caption name every field that differs from the protocol."""
 
-    protocol: Literal["harness", "glcnet", "false"] = "harness"
+    protocol: str = "harness"  # a name of bench.protocols.PROTOCOLS
     # backbone: the encoder is not trained and its BN layers stay in eval mode
     # (MMSegmentation's frozen_stages + norm_eval, FALSE's protocol)
     freeze: Literal["none", "backbone"] = "none"
@@ -330,9 +329,9 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
 
 
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
+PRESETS: Registry[Preset] = Registry.of(
+    "preset",
+    (
         Preset(
             name="quick",
             description="CPU smoke test: ResNet-18, 64 px synthetic patches, minutes in all",
@@ -430,8 +429,8 @@ PRESETS: dict[str, Preset] = {
             },
             seeds=(0, 1, 2),
         ),
-    )
-}
+    ),
+)
 
 # The preset each of these is compared with by `bench plan` (what differs, per method).
 COMPARED_PRESETS = {"paper": "common", "common": "paper"}
@@ -448,9 +447,8 @@ def check_unique(kind: str, values) -> None:
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    """The preset ``name`` (UnknownNameError listing the valid ones)."""
+    return PRESETS.get(name)
 
 
 # ----------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ copy of the method; each optimisation step it trains on its own shard of the *gl
 (``pretrain.batch_size`` images over all processes), so the world size never changes which
 images form a step. The pieces:
 
-* :func:`process_group` joins the group from submitit's environment
-  (``submitit.helpers.TorchDistributedEnvironment``) or torchrun's (``RANK``/``WORLD_SIZE``),
+* :func:`process_group` joins the group from torch's ``env://`` variables (``RANK``,
+  ``WORLD_SIZE``, ``MASTER_ADDR``), set by torchrun or, in a submitit job, exported by the
+  execution layer before the job starts (:class:`bench.execution.submission.JobSubmission`),
   with nccl on GPUs and gloo on CPUs.
 * :func:`gather_views` all-gathers a method's embeddings *with gradients* in the order of a
   single process on the concatenated batch, so a contrastive loss sees the global batch.
@@ -80,28 +81,20 @@ def topology() -> Topology:
 
 
 def topology_from_environment() -> Topology:
-    """Rank and world size from torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR), else
-    from submitit's job environment (inside a submitit job with several tasks); exports
-    MASTER_ADDR/PORT, RANK, WORLD_SIZE and LOCAL_RANK for torch's ``env://`` initialisation.
-
-    Some of those variables may be set already in a submitit job (by the profile's ``setup``
-    lines or the submitting shell): submitit's values replace them, except ``MASTER_PORT``,
-    which submitit keeps (it chooses the port)."""
+    """Rank and world size from torch's ``env://`` variables (RANK, WORLD_SIZE, MASTER_ADDR,
+    LOCAL_RANK): torchrun sets them; in a submitit job with several tasks the execution
+    layer exports submitit's values first (its ``export_distributed_environment``)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
         return Topology(
             int(os.environ["RANK"]),
             int(os.environ["WORLD_SIZE"]),
             int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
         )
-    if not os.environ.get("SUBMITIT_EXECUTOR"):
-        raise RuntimeError(
-            "this pretraining expects several processes (pretrain.gpus x pretrain.nodes) but "
-            "was started neither by submitit nor by torchrun (no RANK/WORLD_SIZE/MASTER_ADDR); "
-            "run it with --executor slurm (or local, one node)"
-        )
-    from bench.submitit_adapter import export_distributed_environment
-
-    return Topology(*export_distributed_environment())
+    raise RuntimeError(
+        "this pretraining expects several processes (pretrain.gpus x pretrain.nodes) but "
+        "was started neither by submitit nor by torchrun (no RANK/WORLD_SIZE/MASTER_ADDR); "
+        "run it with --executor slurm (or local, one node)"
+    )
 
 
 @contextmanager

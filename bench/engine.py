@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,25 +47,9 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------------------
 # Devices and numerics
 # ----------------------------------------------------------------------------------------
-_FORCED_DEVICES: list[torch.device] = []
-
-
 def resolve_device() -> torch.device:
-    """CUDA when there is a GPU, else the CPU (or the device of :func:`forced_device`)."""
-    if _FORCED_DEVICES:
-        return _FORCED_DEVICES[-1]
+    """The device a job runs on when none is given: CUDA when there is a GPU, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@contextmanager
-def forced_device(device: torch.device):
-    """While active, every loop runs on ``device`` (``bench check-method`` checks on the
-    CPU, where a resumed run is bit-identical to an uninterrupted one)."""
-    _FORCED_DEVICES.append(device)
-    try:
-        yield
-    finally:
-        _FORCED_DEVICES.pop()
 
 
 def autocast_for(device: torch.device, enabled: bool):

@@ -278,17 +278,43 @@ class FinetuneData:
         return cls(dataset, train, test, labelled, normalize, length)
 
 
-def run_finetuning(
-    job, run_dir: Path, data_root=None, pretrained_dir: Path | None = None
-) -> dict[str, Any]:
-    """Fine-tune DeepLabV3+ on ``job``'s labelled subset and score it on the test split;
-    ``pretrained_dir`` is the run folder of the job's pretraining (its backbone.pt and
-    decoder.pt), None for baselines."""
-    device = resolve_device()
+@dataclass
+class FinetuneSetup:
+    """Everything a fine-tuning needs, built from its job by :func:`prepare_finetuning`:
+    the job itself and ``bench perf``'s bare loop start from it."""
+
+    data: FinetuneData
+    model: torch.nn.Module
+    init_source: str  # where the encoder's weights came from
+    loaded: Any  # what of the pretrained model was loaded
+    trainer: Trainer
+
+
+def prepare_finetuning(
+    job, data_root, pretrained_dir: Path | None, device: torch.device, run_dir: Path | None = None
+) -> FinetuneSetup:
+    """``job``'s data, seeded DeepLabV3+ on ``device`` from the weights in
+    ``pretrained_dir`` (None for baselines) and trainer (checkpointing into ``run_dir``)."""
     data = FinetuneData.load(job, data_root, device)
     model, init_source, loaded = finetuning_model(job, data.dataset, pretrained_dir, device)
     trainer = finetuning_trainer(job, model, device, run_dir, data.length)
-    progress = train_on_labels(job, trainer, data, run_dir)
+    return FinetuneSetup(data, model, init_source, loaded, trainer)
+
+
+def run_finetuning(
+    job,
+    run_dir: Path,
+    data_root=None,
+    pretrained_dir: Path | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Fine-tune DeepLabV3+ on ``job``'s labelled subset on ``device`` (default: the GPU if
+    there is one) and score it on the test split; ``pretrained_dir`` is the run folder of
+    the job's pretraining (its backbone.pt and decoder.pt), None for baselines."""
+    device = device or resolve_device()
+    setup = prepare_finetuning(job, data_root, pretrained_dir, device, run_dir)
+    data, model, init_source, loaded = setup.data, setup.model, setup.init_source, setup.loaded
+    progress = train_on_labels(job, setup.trainer, data, run_dir)
     try:
         train_seconds = time.perf_counter() - progress.started
         eval_start = time.perf_counter()
@@ -427,7 +453,7 @@ def finetune_record(job, data: FinetuneData) -> dict[str, Any]:
         "seed": job.seed,
         "preset": job.preset,
         "protocol": job.finetune.protocol,
-        "protocol_source": PROTOCOLS[job.finetune.protocol].source,
+        "protocol_source": PROTOCOLS.get(job.finetune.protocol).source,
         "protocol_overrides": protocol_overrides(job.finetune),
         "head": job.finetune.head.describe(),
         "freeze": job.finetune.freeze,

@@ -106,6 +106,7 @@ def execute(
     results_root: Path | str,
     data_root: Path | str | None = None,
     processes: int = 1,
+    device: Any = None,
 ) -> dict:
     """Run ``job`` unless its record says it is done; always return its record.
 
@@ -113,7 +114,8 @@ def execute(
     propagating, so a sweep reports what failed and goes on. ``processes`` > 1 (a pretraining
     launched as one task per GPU) joins the job's process group first
     (:mod:`bench.distributed`); then rank 0 writes the files, and a process that fails alone
-    writes the failed record itself, since the others may never get to it.
+    writes the failed record itself, since the others may never get to it. ``device`` (a
+    ``torch.device``) is where it trains; by default the GPU when there is one.
 
     A full, read-only or forbidden filesystem (:func:`bench.store.storage_fault`) fails the
     job with one line naming the path and the cause; the record then carries it as
@@ -135,7 +137,7 @@ def execute(
                 store.prepare_run(job, job_spec(job))
                 store.begin_attempt(job.job_id)
             distributed.barrier()
-            record = _run(job, store, data_root)
+            record = _run(job, store, data_root, device)
         except (KeyboardInterrupt, Preempted):
             if place.is_main:
                 store.end_attempt(job.job_id)
@@ -151,7 +153,7 @@ def execute(
     return record
 
 
-def _run(job: Job, store: RunStore, data_root: Path | str | None) -> dict[str, Any]:
+def _run(job: Job, store: RunStore, data_root: Path | str | None, device: Any) -> dict[str, Any]:
     """The job's work (its plugins imported first); returns its record."""
     from bench.plugins import load_plugins
 
@@ -160,10 +162,10 @@ def _run(job: Job, store: RunStore, data_root: Path | str | None) -> dict[str, A
     if isinstance(job, PretrainJob):
         from bench.pretrain import run_pretraining
 
-        return run_pretraining(job, run_dir, data_root)
+        return run_pretraining(job, run_dir, data_root, device=device)
     from bench.finetune import run_finetuning
 
-    return run_finetuning(job, run_dir, data_root, pretrained_dir(job, store))
+    return run_finetuning(job, run_dir, data_root, pretrained_dir(job, store), device)
 
 
 def keep_record(store: RunStore, job: Job, record: dict[str, Any]) -> dict[str, Any]:

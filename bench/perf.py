@@ -22,7 +22,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +30,19 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
+from bench.config import ConfigError
 from bench.datasets import create_dataset
 from bench.datasets.folder import FolderParams
 from bench.engine import resolve_device
-from bench.finetune import (
-    Normalizer,
-    TrainingLength,
-    batch_indices,
-    finetuning_model,
-    finetuning_trainer,
-    labelled_batches,
-    segmentation_loss,
-)
+from bench.finetune import batch_indices, labelled_batches, prepare_finetuning, segmentation_loss
 from bench.jobs import FinetuneJob, PretrainJob, execute
 from bench.methods import METHODS
 from bench.methods.base import StepContext
 from bench.metrics import ConfusionMatrix
 from bench.pretrain import (
     epoch_batches,
-    lr_schedule,
     method_step,
-    pretraining_model,
-    pretraining_trainer,
+    prepare_pretraining,
     shuffled_batches,
 )
 from bench.sweep import SweepSpec, plan
@@ -62,9 +53,14 @@ HARNESS_GOAL = 0.95  # harness / bare throughput (issue 12)
 METRIC_GOAL = 20.0  # ours / scikit-learn speed
 
 
+def pretraining_methods() -> tuple[str, ...]:
+    """Every registered method that pretrains (plugins' included), in registry order."""
+    return tuple(name for name in METHODS.names() if METHODS.get(name).pretrains)
+
+
 @dataclass(frozen=True)
 class PerfSettings:
-    methods: tuple[str, ...] = ("simclr", "moco", "byol", "false", "grass", "glcnet", "multitask")
+    methods: tuple[str, ...] = field(default_factory=pretraining_methods)
     pretrain_steps: int = 6
     finetune_steps: int = 20
     repeats: int = 2
@@ -72,9 +68,6 @@ class PerfSettings:
     overrides: tuple[str, ...] = ()  # extra --set items (tests use tiny sizes)
 
     def __post_init__(self) -> None:
-        from bench.config import ConfigError
-        from bench.methods import METHODS
-
         unknown = [m for m in self.methods if m not in METHODS or not METHODS.get(m).pretrains]
         if unknown:
             raise ConfigError(f"perf measures pretraining methods; not one: {', '.join(unknown)}")
@@ -116,22 +109,20 @@ def harness_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float
     return record["images_per_second"], record["final_loss"]
 
 
-def bare_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float]:
-    """The same computation as ``run_pretraining`` (one epoch: same model, seeds, batches
-    and engine step), without the harness around it (logging, checkpoints, record)."""
-    device = resolve_device()
-    dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
-    train = dataset.load_split("train")
-    steps = len(train) // job.pretrain.batch_size
-    method = pretraining_model(job, dataset, device, 1, len(train))
-    trainer = pretraining_trainer(
-        job, method, device, lr_schedule(job.pretrain, steps, steps), None
-    )
+def bare_pretraining(
+    job: PretrainJob, data_root: Path, device: torch.device | None = None
+) -> tuple[float, float]:
+    """The same computation as ``run_pretraining``'s first epoch (the same set-up,
+    :func:`bench.pretrain.prepare_pretraining`: model, seeds, schedule, batches and engine
+    step), without the harness around it (logging, checkpoints, record)."""
+    setup = prepare_pretraining(job, data_root, device or resolve_device())
+    method, trainer, steps = setup.method, setup.trainer, setup.steps_per_epoch
     method.train()
-    batches = epoch_batches(train, job.pretrain, job.seed, 0, device, trainer.place)
+    batches = epoch_batches(setup.train, job.pretrain, job.seed, 0, trainer.device, trainer.place)
+    total = job.pretrain.epochs * steps  # as the run's step contexts count
     start = time.perf_counter()
     for step, (images, _) in enumerate(batches):
-        outcome = method_step(trainer, method, images, StepContext(step, steps, 0))
+        outcome = method_step(trainer, method, images, StepContext(step, total, 0))
     return steps * job.pretrain.batch_size / (time.perf_counter() - start), outcome.loss
 
 
@@ -162,26 +153,21 @@ def harness_finetuning(job: FinetuneJob, data_root: Path) -> float:
     return job.finetune.steps * job.finetune.batch_size / record["train_seconds"]
 
 
-def bare_finetuning(job: FinetuneJob, data_root: Path) -> float:
-    """The same computation as ``run_finetuning``'s training (model, seeds, batches and
-    engine step), without the harness around it."""
-    device = resolve_device()
-    dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
-    train = dataset.load_split("train")
-    normalize = Normalizer(*dataset.band_stats(), device)
-    model, _, _ = finetuning_model(job, dataset, None, device)
-    length = TrainingLength.of(job.finetune, len(train))
-    trainer = finetuning_trainer(job, model, device, None, length)
-    order = batch_indices(len(train), job.finetune.batch_size, length, job.seed)
+def bare_finetuning(job: FinetuneJob, data_root: Path, device: torch.device | None = None) -> float:
+    """The same computation as ``run_finetuning``'s training (the same set-up,
+    :func:`bench.finetune.prepare_finetuning`: model, seeds, batches and engine step),
+    without the harness around it."""
+    setup = prepare_finetuning(job, data_root, None, device or resolve_device())
+    data, trainer, cfg = setup.data, setup.trainer, job.finetune
+    order = batch_indices(len(data.labelled), cfg.batch_size, data.length, job.seed)
+    batches = labelled_batches(
+        data.labelled, order, data.normalize, trainer.device, range(cfg.steps)
+    )
+    ignore = data.dataset.ignore_index
     start = time.perf_counter()
-    for step, (images, masks) in labelled_batches(
-        train, order, normalize, device, range(job.finetune.steps)
-    ):
-        trainer.step(
-            step,
-            lambda: segmentation_loss(model, images, masks, job.finetune, dataset.ignore_index),  # noqa: B023
-        )
-    return job.finetune.steps * job.finetune.batch_size / (time.perf_counter() - start)
+    for step, (images, masks) in batches:
+        trainer.step(step, lambda: segmentation_loss(setup.model, images, masks, cfg, ignore))  # noqa: B023
+    return cfg.steps * cfg.batch_size / (time.perf_counter() - start)
 
 
 # -- 3: metrics ----------------------------------------------------------------------------

@@ -40,34 +40,40 @@ class PluginError(ConfigError):
     """A plugin could not be imported; the message names it and the underlying error."""
 
 
-class _Installed:
-    """Whether the installed plugins were loaded in this process, and how that ended."""
+class InstalledPlugins:
+    """The installed plugins of this process (entry points of :data:`GROUPS`, then the
+    modules of ``$BENCH_PLUGINS``), imported once, when a registry that holds plugins is
+    first asked for a name. A failure is raised to that caller, and the next look-up tries
+    again (and fails again while the plugin is broken), so no error outlives its cause."""
 
-    state = "not loaded"  # -> "loading" -> "loaded"
-    error: ConfigError | None = None
+    def __init__(self) -> None:
+        self.state = "not loaded"  # -> "loading" -> "loaded"
+
+    def load(self) -> None:
+        if self.state != "not loaded":
+            return  # loaded, or loading now (a plugin that looks a name up while it registers)
+        self.state = "loading"
+        try:
+            for group in GROUPS:
+                for point in entry_points(group=group):
+                    dist = f" of {point.dist.name}" if getattr(point, "dist", None) else ""
+                    where = f"{point.value!r} (entry point {point.name!r} in {group}{dist})"
+                    import_plugin(point.module, where)
+            for module in env_plugins():
+                import_plugin(module, f"{module!r} (${PLUGINS_ENV})")
+        except BaseException:
+            self.state = "not loaded"
+            raise
+        self.state = "loaded"
+
+
+# the one source of installed plugins, shared by the method and dataset registries
+INSTALLED = InstalledPlugins()
 
 
 def load_installed() -> None:
-    """Import every entry point of :data:`GROUPS`, then the modules of ``$BENCH_PLUGINS``,
-    once per process; a failure is raised again on every later call."""
-    if _Installed.error is not None:
-        raise _Installed.error
-    if _Installed.state != "not loaded":
-        return  # loaded, or loading now (a plugin that looks a name up while it registers)
-    _Installed.state = "loading"
-    try:
-        for group in GROUPS:
-            for point in entry_points(group=group):
-                dist = f" of {point.dist.name}" if getattr(point, "dist", None) else ""
-                where = f"{point.value!r} (entry point {point.name!r} in {group}{dist})"
-                import_plugin(point.module, where)
-        for module in env_plugins():
-            import_plugin(module, f"{module!r} (${PLUGINS_ENV})")
-    except ConfigError as error:
-        _Installed.error = error
-        raise
-    finally:
-        _Installed.state = "loaded"
+    """Import the installed plugins unless this process did already."""
+    INSTALLED.load()
 
 
 def env_plugins() -> tuple[str, ...]:

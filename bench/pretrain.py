@@ -384,19 +384,31 @@ class PretrainLog:
 # ----------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------
-def run_pretraining(
-    job, run_dir: Path, data_root: Path | str | None = None, stop: StopSignals | None = None
-) -> dict[str, Any]:
-    """Pretrain ``job.method``; write checkpoint.pt each epoch, and at the end backbone.pt
-    (plus decoder.pt for methods that pretrain smp's ASPP/decoder). ``stop`` is what makes
-    it checkpoint and stop (:class:`Preempted`) mid-run, by default SIGTERM/SIGUSR2.
+@dataclass
+class PretrainSetup:
+    """Everything a pretraining needs, built from its job by :func:`prepare_pretraining`:
+    the job itself, ``bench perf``'s bare loop and ``check-method`` all start from it, so
+    they run the same computation."""
 
-    Inside a process group (:mod:`bench.distributed`) every process trains on its shard of
-    each global batch, gradients are averaged, and only rank 0 writes files."""
+    dataset: Any
+    train: Any  # the training split's patches
+    steps_per_epoch: int
+    method: PretrainingMethod
+    trainer: Trainer
+
+
+def prepare_pretraining(
+    job,
+    data_root: Path | str | None,
+    device: torch.device,
+    world_size: int = 1,
+    run_dir: Path | None = None,
+    stop: StopSignals | None = None,
+) -> PretrainSetup:
+    """``job``'s data, seeded model on ``device`` (for ``world_size`` processes), schedule
+    (every phase of the method) and trainer (checkpointing into ``run_dir`` when given)."""
     cfg: PretrainConfig = job.pretrain
-    place = distributed.topology()
-    device = place.device() if place.world_size > 1 else resolve_device()
-    local_batch_size(cfg, place.world_size)
+    local_batch_size(cfg, world_size)
     dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
     train = dataset.load_split("train")
     steps_per_epoch = len(train) // cfg.batch_size
@@ -404,10 +416,34 @@ def run_pretraining(
         raise ValueError(
             f"pretrain.batch_size={cfg.batch_size} exceeds the {len(train)} training patches"
         )
-    total_steps = cfg.epochs * steps_per_epoch
-    method = pretraining_model(job, dataset, device, place.world_size, len(train))
+    method = pretraining_model(job, dataset, device, world_size, len(train))
     schedule = phase_schedule(cfg, method.phase_epochs(), steps_per_epoch)
     trainer = pretraining_trainer(job, method, device, schedule, run_dir, stop)
+    return PretrainSetup(dataset, train, steps_per_epoch, method, trainer)
+
+
+def run_pretraining(
+    job,
+    run_dir: Path,
+    data_root: Path | str | None = None,
+    stop: StopSignals | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Pretrain ``job.method`` on ``device`` (default: this process's GPU, else the CPU);
+    write checkpoint.pt each epoch, and at the end backbone.pt (plus decoder.pt for methods
+    that pretrain smp's ASPP/decoder). ``stop`` is what makes it checkpoint and stop
+    (:class:`Preempted`) mid-run, by default SIGTERM/SIGUSR2.
+
+    Inside a process group (:mod:`bench.distributed`) every process trains on its shard of
+    each global batch, gradients are averaged, and only rank 0 writes files."""
+    cfg: PretrainConfig = job.pretrain
+    place = distributed.topology()
+    if device is None:
+        device = place.device() if place.world_size > 1 else resolve_device()
+    setup = prepare_pretraining(job, data_root, device, place.world_size, run_dir, stop)
+    train, method, trainer = setup.train, setup.method, setup.trainer
+    steps_per_epoch = setup.steps_per_epoch
+    total_steps = cfg.epochs * steps_per_epoch
     resumed = trainer.load() or {"epoch": 0, "batch": 0}
     start = (int(resumed["epoch"]), int(resumed.get("batch", 0)))
     if start != (0, 0):

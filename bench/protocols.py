@@ -14,11 +14,11 @@ differ from the protocol; records and table captions show them.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 from bench.config import ConfigError, FinetuneConfig, build_section, identity_dict
+from bench.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,9 @@ class Protocol:
     values: dict[str, Any]  # FinetuneConfig fields; the others keep their defaults
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    p.name: p
-    for p in (
+PROTOCOLS: Registry[Protocol] = Registry.of(
+    "protocol",
+    (
         Protocol(
             name="harness",
             source="this harness (no paper): a short schedule for CPU studies",
@@ -106,20 +106,13 @@ PROTOCOLS: dict[str, Protocol] = {
                 "evaluation": "patches",  # test_cfg mode='whole' on the prepared patches
             },
         ),
-    )
-}
-
-_NAMES = typing.get_args(typing.get_type_hints(FinetuneConfig)["protocol"])
-assert tuple(PROTOCOLS) == _NAMES, "FinetuneConfig.protocol must list PROTOCOLS"
+    ),
+)
 
 
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise ConfigError(
-            f"unknown protocol {name!r} for finetune.protocol; valid protocols: "
-            + ", ".join(PROTOCOLS)
-        )
-    return PROTOCOLS[name]
+    """The protocol ``name`` (UnknownNameError listing the valid ones)."""
+    return PROTOCOLS.get(name, where="for finetune.protocol")
 
 
 def finetune_settings(
@@ -148,7 +141,7 @@ def finetune_settings(
 
 def protocol_overrides(cfg: FinetuneConfig) -> dict[str, Any]:
     """The fields of ``cfg`` that change results and differ from its protocol's values."""
-    reference = FinetuneConfig(protocol=cfg.protocol, **PROTOCOLS[cfg.protocol].values)
+    reference = FinetuneConfig(protocol=cfg.protocol, **PROTOCOLS.get(cfg.protocol).values)
     mine, theirs = identity_dict(cfg), identity_dict(reference)
     return {
         f.name: mine[f.name]

@@ -1,4 +1,5 @@
-"""Name -> class registries for methods and datasets (the timm ``register_model`` habit).
+"""Name -> entry registries for every named thing a user can type: methods, datasets,
+presets, protocols and executors (the timm ``register_model`` habit).
 
 Each method or dataset is one file that registers its class with a decorator under its CLI
 name. Unknown names fail at once with the list of valid choices.
@@ -14,15 +15,21 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import warnings
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 T = TypeVar("T")
 
 # The plugin being imported now: (how it was named, its module), or None (bench.plugins).
 _loading: list[tuple[str, str]] = []
+
+
+class PluginSource(Protocol):
+    """What a registry loads before its first look-up (:class:`bench.plugins.InstalledPlugins`)."""
+
+    def load(self) -> None: ...
 
 
 class UnknownNameError(ConfigError, KeyError):
@@ -48,9 +55,9 @@ class Registry(Generic[T]):
     """A named collection of classes, filled by the ``register`` decorator; with
     ``plugins``, installed plugins are loaded before the first look-up."""
 
-    def __init__(self, kind: str, plugins: bool = False, base: type | None = None) -> None:
+    def __init__(self, kind: str, plugins: PluginSource | None = None, base: type | None = None):
         self.kind = kind
-        self.plugins = plugins
+        self.plugins = plugins  # loaded before the first look-up
         self.base = base  # every registered class derives from it
         self._entries: dict[str, T] = {}
         # name -> (who registered it: a plugin's label or the defining module, the module
@@ -70,11 +77,21 @@ class Registry(Generic[T]):
                     f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2
                 )
             self._entries[name] = obj
-            self._origins[name] = _loading[-1] if _loading else (obj.__module__,) * 2
-            obj.name = name  # type: ignore[attr-defined]
+            module = getattr(obj, "__module__", None) or type(obj).__module__
+            self._origins[name] = _loading[-1] if _loading else (module,) * 2
+            if isinstance(obj, type):
+                obj.name = name  # type: ignore[attr-defined]
             return obj
 
         return decorator
+
+    @classmethod
+    def of(cls, kind: str, entries: Iterable[Any]) -> Registry:
+        """A registry of ``entries`` (objects with a ``name``), each registered under it."""
+        registry = cls(kind)
+        for entry in entries:
+            registry.register(entry.name)(entry)
+        return registry
 
     def _check_class(self, name: str, obj: Any) -> None:
         """``obj`` derives from :attr:`base` (else ConfigError naming who registered it)."""
@@ -109,13 +126,17 @@ class Registry(Generic[T]):
         label, module = self._origins[name]
         return module if label != module else None
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, where: str = "") -> T:
+        """The entry ``name``; UnknownNameError listing the valid names otherwise (``where``,
+        e.g. ``for finetune.protocol``, says where the name was given)."""
         self._load_plugins()
         try:
             return self._entries[name]
         except KeyError:
+            where = f" {where}" if where else ""
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}{where}; valid {self.kind}s: "
+                + ", ".join(self.names())
             ) from None
 
     def names(self, pattern: str = "*") -> list[str]:
@@ -124,10 +145,8 @@ class Registry(Generic[T]):
         return [n for n in self._entries if fnmatch.fnmatch(n, pattern)]
 
     def _load_plugins(self) -> None:
-        if self.plugins:
-            from bench.plugins import load_installed
-
-            load_installed()
+        if self.plugins is not None:
+            self.plugins.load()
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()

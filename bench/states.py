@@ -24,10 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from bench.cluster import state_kind
 from bench.store import RunStore, UnreadableRecord, process_alive
-from bench.submission import read_submission
-from bench.submitit_adapter import scheduler_states
 
 
 class JobState(str, Enum):
@@ -106,28 +103,6 @@ def attempt_state(attempt: dict[str, Any]) -> tuple[JobState, str]:
     )
 
 
-def job_statuses(
-    store: RunStore, job_ids: Iterable[str], ask_scheduler: bool = True
-) -> dict[str, JobStatus]:
-    """The status of each job id from its record and (with ``ask_scheduler``) its
-    submission.json and SLURM's accounting."""
-    job_ids = list(job_ids)
-    if not ask_scheduler:
-        return {job_id: record_status(store, job_id) for job_id in job_ids}
-    submissions = {job_id: read_submission(store, job_id) for job_id in job_ids}
-    slurm_ids = [
-        s["scheduler_job_id"] for s in submissions.values() if s and s.get("executor") == "slurm"
-    ]
-    slurm = scheduler_states(slurm_ids)
-    statuses = {}
-    for job_id, submission in submissions.items():
-        scheduler_id = submission.get("scheduler_job_id") if submission else None
-        scheduler_state = slurm.get(scheduler_id, "") if scheduler_id else ""
-        attempt = store.read_attempt(job_id)
-        statuses[job_id] = derive_status(store.read(job_id), submission, scheduler_state, attempt)
-    return statuses
-
-
 def record_status(store: RunStore, job_id: str) -> JobStatus:
     """The status from the record and attempt marker (no scheduler): planned, running, done,
     failed or corrupt."""
@@ -154,3 +129,24 @@ def summary(states: Iterable[JobState | JobStatus]) -> str:
 def last_line(text: str | None) -> str:
     lines = [line for line in (text or "").splitlines() if line.strip()]
     return lines[-1].strip() if lines else ""
+
+
+# ---------------------------------------------------------------------------- SLURM's words
+ACTIVE_STATES = {
+    "PENDING": "queued",
+    "REQUEUED": "queued",
+    "REQUEUE_HOLD": "queued",
+    "REQUEUE_FED": "queued",
+    "CONFIGURING": "queued",
+    "SUSPENDED": "queued",
+    "RESIZING": "queued",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "STAGE_OUT": "running",
+    "SIGNALING": "running",
+}
+
+
+def state_kind(slurm_state: str) -> str:
+    """queued, running or finished (for any other state)."""
+    return ACTIVE_STATES.get(slurm_state.split()[0] if slurm_state else "", "finished")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
+from bench.version import __version__
 
 RECORD = "result.json"
 SPEC = "spec.json"
@@ -32,6 +33,7 @@ CHECKPOINT = "checkpoint.pt"
 ATTEMPT = "attempt.json"
 ATTEMPT_SIZE = 4096  # fixed, so the cause of a failure overwrites it in place on a full disk
 BACKBONE = "backbone.pt"
+SUBMISSION = "submission.json"
 DECODER = "decoder.pt"  # smp DeepLabV3+ decoder weights, for methods that pretrain it
 
 
@@ -421,8 +423,6 @@ def provenance() -> dict[str, Any]:
     import segmentation_models_pytorch as smp
     import torch
 
-    from bench import __version__
-
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -473,3 +473,29 @@ def failed_record(job: Any, error: BaseException, trace: str) -> dict[str, Any]:
 def skipped_record(job: Any, reason: str) -> dict[str, Any]:
     """Not written to disk: the job did not run because ``reason``."""
     return {"status": "skipped", **job_fields(job), "error": reason}
+
+
+# ---------------------------------------------------------------------------- submissions
+def write_submission(
+    store: RunStore, job: Any, executor: str, scheduler_id: str, folder: Path, context: dict
+) -> None:
+    """``submission.json``: the scheduler job id, the sweep the job came from and the
+    cluster settings, so ``bench status`` can ask SLURM about the job (:mod:`bench.states`)
+    and ``--rerun-failed`` can submit it again."""
+    atomic_write_json(
+        store.run_dir(job.job_id) / SUBMISSION,
+        {
+            "executor": executor,
+            "scheduler_job_id": scheduler_id,
+            "submitit_folder": str(folder),
+            "submitted_at": now_iso(),
+            **context,
+        },
+    )
+
+
+def read_submission(store: RunStore, job_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((store.run_dir(job_id) / SUBMISSION).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -1,4 +1,5 @@
-"""Sweeps: from a :class:`SweepSpec` to planned jobs, and the typed entry point ``run_sweep``.
+"""Planning sweeps: from a :class:`SweepSpec` to checked, planned jobs (running them is
+:mod:`bench.execution.sweeps`).
 
 Pretrain once, fine-tune many: a pretraining job depends on (method, data, seed,
 hyperparameters) but not on the label fraction, so M methods x D datasets x F fractions x S
@@ -7,15 +8,14 @@ seeds cost M*D*S pretrainings and M*D*F*S fine-tunings; baselines need no pretra
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bench.cluster import Profile
 from bench.config import (
     LOAD_MODES,
+    PRESETS,
     ConfigError,
     DataConfig,
     FinetuneConfig,
@@ -33,13 +33,7 @@ from bench.jobs import FinetuneJob, Job, PretrainJob
 from bench.methods import METHODS
 from bench.plugins import load_plugins
 from bench.protocols import finetune_settings
-from bench.states import JobState, JobStatus, job_statuses
-from bench.store import RunStore
-from bench.submission import read_submission
 from bench.tracking import check_logger_packages
-
-if TYPE_CHECKING:
-    from bench.executors import SubmitReport
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +199,22 @@ def plugin_modules(method: str, dataset: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(module for module in origins if module))
 
 
+def check_preset_keys(method: str, method_cls: type) -> None:
+    """A method's per-preset values name registered presets (a misspelt one would
+    silently never apply)."""
+    for attribute in ("preset_params", "preset_pretrain"):
+        for key in getattr(method_cls, attribute):
+            if key not in PRESETS:
+                raise ConfigError(
+                    f"method {method}: {attribute} names preset {key!r}, which is not "
+                    f"registered; valid presets: {', '.join(PRESETS.names())}"
+                )
+
+
 def method_sections(preset: Preset, user: dict, method: str, method_cls: type):
     """A method's own settings and its pretraining loop's under ``preset`` and the user's
     ``--set`` values: defaults < preset < the method's values for that preset < the user's."""
+    check_preset_keys(method, method_cls)
     params = build_section(
         method_cls.Params, method, method_cls.preset_params.get(preset.name), user.get(method)
     )
@@ -314,60 +321,12 @@ def check_load_mode(load: str, method_classes: dict[str, type], explicit: bool) 
         )
 
 
-@dataclass
-class SweepResult:
-    jobs: list[Job]
-    records: dict[str, dict[str, Any]]  # job id -> record ("skipped" ones have no file)
-
-    def by_status(self, status: str) -> list[dict[str, Any]]:
-        return [r for r in self.records.values() if r.get("status") == status]
-
-    @property
-    def ok(self) -> bool:
-        return all(r.get("status") == "ok" for r in self.records.values())
-
-    def finetune_records(self) -> list[dict[str, Any]]:
-        return [
-            self.records[j.job_id]
-            for j in self.jobs
-            if j.kind == "finetune" and j.job_id in self.records
-        ]
-
-
 def spec_to_dict(spec: SweepSpec) -> dict[str, Any]:
     return {f.name: getattr(spec, f.name) for f in fields(spec)}
 
 
 def spec_from_dict(values: dict[str, Any]) -> SweepSpec:
     return SweepSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-def run_sweep(
-    spec: SweepSpec,
-    results_dir: Path | str = "results",
-    data_root: Path | str | None = None,
-    executor: str = "inline",
-    profile: Profile | None = None,
-    timeout_s: float | None = None,
-) -> SweepResult:
-    """Plan ``spec`` and run every job not already done, with ``executor`` (inline, slurm,
-    local or debug; see ``bench.executors``); wait for all of them and return all records."""
-    jobs, executor_ = _ready(spec, results_dir, data_root, executor, profile)
-    records = executor_.run(jobs, Path(results_dir), data_root, timeout_s=timeout_s)
-    return SweepResult(jobs=jobs, records=records)
-
-
-def _ready(spec: SweepSpec, results_dir, data_root, executor: str, profile):
-    """Everything checked before the first job: the plan, the data, the executor's process
-    layouts, the results folder. Returns the jobs and the executor."""
-    from bench.executors import get_executor
-
-    jobs = plan(spec)
-    check_data(jobs, data_root)
-    executor_ = get_executor(executor, profile, {"sweep": spec_to_dict(spec)})
-    executor_.check_layouts(jobs)
-    RunStore(results_dir).open_for_writing()
-    return jobs, executor_
 
 
 def check_data(jobs: list[Job], data_root: Path | str | None) -> None:
@@ -425,58 +384,3 @@ def data_problems(jobs: list[Job], data_root: Path | str | None) -> list[str]:
         except ConfigError as error:
             problems.append(str(error))
     return problems
-
-
-def submit_sweep(
-    spec: SweepSpec,
-    results_dir: Path | str = "results",
-    data_root: Path | str | None = None,
-    profile: Profile | None = None,
-) -> tuple[list[Job], SubmitReport]:
-    """Plan ``spec`` and submit to SLURM every job that is not queued, running or done;
-    return at once (``bench status`` follows them)."""
-    jobs, executor = _ready(spec, results_dir, data_root, "slurm", profile)
-    return jobs, executor.submit(jobs, Path(results_dir), data_root)
-
-
-def rerun_failed(
-    results_dir: Path | str, profile_overrides: Profile | None = None
-) -> tuple[SubmitReport, list[str]]:
-    """Submit again, to SLURM, the failed jobs of the SLURM submissions in ``results_dir``
-    (their sweep is re-planned from submission.json; their pretraining too if it failed).
-    Returns the report and the failed job ids that could not be resubmitted (with why)."""
-    from bench.executors import SubmitReport, get_executor
-
-    store = RunStore(results_dir)
-    statuses = job_statuses(store, store.run_ids())
-    report, unknown = SubmitReport(), []
-    groups: dict[str, tuple[SweepSpec, dict[str, Any], list[str]]] = {}
-    for job_id, status in statuses.items():
-        if status.state is not JobState.FAILED:
-            continue
-        submission = read_submission(store, job_id)
-        if not submission or "sweep" not in submission:
-            unknown.append(f"{job_id}: not from a SLURM submission; rerun its `bench run`")
-            continue
-        key = json.dumps([submission["sweep"], submission.get("cluster_settings")], sort_keys=True)
-        group = groups.setdefault(key, (spec_from_dict(submission["sweep"]), submission, []))
-        group[2].append(job_id)
-    for spec, submission, failed in groups.values():
-        jobs = plan(spec)
-        missing = set(failed) - {job.job_id for job in jobs}
-        unknown += [
-            f"{job_id}: this code no longer plans it (settings changed)" for job_id in missing
-        ]
-        profile = profile_overrides or Profile(
-            submission.get("cluster_profile", "(stored)"), submission.get("cluster_settings", {})
-        )
-        executor = get_executor("slurm", profile, {"sweep": submission["sweep"]})
-        data_root = submission.get("data_root")
-        part = executor.submit(jobs, Path(results_dir), data_root, only_failed=True)
-        report.submitted.update(part.submitted)
-    return report, unknown
-
-
-def sweep_status(jobs: list[Job], results_dir: Path | str) -> dict[str, JobStatus]:
-    """The state of each planned job (:mod:`bench.states`)."""
-    return job_statuses(RunStore(results_dir), [job.job_id for job in jobs])

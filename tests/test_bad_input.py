@@ -14,8 +14,9 @@ from test_report import write_fixture
 
 from bench.cli import BAD_INPUT, INCOMPLETE, main
 from bench.config import ConfigError
+from bench.execution.sweeps import run_sweep
 from bench.store import RECORD, RunStore
-from bench.sweep import SweepSpec, plan, run_sweep
+from bench.sweep import SweepSpec, plan
 
 RESULTS, FILE, MISSING, RAW = "<results>", "<file>", "<missing>", "<raw>"
 

@@ -63,8 +63,8 @@ def test_presets_are_valid_sections():
     assert get_preset("quick").name == "quick"
     with pytest.raises(ConfigError, match="valid presets: quick, cpu, paper"):
         get_preset("huge")
-    for preset in PRESETS.values():
+    for preset in map(PRESETS.get, PRESETS.names()):
         build_section(PretrainConfig, "pretrain", preset.values.get("pretrain"))
         build_section(FinetuneConfig, "finetune", preset.values.get("finetune"))
-    paper = build_section(PretrainConfig, "pretrain", PRESETS["paper"].values["pretrain"])
+    paper = build_section(PretrainConfig, "pretrain", PRESETS.get("paper").values["pretrain"])
     assert (paper.backbone, paper.batch_size, paper.view_size) == ("resnet50", 256, 224)

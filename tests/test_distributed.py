@@ -459,7 +459,7 @@ def test_new_settings_leave_existing_job_ids_alone():
 
 
 def test_executors_that_run_one_process_refuse_several(tmp_path):
-    from bench.executors import InlineExecutor
+    from bench.execution.executors import InlineExecutor
     from bench.sweep import SweepSpec, plan
 
     spec = SweepSpec(methods=("simclr",), fractions=(1.0,), overrides=("pretrain.gpus=2",))
@@ -555,7 +555,7 @@ def test_two_process_pretraining_writes_once_and_resumes_exactly(tmp_path, monke
 
 
 def test_a_global_batch_that_does_not_split_is_refused_before_submission():
-    from bench.cluster import load_profile, pretrain_layout
+    from bench.execution.cluster import load_profile, pretrain_layout
 
     spec_overrides = ("pretrain.batch_size=64", "pretrain.gpus=3")
     job = _sweep_job(spec_overrides)

@@ -13,16 +13,15 @@ from pathlib import Path
 import pytest
 
 from bench import SweepSpec, run_sweep
-from bench.cluster import load_profile, pretrain_layout
 from bench.config import ConfigError
-from bench.store import LOG, RunStore
-from bench.submission import read_submission
-from bench.submitit_adapter import (
+from bench.execution.cluster import load_profile, pretrain_layout
+from bench.execution.submitit_adapter import (
     make_executor,
     rendered_sbatch,
     sbatch_script,
     set_array_parameters,
 )
+from bench.store import LOG, RunStore, read_submission
 from bench.sweep import plan
 
 ROOT = Path(__file__).resolve().parents[1]

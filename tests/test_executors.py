@@ -7,10 +7,10 @@ import pytest
 
 from bench import SweepSpec, run_sweep
 from bench.cli import main
-from bench.cluster import executor_parameters, load_profile, parse_cluster_overrides
 from bench.config import ConfigError
+from bench.execution.cluster import executor_parameters, load_profile, parse_cluster_overrides
+from bench.execution.submitit_adapter import sbatch_script
 from bench.report import comparison_table
-from bench.submitit_adapter import sbatch_script
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "example-profile.sbatch"

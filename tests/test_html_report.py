@@ -19,9 +19,10 @@ from conftest import TINY, file_tree
 import bench.methods.byol
 from bench import SweepSpec, run_sweep
 from bench.cli import main
+from bench.execution.status import job_statuses
 from bench.report import build_table, per_class_table, render, write_report
 from bench.report.html import reported_metrics
-from bench.states import JobState, job_statuses
+from bench.states import JobState
 from bench.store import RECORD, RunStore, failed_record
 
 FAILURE = "CUDA out of memory (simulated)"

@@ -13,12 +13,11 @@ import pytest
 
 from bench import SweepSpec, run_sweep
 from bench.cli import main
-from bench.cluster import load_profile, slurm_available
+from bench.execution.cluster import load_profile, slurm_available
+from bench.execution.status import job_statuses
+from bench.execution.sweeps import submit_sweep
 from bench.report import comparison_table
-from bench.states import job_statuses
-from bench.store import CHECKPOINT, LOG, RunStore
-from bench.submission import SUBMISSION
-from bench.sweep import submit_sweep
+from bench.store import CHECKPOINT, LOG, SUBMISSION, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 WHY_NOT = slurm_available()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import ConfigError
-from bench.executors import get_executor
+from bench.execution.executors import get_executor
 from bench.states import JobState, derive_status, summary
 from bench.store import UnreadableRecord
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO, TINY
 
 from bench.cli import STORAGE_FAULT
-from bench.executors import collect_records
+from bench.execution.executors import collect_records
 from bench.jobs import job_spec, keep_record
 from bench.states import JobState, record_status
 from bench.store import (

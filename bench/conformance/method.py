@@ -37,7 +37,7 @@ from bench.conformance.contracts import (
     selected,
 )
 from bench.datasets import DATASETS, create_dataset
-from bench.engine import StepOutcome, forced_device
+from bench.engine import StepOutcome
 from bench.finetune import finetuning_model
 from bench.jobs import FinetuneJob, PretrainJob
 from bench.methods import METHODS, PretrainingMethod, StepContext
@@ -46,10 +46,9 @@ from bench.preemption import Preempted, StopAtStep
 from bench.pretrain import (
     epoch_batches,
     method_step,
-    phase_schedule,
     phase_starts,
+    prepare_pretraining,
     pretraining_model,
-    pretraining_trainer,
     run_pretraining,
 )
 from bench.store import BACKBONE, DECODER
@@ -89,11 +88,7 @@ def iter_check_method(
     contracts = CONTRACTS if cls.pretrains else BASELINE_CONTRACTS
     names = selected(contracts, only)
     jobs = check_jobs(name, tuple(overrides), tuple(plugins))
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-check-") as tmp,
-        forced_device(CPU),
-        one_cpu_thread(),
-    ):
+    with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp, one_cpu_thread():
         check = MethodCheck(*jobs, folder=Path(tmp))
         yield from run_gated("setup", names, check, skip="needs the setup, which failed")
 
@@ -177,7 +172,7 @@ class MethodCheck:
         def compute() -> Path:
             folder = self.folder / "uninterrupted"
             folder.mkdir()
-            run_pretraining(self.job, folder, self.data_root)
+            run_pretraining(self.job, folder, self.data_root, device=CPU)
             return folder
 
         return self.shared.get("an uninterrupted pretraining run", compute)
@@ -262,12 +257,12 @@ class MethodCheck:
         folder = self.folder / "resumed"
         folder.mkdir()
         try:
-            run_pretraining(job, folder, self.data_root, stop=StopAtStep(stop_at))
+            run_pretraining(job, folder, self.data_root, StopAtStep(stop_at), device=CPU)
         except Preempted:
             pass
         else:
             return failed("resume", f"the run did not stop at step {stop_at}; nothing checked")
-        record = run_pretraining(job, folder, self.data_root)
+        record = run_pretraining(job, folder, self.data_root, device=CPU)
         where = f"epoch {record['resumed_from_epoch'] + 1}, batch {record['resumed_from_batch']}"
         files, differ = weight_differences(reference, folder)
         if differ:
@@ -339,16 +334,13 @@ def one_step(
 ) -> tuple[PretrainingMethod, StepOutcome]:
     """A fresh model of ``job`` after one optimisation step, the first of ``epoch``, built
     and stepped as ``run_pretraining`` does (its gradients are still there)."""
-    dataset = create_dataset(job.dataset, job.dataset_params, job.data, data_root)
-    train = dataset.load_split("train")
-    steps_per_epoch = len(train) // job.pretrain.batch_size
-    method = pretraining_model(job, dataset, CPU, 1, len(train))
-    schedule = phase_schedule(job.pretrain, method.phase_epochs(), steps_per_epoch)
-    trainer = pretraining_trainer(job, method, CPU, schedule, None)
+    setup = prepare_pretraining(job, data_root, CPU)
+    method, trainer = setup.method, setup.trainer
     method.train()
-    batches = epoch_batches(train, job.pretrain, job.seed, epoch, CPU, trainer.place)
+    batches = epoch_batches(setup.train, job.pretrain, job.seed, epoch, CPU, trainer.place)
     images, _ = next(iter(batches))
-    ctx = StepContext(step=epoch * steps_per_epoch, total_steps=len(schedule), epoch=epoch)
+    step = epoch * setup.steps_per_epoch
+    ctx = StepContext(step=step, total_steps=len(trainer.schedule), epoch=epoch)
     return method, method_step(trainer, method, images, ctx)
 
 

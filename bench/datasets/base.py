@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bench.config import ConfigError, DataConfig, NoSettings
+from bench.plugins import INSTALLED
 from bench.registry import Registry
 
 IGNORE_INDEX = 255  # label value excluded from losses and metrics
@@ -191,7 +192,7 @@ class TileLayout:
 
 
 DATASETS: Registry[type[SegmentationDataset]] = Registry(
-    "dataset", plugins=True, base=SegmentationDataset
+    "dataset", plugins=INSTALLED, base=SegmentationDataset
 )
 register_dataset = DATASETS.register
 

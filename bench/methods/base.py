@@ -20,6 +20,7 @@ from torch import nn
 
 from bench.config import NoSettings, PretrainConfig
 from bench.models import DeepLabHead, build_backbone
+from bench.plugins import INSTALLED
 from bench.registry import Registry
 
 
@@ -167,7 +168,7 @@ class BaselineMethod(Method):
         raise NotImplementedError
 
 
-METHODS: Registry[type[Method]] = Registry("method", plugins=True, base=Method)
+METHODS: Registry[type[Method]] = Registry("method", plugins=INSTALLED, base=Method)
 register_method = METHODS.register
 
 

@@ -5,7 +5,7 @@ the comparison tables of every metric (:func:`bench.report.table.build_table`, r
 :func:`bench.report.formats.render`, with Δ, † and what the seeds can resolve), the per-class
 IoU of every dataset and fraction, the metric-vs-fraction plots and the pretraining loss
 curves (:mod:`bench.report.plots`, embedded as base64 PNG), the state of every job
-(:func:`bench.states.job_statuses`; failed ones with their error and traceback), and the
+(:func:`bench.execution.status.job_statuses`; failed ones with their error and traceback), and the
 settings (spec.json) and environment (versions, host, git commit, device) each run recorded.
 No scripts, no external styles or images, no links out of the page: it opens offline.
 """
@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
+from bench.execution.status import job_statuses
 from bench.report.formats import render
 from bench.report.plots import figure_bytes, fraction_figure, loss_figure
 from bench.report.table import AUTO, METRIC_LABELS, build_table, method_order, per_class_table
-from bench.states import JobState, JobStatus, job_statuses, summary
+from bench.states import JobState, JobStatus, summary
 from bench.store import (
     RunStore,
     UnreadableRecord,

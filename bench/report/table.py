@@ -160,7 +160,7 @@ class Table:
 
     @property
     def captions(self) -> tuple[str, ...]:
-        presets = tuple(PRESETS[p].caption for p in self.presets if p in PRESETS)
+        presets = tuple(PRESETS.get(p).caption for p in self.presets if p in PRESETS)
         return presets + self.protocols
 
 
@@ -174,7 +174,7 @@ def protocol_captions(frame: pd.DataFrame) -> tuple[str, ...]:
         name = row["protocol"]
         if not isinstance(name, str) or name not in PROTOCOLS:
             continue
-        line = f"fine-tuned under protocol {name} ({PROTOCOLS[name].source})"
+        line = f"fine-tuned under protocol {name} ({PROTOCOLS.get(name).source})"
         overrides = row.get("protocol_overrides")
         if isinstance(overrides, dict) and overrides:
             line += f", overridden: {describe_overrides(overrides)}"

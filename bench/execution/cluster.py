@@ -154,22 +154,6 @@ def layout_parameters(profile: Profile, per_node: int, nodes: int) -> dict[str, 
     return params
 
 
-# ---------------------------------------------------------------------------- SLURM states
-ACTIVE_STATES = {
-    "PENDING": "queued",
-    "REQUEUED": "queued",
-    "REQUEUE_HOLD": "queued",
-    "REQUEUE_FED": "queued",
-    "CONFIGURING": "queued",
-    "SUSPENDED": "queued",
-    "RESIZING": "queued",
-    "RUNNING": "running",
-    "COMPLETING": "running",
-    "STAGE_OUT": "running",
-    "SIGNALING": "running",
-}
-
-
 def slurm_available() -> str | None:
     """None when ``sinfo`` answers, else why SLURM cannot be used here."""
     if shutil.which("sinfo") is None:
@@ -181,8 +165,3 @@ def slurm_available() -> str | None:
     if done.returncode != 0:
         return f"sinfo failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}"
     return None
-
-
-def state_kind(slurm_state: str) -> str:
-    """queued, running or finished (for any other state)."""
-    return ACTIVE_STATES.get(slurm_state.split()[0] if slurm_state else "", "finished")

@@ -18,8 +18,8 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-from bench.cluster import Profile, executor_parameters, layout_parameters
 from bench.config import ConfigError
+from bench.execution.cluster import Profile, executor_parameters, layout_parameters
 
 
 # ---------------------------------------------------------------------------- submitting

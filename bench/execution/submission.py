@@ -7,27 +7,27 @@ checkpoint and stops (``bench.preemption``), then submitit's own handler calls
 :meth:`JobSubmission.checkpoint` and requeues the job, which resumes from
 ``<run dir>/checkpoint.pt`` instead of from scratch.
 
-``submission.json`` in a run directory records the scheduler job id, the sweep the job
-came from and the cluster settings, so ``bench status`` can ask SLURM about it
-(:mod:`bench.states`) and ``--rerun-failed`` can submit it again.
+What a submission leaves in the results folder (``submission.json``) is written and read by
+:mod:`bench.store`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.execution.submitit_adapter import export_distributed_environment
 from bench.jobs import Job, execute
 from bench.preemption import Preempted
-from bench.store import RunStore, atomic_write_json, now_iso
 
 log = logging.getLogger(__name__)
 
-SUBMISSION = "submission.json"
+# set by torchrun (or a profile's setup lines); otherwise submitit's environment is exported
+TORCH_ENVIRONMENT = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
 # How long the other tasks of a data-parallel job wait for task 0 to requeue it.
 REQUEUE_GRACE_S = 120
 
@@ -54,6 +54,8 @@ class JobSubmission:
 
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        if self.processes > 1 and not all(name in os.environ for name in TORCH_ENVIRONMENT):
+            export_distributed_environment()  # for bench.distributed's env:// start
         try:
             record = execute(self.job, self.results_root, self.data_root, self.processes)
         except Preempted as stop:
@@ -66,7 +68,7 @@ class JobSubmission:
     def checkpoint(self) -> Any:
         """Called by submitit on preemption or time-out: the same job again; it resumes from
         the checkpoint the training loop has just written."""
-        from bench.submitit_adapter import resubmission
+        from bench.execution.submitit_adapter import resubmission
 
         return resubmission(JobSubmission(*self._args()))
 
@@ -87,7 +89,7 @@ class JobSubmission:
         from_submitit = callable(handler) and getattr(handler, "__module__", "").startswith(
             "submitit"
         )
-        from bench.submitit_adapter import task_rank
+        from bench.execution.submitit_adapter import task_rank
 
         if self.processes > 1 and task_rank() != 0:
             if from_submitit or stop.signum is None:
@@ -100,26 +102,3 @@ class JobSubmission:
 
     def __repr__(self) -> str:
         return f"JobSubmission({self.job.job_id})"
-
-
-# ---------------------------------------------------------------------------- records
-def write_submission(
-    store: RunStore, job: Job, executor: str, scheduler_id: str, folder: Path, context: dict
-) -> None:
-    atomic_write_json(
-        store.run_dir(job.job_id) / SUBMISSION,
-        {
-            "executor": executor,
-            "scheduler_job_id": scheduler_id,
-            "submitit_folder": str(folder),
-            "submitted_at": now_iso(),
-            **context,
-        },
-    )
-
-
-def read_submission(store: RunStore, job_id: str) -> dict[str, Any] | None:
-    try:
-        return json.loads((store.run_dir(job_id) / SUBMISSION).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

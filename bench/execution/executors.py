@@ -12,7 +12,10 @@ only_failed)`` hands them to a scheduler and returns at once (SLURM only).
 - ``debug``: submitit's DebugExecutor, in this process (to debug the submitted code path).
 
 Submitting never duplicates a job that is queued, running or done (:mod:`bench.states`);
-submitit itself is called through :mod:`bench.submitit_adapter` only.
+submitit itself is called through :mod:`bench.execution.submitit_adapter` only.
+
+Executors are registered by name in :data:`EXECUTORS` like methods and datasets, so a new
+scheduler is a class in a file of its own with ``@register_executor("name")``.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import Profile, layout_parameters, load_profile, pretrain_layout
 from bench.config import ConfigError
+from bench.execution.cluster import Profile, layout_parameters, load_profile, pretrain_layout
+from bench.execution.status import job_statuses
+from bench.execution.submission import JobSubmission
 from bench.jobs import Job, execute, job_spec
-from bench.states import JobState, count_states, is_done, job_statuses, record_status, summary
-from bench.store import RunStore, skipped_record
-from bench.submission import JobSubmission, write_submission
+from bench.registry import Registry
+from bench.states import JobState, count_states, is_done, record_status, summary
+from bench.store import RunStore, skipped_record, write_submission
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +103,16 @@ class Executor:
                 )
 
 
+EXECUTORS: Registry[type[Executor]] = Registry("executor", base=Executor)
+register_executor = EXECUTORS.register
+
+
+@register_executor("inline")
 class InlineExecutor(Executor):
     """Sequential, in-process. Finished jobs are skipped; jobs whose dependency did not
     finish are reported as skipped (never run from the wrong weights). ``timeout_s`` does
     not apply (the jobs run in this process). A storage fault (full, read-only or forbidden
     filesystem) stops the sweep: the remaining jobs are skipped, not each failed in turn."""
-
-    name = "inline"
 
     def run(self, jobs, results_root, data_root=None, timeout_s=None) -> Records:
         self.check_layouts(jobs)
@@ -150,18 +158,16 @@ def storage_stop(job_id: str) -> str:
 
 
 class SubmititExecutor(Executor):
-    """submitit's local or debug executor: pretraining jobs in parallel, then the
-    fine-tunings whose pretraining finished (these executors know no dependencies)."""
+    """submitit's executor of the same name (the class's registered name): pretraining jobs
+    in parallel, then the fine-tunings whose pretraining finished (submitit's local and
+    debug executors know no dependencies)."""
 
-    def __init__(self, cluster: str, profile=None, context=None, poll_s: float = 2.0) -> None:
+    def __init__(self, profile=None, context=None, poll_s: float = 2.0) -> None:
         super().__init__(profile, context)
-        self.name = cluster
         self.poll_s = poll_s
-        # debug runs in this process; local runs processes on this one node
-        self.max_processes = 1 if cluster == "debug" else None
 
     def run(self, jobs, results_root, data_root=None, timeout_s=None) -> Records:
-        from bench.submitit_adapter import make_executor
+        from bench.execution.submitit_adapter import make_executor
 
         self.check_layouts(jobs)
         results_root = Path(results_root).resolve()
@@ -212,13 +218,12 @@ class SubmititExecutor(Executor):
         return None
 
 
+@register_executor("slurm")
 class SlurmExecutor(SubmititExecutor):
     """submitit on SLURM: the whole sweep submitted at once as job arrays with
     dependencies; ``run`` submits and waits, ``submit`` returns at once."""
 
-    def __init__(self, profile=None, context=None, poll_s: float = 2.0) -> None:
-        super().__init__("slurm", profile, context, poll_s)
-        self.max_processes = self.max_nodes = None  # any processes on any nodes
+    max_processes = max_nodes = None  # any processes on any nodes
 
     def run(self, jobs, results_root, data_root=None, timeout_s=None) -> Records:
         results_root = Path(results_root).resolve()
@@ -229,7 +234,7 @@ class SlurmExecutor(SubmititExecutor):
     def submit(self, jobs, results_root, data_root=None, only_failed=False) -> SubmitReport:
         """Submit every job that is not queued, running or done (with ``only_failed``, only
         those that failed) and return at once."""
-        from bench.submitit_adapter import make_executor
+        from bench.execution.submitit_adapter import make_executor
 
         self.check_layouts(jobs)
         results_root = Path(results_root).resolve()
@@ -290,6 +295,18 @@ class SlurmExecutor(SubmititExecutor):
             time.sleep(self.poll_s)
 
 
+@register_executor("local")
+class LocalExecutor(SubmititExecutor):
+    """submitit's LocalExecutor: jobs as parallel processes on this one node."""
+
+    max_processes = None
+
+
+@register_executor("debug")
+class DebugExecutor(SubmititExecutor):
+    """submitit's DebugExecutor: the submitted code path, in this process."""
+
+
 @dataclass
 class SlurmArrays:
     """Submits the job arrays of one submission and records them."""
@@ -301,7 +318,7 @@ class SlurmArrays:
     report: SubmitReport
 
     def array(self, name: str, jobs: list[Job], after: str | None, layout=(1, 1)) -> None:
-        from bench.submitit_adapter import set_array_parameters
+        from bench.execution.submitit_adapter import set_array_parameters
 
         if not jobs:
             return
@@ -385,17 +402,9 @@ def _log_progress(line: str) -> None:
     log.info("%s", line)
 
 
-EXECUTORS = ("inline", "slurm", "local", "debug")
-
-
 def get_executor(
     name: str, profile: Profile | None = None, context: dict[str, Any] | None = None
 ) -> Executor:
-    """The executor ``name`` (one of ``EXECUTORS``) set up from a cluster ``profile``."""
-    if name not in EXECUTORS:
-        raise ConfigError(f"unknown executor {name!r}; valid executors: {', '.join(EXECUTORS)}")
-    if name == "inline":
-        return InlineExecutor(profile, context)
-    if name == "slurm":
-        return SlurmExecutor(profile, context)
-    return SubmititExecutor(name, profile, context)
+    """The executor registered as ``name`` set up from a cluster ``profile``
+    (UnknownNameError, a ConfigError, listing the valid names)."""
+    return EXECUTORS.get(name)(profile, context)
