@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.config import COMPARED_PRESETS, PRESETS, ConfigError
+from bench.config import COMPARED_PRESETS, PRESETS, ConfigError, shown
 from bench.datasets import DATASETS, prepare_dataset
 from bench.datasets.prepared import class_count_table
 from bench.execution.cluster import Profile, load_profile, parse_cluster_overrides
@@ -54,8 +54,8 @@ from bench.sweep import (
     data_problems,
     plan,
     preset_differences,
-    resolved_settings,
     setting_rows,
+    sweep_settings,
 )
 
 log = logging.getLogger("bench")
@@ -283,9 +283,9 @@ def print_preset_differences(spec, other: str) -> None:
             continue
         print(f"  {method}:")
         width = max(len(key) for key, _, _ in rows)
-        values = max(len(_shown(mine)) for _, mine, _ in rows)
+        values = max(len(shown(mine)) for _, mine, _ in rows)
         for key, mine, theirs in rows:
-            print(f"    {key:<{width}}  {_shown(mine):<{values}}  ({other}: {_shown(theirs)})")
+            print(f"    {key:<{width}}  {shown(mine):<{values}}  ({other}: {shown(theirs)})")
     print(f"  ('-': a setting that recipe does not use; {spec.preset} values first)")
 
 
@@ -295,21 +295,15 @@ def print_settings(spec: SweepSpec) -> None:
         f"\nresolved settings ({spec.preset} preset and --set; '*' differs from the default, "
         "shown in brackets; 'unused': this recipe does not use it):"
     )
-    for section, values in resolved_settings(spec):
+    for section, values in sweep_settings(spec):
         rows = setting_rows(values)
         print(f"  [{section}]" + ("" if rows else " no settings"))
         width = max((len(name) for name, *_ in rows), default=0)
         for name, value, default, unused in rows:
             mark = "*" if value != default else " "
-            line = f"    {mark} {name:<{width}}  {_shown(value)}"
-            line += f"  (default {_shown(default)})" if value != default else ""
+            line = f"    {mark} {name:<{width}}  {shown(value)}"
+            line += f"  (default {shown(default)})" if value != default else ""
             print(line + ("  unused" if unused else ""))
-
-
-def _shown(value) -> str:
-    if isinstance(value, tuple):
-        return ",".join(map(_shown, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -392,7 +386,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    from bench.perf import PerfSettings, format_report, pretraining_methods, run_perf, write_report
+    from bench.perf import (
+        PerfSettings,
+        format_report,
+        pretraining_methods,
+        run_perf,
+        write_perf_report,
+    )
 
     settings = PerfSettings(
         methods=args.methods or pretraining_methods(),
@@ -402,7 +402,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     )
     report = run_perf(settings)
     print(format_report(report))
-    write_report(report, args.output)
+    write_perf_report(report, args.output)
     print(f"\nreport written to {args.output}")
     return 0
 

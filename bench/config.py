@@ -436,6 +436,13 @@ PRESETS: Registry[Preset] = Registry.of(
 COMPARED_PRESETS = {"paper": "common", "common": "paper"}
 
 
+def shown(value: Any) -> str:
+    """A setting's value as the CLI and captions write it: ``0.001``, ``0.9,0.99``."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(shown, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def check_unique(kind: str, values) -> None:
     """Refuse a list that names something twice (``seed 0 is given twice``)."""
     seen = set()

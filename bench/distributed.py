@@ -211,13 +211,6 @@ def gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([gathered[r * most : r * most + c] for r, c in enumerate(counts)])
 
 
-def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Overwrite ``tensor`` in place with process ``src``'s (nothing in one process)."""
-    if active():
-        dist.broadcast(tensor, src)
-    return tensor
-
-
 def mean_over_processes(values: list[float], device: torch.device) -> list[float]:
     """Element-wise mean over processes of a list of numbers (the list itself in one)."""
     if not active():

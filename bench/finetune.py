@@ -81,7 +81,7 @@ def lr_at(cfg: FinetuneConfig, step: int, length: TrainingLength) -> float:
     return cfg.lr
 
 
-def lr_schedule(cfg: FinetuneConfig, length: TrainingLength) -> np.ndarray:
+def finetune_lr_schedule(cfg: FinetuneConfig, length: TrainingLength) -> np.ndarray:
     """The learning rate of every step (:func:`lr_at`), for the engine."""
     return np.array([lr_at(cfg, step, length) for step in range(length.steps)])
 
@@ -213,7 +213,7 @@ def finetuning_trainer(job, model, device, run_dir: Path | None, length: Trainin
         job_id=job.job_id,
         model=model,
         optimizer=optimizer,
-        schedule=lr_schedule(cfg, length),
+        schedule=finetune_lr_schedule(cfg, length),
         device=device,
         amp=cfg.amp,
         checkpoint_path=run_dir / CHECKPOINT if run_dir is not None else None,

@@ -403,6 +403,6 @@ def format_report(report: dict[str, Any]) -> str:
     return tabulate(table, headers, tablefmt="github") + f"\n\nmachine: {machine_line}"
 
 
-def write_report(report: dict[str, Any], path: Path) -> None:
+def write_perf_report(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")

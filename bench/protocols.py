@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from bench.config import ConfigError, FinetuneConfig, build_section, identity_dict
+from bench.config import ConfigError, FinetuneConfig, build_section, identity_dict, shown
 from bench.registry import Registry
 
 
@@ -155,10 +155,4 @@ def describe_overrides(overrides: dict[str, Any]) -> str:
     (a record read back from JSON may hold them in another order)."""
     order = [f.name for f in dataclasses.fields(FinetuneConfig)]
     keys = sorted(overrides, key=lambda k: order.index(k) if k in order else len(order))
-    return ", ".join(f"{key}={_shown(overrides[key])}" for key in keys)
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(_shown, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return ", ".join(f"{key}={shown(overrides[key])}" for key in keys)

@@ -231,7 +231,7 @@ def method_sections(preset: Preset, user: dict, method: str, method_cls: type):
 UNUSED = "-"  # a setting the recipe does not use
 
 
-def resolved_settings(spec: SweepSpec) -> list[tuple[str, Any]]:
+def sweep_settings(spec: SweepSpec) -> list[tuple[str, Any]]:
     """Every settings section the jobs of ``spec`` run with, resolved as :func:`plan`
     resolves them: ``data``, ``finetune``, each dataset's, each method's own, then the
     pretraining loop's, one section per group of methods that share it (labelled

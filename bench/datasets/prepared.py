@@ -241,10 +241,6 @@ class PreparedDataset(SegmentationDataset):
             text += f"{self.name}.patch_size=... / {self.name}.stride=...)"
         return f"{text}; run:\n  {self.prepare_command()}"
 
-    @property
-    def band_names(self) -> list[str]:
-        return list(self.manifest()["bands"])
-
     def check_ready(self) -> None:
         manifest = self.manifest()
         wanted, stored = BAND_COUNTS[self.data.bands], len(manifest["bands"])

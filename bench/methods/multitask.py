@@ -61,7 +61,6 @@ from bench.precision import at_least_float32
 
 # AGR classes: index -> (flip, quarter turns); flips are their own inverse.
 TRANSFORMS = (("h", 0), ("v", 0), (None, 0), (None, 1), (None, 2), (None, 3))
-TRANSFORM_NAMES = ("hflip", "vflip", "rot0", "rot90", "rot180", "rot270")
 
 
 def apply_transform(image: torch.Tensor, label: int) -> torch.Tensor:
