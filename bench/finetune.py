@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.config import LOAD_MODES, FinetuneConfig
+from bench.config import LOAD_MODES, PRESETS, FinetuneConfig
 from bench.datasets import PatchSet, create_dataset
 from bench.datasets.base import check_fraction_usable
 from bench.datasets.subsets import labelled_indices_by, write_subset
@@ -452,8 +452,12 @@ def finetune_record(job, data: FinetuneData) -> dict[str, Any]:
         "fraction": job.fraction,
         "seed": job.seed,
         "preset": job.preset,
+        # what defined the preset and protocol when this ran (captions read these, not
+        # today's definitions)
+        "preset_caption": PRESETS.get(job.preset).caption if job.preset in PRESETS else None,
         "protocol": job.finetune.protocol,
         "protocol_source": PROTOCOLS.get(job.finetune.protocol).source,
+        "protocol_settings": dict(PROTOCOLS.get(job.finetune.protocol).values),
         "protocol_overrides": protocol_overrides(job.finetune),
         "head": job.finetune.head.describe(),
         "freeze": job.finetune.freeze,
