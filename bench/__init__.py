@@ -9,6 +9,14 @@ The typed entry points used by the CLI and the tests::
 
 __version__ = "0.1.0"
 
-from bench.sweep import SweepResult, SweepSpec, plan, run_sweep  # noqa: E402
-
 __all__ = ["SweepResult", "SweepSpec", "__version__", "plan", "run_sweep"]
+
+
+def __getattr__(name: str):
+    """The sweep's entry points, imported when first asked for: ``bench.sweep`` imports
+    torch (seconds and a GiB), which commands that only read results do not need."""
+    if name in __all__:
+        from bench import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")

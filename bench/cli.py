@@ -2,7 +2,9 @@
 (``bench.run_sweep``, ``bench.sweep.plan``, ``bench.report.results_table``,
 ``bench.report.write_report``,
 ``bench.datasets.prepare_dataset``, ``bench.states.job_statuses`` ...); it parses, calls one,
-and prints what it returns."""
+and prints what it returns. The sweep, method and dataset modules (torch, seconds to import)
+are imported by the commands that use them, so ``table``, ``report``, ``plot`` and
+``status`` start fast."""
 
 from __future__ import annotations
 
@@ -11,13 +13,11 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.cluster import Profile, load_profile, parse_cluster_overrides
 from bench.config import COMPARED_PRESETS, PRESETS, ConfigError
-from bench.datasets import DATASETS, prepare_dataset
-from bench.datasets.prepared import class_count_table
 from bench.executors import EXECUTORS
-from bench.methods import METHODS
 from bench.plugins import load_plugins
 from bench.preemption import Preempted
 from bench.protocols import PROTOCOLS, describe_overrides, protocol_overrides
@@ -26,6 +26,7 @@ from bench.report import (
     FORMATS,
     NO_RESULTS,
     PLOT_FORMATS,
+    ansi_for,
     check_baseline,
     check_metrics,
     comparison_table,
@@ -46,19 +47,9 @@ from bench.store import (
     describe_storage_fault,
     storage_fault,
 )
-from bench.sweep import (
-    SweepSpec,
-    check_spec,
-    data_problems,
-    plan,
-    preset_differences,
-    rerun_failed,
-    resolved_settings,
-    run_sweep,
-    setting_rows,
-    submit_sweep,
-    sweep_status,
-)
+
+if TYPE_CHECKING:
+    from bench.sweep import SweepSpec
 
 log = logging.getLogger("bench")
 
@@ -155,6 +146,8 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace) -> SweepSpec:
+    from bench.sweep import SweepSpec
+
     loggers = [name for name in ("wandb", "mlflow") if getattr(args, name)]
     enabled = [f"{section}.{name}=true" for name in loggers for section in ("pretrain", "finetune")]
     return SweepSpec(
@@ -209,6 +202,11 @@ def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
         help="method the Δ columns and paired t-tests compare with, or none "
         "(default: random when it has records)",
     )
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="one wide table (default: a block per dataset, and per metric where wide)",
+    )
 
 
 def _warn_unreadable(unreadable: list[UnreadableRecord]) -> int:
@@ -222,6 +220,8 @@ def _warn_unreadable(unreadable: list[UnreadableRecord]) -> int:
 # Commands
 # ----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.sweep import check_spec, run_sweep, submit_sweep
+
     start = time.perf_counter()
     spec = _spec(args)
     check_metrics(args.metric)  # the table's options, before any compute
@@ -237,7 +237,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     result = run_sweep(spec, args.results, args.data_root, args.executor, _profile(args))
     print()
-    print(comparison_table(result.finetune_records(), args.metric, args.baseline))
+    records, ansi = result.finetune_records(), ansi_for(sys.stdout)
+    print(comparison_table(records, args.metric, args.baseline, "text", args.wide, ansi))
     elapsed = time.perf_counter() - start
     print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {args.results}")
     for status in ("failed", "skipped"):
@@ -253,6 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.sweep import data_problems, plan, sweep_status
+
     spec = _spec(args)
     jobs = plan(spec)
     statuses = sweep_status(jobs, args.results)
@@ -277,6 +280,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def print_preset_differences(spec, other: str) -> None:
+    from bench.sweep import preset_differences
+
     """What the chosen preset sets differently from ``other``, method by method."""
     print(f"\nsettings where the {spec.preset} preset differs from the {other} preset:")
     for method, rows in preset_differences(spec, other).items():
@@ -292,6 +297,8 @@ def print_preset_differences(spec, other: str) -> None:
 
 
 def print_settings(spec: SweepSpec) -> None:
+    from bench.sweep import resolved_settings, setting_rows
+
     """Every section's resolved settings; those that differ from the defaults marked."""
     print(
         f"\nresolved settings ({spec.preset} preset and --set; '*' differs from the default, "
@@ -315,6 +322,9 @@ def _shown(value) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from bench.datasets import DATASETS
+    from bench.methods import METHODS
+
     print("methods:")
     for name in METHODS.names():
         cls = METHODS.get(name)
@@ -374,6 +384,9 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from bench.datasets import prepare_dataset
+    from bench.datasets.prepared import class_count_table
+
     given = {"patch_size": args.patch_size, "stride": args.stride, "name": args.name}
     dataset, manifest = prepare_dataset(
         args.dataset,
@@ -417,7 +430,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         args.results, args.metric, args.baseline, args.per_class, args.dataset, args.fraction
     )
     code = _warn_unreadable(unreadable)
-    text = NO_RESULTS if table is None else render(table, fmt)
+    ansi = args.output is None and ansi_for(sys.stdout)
+    text = NO_RESULTS if table is None else render(table, fmt, args.wide, ansi)
     if args.output is None or table is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
@@ -454,6 +468,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print((f"{line} {status.detail}" if status.detail else line).rstrip())
     print(f"\n{summary(statuses.values())}")
     if args.rerun_failed:
+        from bench.sweep import rerun_failed
+
         report, unknown = rerun_failed(args.results, _profile(args))
         print(f"resubmitted {len(report.submitted)} failed job(s) to SLURM")
         for line in unknown:

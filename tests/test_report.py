@@ -258,7 +258,7 @@ def test_ranks_ties_and_missing_cells(results):
     assert table.cell("my_method", by_header["synthetic 10% mIoU"]).missing == "not run"
     assert table.missing_counts() == {"failed": 2, "not run": 4}
     assert table.failed_runs == 4
-    text = render(table, "md")
+    text = render(table, "md", wide=True)  # one row per method, every column
     assert "Missing cells: 6 of 30 (2 failed, 4 not run)" in text
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines()[2:7]}
     assert [c.strip() for c in rows["byol"][:4]] == ["failed", "n/a", "failed", "n/a"]
