@@ -170,7 +170,7 @@ def caption_lines(
 
 def _caption(table: Table, style: Style) -> list[tuple[str, str]]:
     e = style.escape
-    lines = [(LEGEND, _cells_line(table, style))]
+    lines = _cells_lines(table, style)
     best = style.best_mark or style.bold(e("Bold"))
     second = style.second_mark or style.underline(e("underlined"))
     lines.append(
@@ -200,27 +200,28 @@ def _caption(table: Table, style: Style) -> list[tuple[str, str]]:
     return lines
 
 
-def _cells_line(table: Table, style: Style) -> str:
-    """The first caption line: what the rows and cells are (and the dataset, if one)."""
+def _cells_lines(table: Table, style: Style) -> list[tuple[str, str]]:
+    """The first caption lines: what the rows and cells are (the dataset, if one, in the
+    legend; a per-class table's dataset and fraction, its own, on a line before it)."""
     e = style.escape
     n = len(table.seeds)
     seeds = ", ".join(map(str, table.seeds))
+    lines, line = [], ""
     if table.kind == "per-class":
         column = table.columns[0]
-        line = e(f"IoU per class on {column.dataset} with {column.fraction_label} of the labels. ")
+        text = f"IoU per class on {column.dataset} with {column.fraction_label} of the labels."
+        lines.append((DETAILS, e(text)))
     elif len(table.datasets) == 1:
         line = e(f"Dataset: {table.datasets[0]}. ")
-    else:
-        line = ""
-    return (
-        line
-        + e("Rows: methods, baselines first. Cells: mean ")
+    line += (
+        e("Rows: methods, baselines first. Cells: mean ")
         + style.pm
         + e(
             f" std over {n} seed{'s' if n != 1 else ''} ({seeds}) in %; std is the sample std "
             "(ddof=1), none for one seed; (n=k): only k of the seeds finished."
         )
     )
+    return [*lines, (LEGEND, line)]
 
 
 def _footer(table: Table) -> str:
