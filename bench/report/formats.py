@@ -18,7 +18,6 @@ import html
 import io
 import os
 import re
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
@@ -91,7 +90,6 @@ LATEX = Style(
 # terminal text: plain marks for a pipe or a file, ANSI bold and underline for a terminal
 TEXT = Style(_plain, lambda t: f"{t}*", lambda t: f"{t}^", best_mark="*", second_mark="^")
 ANSI = Style(_plain, lambda t: f"\x1b[1m{t}\x1b[22m", lambda t: f"\x1b[4m{t}\x1b[24m")
-CAPTION_WIDTH = 100  # terminal text wraps its caption lines at this width
 
 
 def ansi_for(stream: TextIO) -> bool:
@@ -346,18 +344,16 @@ def to_markdown(table: Table, wide: bool = False) -> str:
 
 
 def to_text(table: Table, wide: bool = False, ansi: bool = False) -> str:
-    """For a console: a grid per block under its title, then the caption once, wrapped at
-    ``CAPTION_WIDTH``; marks as ANSI bold/underline with ``ansi``, else ``*`` and ``^``. No
-    escaping and no markup a terminal would print as is."""
+    """For a console: a grid per block under its title, then the caption once, a line per
+    fact (the terminal wraps them; grep finds them); marks as ANSI bold/underline with
+    ``ansi``, else ``*`` and ``^``. No escaping and no markup a terminal prints as is."""
     style = ANSI if ansi else TEXT
     parts = []
     for block in table.blocks(wide):
         if block.title:
             parts.append(style.bold(block.title) if ansi else block.title)
         parts += [_grid(block.table, style, "github"), ""]
-    for line in caption_lines(table, style):
-        parts += textwrap.wrap(line, CAPTION_WIDTH, break_on_hyphens=False) or [""]
-    return "\n".join(parts)
+    return "\n".join([*parts, *caption_lines(table, style)])
 
 
 def to_html(table: Table, wide: bool = False, parts: tuple[str, ...] = (LEGEND, DETAILS)) -> str:
