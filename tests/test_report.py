@@ -603,6 +603,8 @@ def test_a_wide_dataset_is_split_per_metric(tmp_path):
         "simclr", table.columns[1]
     )  # the same cell, with its rank, Δ and test
     assert [b.title for b in table.blocks(wide=True)] == [""]
+    one_metric = build_table(_records(results), ("miou",), "random")  # 8 columns, one metric
+    assert [b.title for b in one_metric.blocks()] == [""]
 
 
 def test_builtin_method_order_is_the_registrys():

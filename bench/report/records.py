@@ -29,12 +29,15 @@ from bench.store import (
 )
 
 Record = dict[str, Any]
+# what the report reads of a spec.json besides its text (the loss curves' labels); a scan
+# keeps only these of each parsed spec: 10,000 parsed specs would take ~100 MB
+SPEC_FIELDS = ("kind", "method", "dataset", "seed")
 
 
 @dataclass
 class Scan:
     """What a results folder holds: per run folder (job id, sorted) its record (None when
-    it has none yet) and, when asked for, its spec.json's text and object."""
+    it has none yet) and, when asked for, its spec.json's text and its ``SPEC_FIELDS``."""
 
     records: dict[str, Record | UnreadableRecord | None] = field(default_factory=dict)
     specs: dict[str, Record | UnreadableRecord | None] = field(default_factory=dict)
@@ -91,7 +94,8 @@ def _record(folder: str, job_id: str) -> Record | UnreadableRecord | None:
 
 
 def _spec(folder: str) -> tuple[Record | UnreadableRecord | None, str | None]:
-    """The folder's spec.json as an object and as text; (None, None) without one."""
+    """The ``SPEC_FIELDS`` of the folder's spec.json and its text; (None, None) without
+    one; why it is unreadable (the store's reason) and None."""
     try:
         with open(os.path.join(folder, SPEC), encoding="utf-8") as handle:
             text = handle.read()
@@ -102,7 +106,7 @@ def _spec(folder: str) -> tuple[Record | UnreadableRecord | None, str | None]:
         return read_spec(Path(folder)), None
     if not isinstance(spec, dict):
         return read_spec(Path(folder)), None
-    return spec, text
+    return {name: spec[name] for name in SPEC_FIELDS if name in spec}, text
 
 
 class ScannedStore(RunStore):

@@ -188,8 +188,9 @@ class Table:
 
     def blocks(self, wide: bool = False) -> tuple[Block, ...]:
         """The table as a reader takes it in: one block per dataset, split per metric when a
-        dataset has more than ``BLOCK_COLUMNS`` value columns (papers print a block per
-        dataset; one row of every dataset x fraction x metric fits no page or terminal).
+        dataset has more than ``BLOCK_COLUMNS`` value columns and several metrics (papers
+        print a block per dataset; one row of every dataset x fraction x metric fits no
+        page or terminal).
         ``wide``, a per-class table, or one dataset with few columns: the whole table, with
         no title. Titles name the dataset (when there are several) and the metric (when
         split)."""
@@ -199,10 +200,11 @@ class Table:
         blocks = []
         for dataset in self.datasets:
             columns = [c for c in self.columns if c.dataset == dataset]
-            if len(columns) <= BLOCK_COLUMNS:
+            metrics = dict.fromkeys(c.metric for c in columns)
+            if len(columns) <= BLOCK_COLUMNS or len(metrics) == 1:
                 blocks.append(Block(dataset if several else "", self.select(columns)))
                 continue
-            for metric in dict.fromkeys(c.metric for c in columns):
+            for metric in metrics:
                 label = METRIC_LABELS[metric]
                 title = f"{dataset}, {label}" if several else label
                 blocks.append(Block(title, self.select(c for c in columns if c.metric == metric)))
