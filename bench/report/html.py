@@ -68,6 +68,8 @@ tr.failed td, tr.corrupt td { background: #fde8e8; }
 .table-block p, .note, .legend p { font-size: 0.85em; color: #444; margin: 0.2em 0; }
 .headline { font-size: 1.05em; margin: 0.3em 0 0.8em; }
 caption { text-align: left; font-weight: bold; padding: 0.2em 0; }
+nav ul { list-style: none; padding: 0; margin: 0 0 1em; }
+nav li { display: inline; margin-right: 1.2em; }
 pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; font-size: 0.8em; }
 img { max-width: 100%; }
 """
