@@ -7,8 +7,24 @@ The typed entry points used by the CLI and the tests::
     result = run_sweep(SweepSpec(methods=("simclr", "random"), fractions=(0.01, 0.1)))
 """
 
-from bench.execution.sweeps import SweepResult, run_sweep
-from bench.sweep import SweepSpec, plan
 from bench.version import __version__
 
 __all__ = ["SweepResult", "SweepSpec", "__version__", "plan", "run_sweep"]
+
+# name -> the module that defines it (planning, or running sweeps)
+_ENTRY_POINTS = {
+    "SweepSpec": "bench.sweep",
+    "plan": "bench.sweep",
+    "SweepResult": "bench.execution.sweeps",
+    "run_sweep": "bench.execution.sweeps",
+}
+
+
+def __getattr__(name: str):
+    """The sweep's entry points, imported when first asked for: they import torch (seconds
+    and a GiB), which commands that only read results do not need."""
+    if name in _ENTRY_POINTS:
+        import importlib
+
+        return getattr(importlib.import_module(_ENTRY_POINTS[name]), name)
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")

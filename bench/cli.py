@@ -2,7 +2,8 @@
 (``bench.run_sweep``, ``bench.sweep.plan``, ``bench.report.results_table``,
 ``bench.report.write_report``, ``bench.datasets.prepare_dataset``,
 ``bench.execution.status.job_statuses`` ...); it parses, calls one, and prints what it
-returns."""
+returns. The sweep, method and dataset modules (torch, seconds to import) are imported by
+the commands that use them, so ``table``, ``report``, ``plot`` and ``status`` start fast."""
 
 from __future__ import annotations
 
@@ -11,15 +12,11 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.config import COMPARED_PRESETS, PRESETS, ConfigError, shown
-from bench.datasets import DATASETS, prepare_dataset
-from bench.datasets.prepared import class_count_table
 from bench.execution.cluster import Profile, load_profile, parse_cluster_overrides
 from bench.execution.executors import EXECUTORS
-from bench.execution.status import job_statuses
-from bench.execution.sweeps import rerun_failed, run_sweep, submit_sweep, sweep_status
-from bench.methods import METHODS
 from bench.plugins import load_plugins
 from bench.preemption import Preempted
 from bench.protocols import PROTOCOLS, describe_overrides, protocol_overrides
@@ -28,6 +25,7 @@ from bench.report import (
     FORMATS,
     NO_RESULTS,
     PLOT_FORMATS,
+    ansi_for,
     check_baseline,
     check_metrics,
     comparison_table,
@@ -48,15 +46,9 @@ from bench.store import (
     describe_storage_fault,
     storage_fault,
 )
-from bench.sweep import (
-    SweepSpec,
-    check_spec,
-    data_problems,
-    plan,
-    preset_differences,
-    setting_rows,
-    sweep_settings,
-)
+
+if TYPE_CHECKING:
+    from bench.sweep import SweepSpec
 
 log = logging.getLogger("bench")
 
@@ -153,6 +145,8 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _spec(args: argparse.Namespace) -> SweepSpec:
+    from bench.sweep import SweepSpec
+
     loggers = [name for name in ("wandb", "mlflow") if getattr(args, name)]
     enabled = [f"{section}.{name}=true" for name in loggers for section in ("pretrain", "finetune")]
     return SweepSpec(
@@ -207,6 +201,11 @@ def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
         help="method the Δ columns and paired t-tests compare with, or none "
         "(default: random when it has records)",
     )
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="one wide table (default: a block per dataset, and per metric where wide)",
+    )
 
 
 def _warn_unreadable(unreadable: list[UnreadableRecord]) -> int:
@@ -220,6 +219,9 @@ def _warn_unreadable(unreadable: list[UnreadableRecord]) -> int:
 # Commands
 # ----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from bench.execution.sweeps import run_sweep, submit_sweep
+    from bench.sweep import check_spec
+
     start = time.perf_counter()
     spec = _spec(args)
     check_metrics(args.metric)  # the table's options, before any compute
@@ -235,7 +237,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     result = run_sweep(spec, args.results, args.data_root, args.executor, _profile(args))
     print()
-    print(comparison_table(result.finetune_records(), args.metric, args.baseline))
+    records, ansi = result.finetune_records(), ansi_for(sys.stdout)
+    print(comparison_table(records, args.metric, args.baseline, "text", args.wide, ansi))
     elapsed = time.perf_counter() - start
     print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {args.results}")
     for status in ("failed", "skipped"):
@@ -251,6 +254,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.execution.sweeps import sweep_status
+    from bench.sweep import data_problems, plan
+
     spec = _spec(args)
     jobs = plan(spec)
     statuses = sweep_status(jobs, args.results)
@@ -275,6 +281,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def print_preset_differences(spec, other: str) -> None:
+    from bench.sweep import preset_differences
+
     """What the chosen preset sets differently from ``other``, method by method."""
     print(f"\nsettings where the {spec.preset} preset differs from the {other} preset:")
     for method, rows in preset_differences(spec, other).items():
@@ -290,6 +298,8 @@ def print_preset_differences(spec, other: str) -> None:
 
 
 def print_settings(spec: SweepSpec) -> None:
+    from bench.sweep import setting_rows, sweep_settings
+
     """Every section's resolved settings; those that differ from the defaults marked."""
     print(
         f"\nresolved settings ({spec.preset} preset and --set; '*' differs from the default, "
@@ -307,6 +317,9 @@ def print_settings(spec: SweepSpec) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from bench.datasets import DATASETS
+    from bench.methods import METHODS
+
     print("methods:")
     for name in METHODS.names():
         cls = METHODS.get(name)
@@ -366,6 +379,9 @@ def cmd_check_dataset(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from bench.datasets import prepare_dataset
+    from bench.datasets.prepared import class_count_table
+
     given = {"patch_size": args.patch_size, "stride": args.stride, "name": args.name}
     dataset, manifest = prepare_dataset(
         args.dataset,
@@ -415,7 +431,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         args.results, args.metric, args.baseline, args.per_class, args.dataset, args.fraction
     )
     code = _warn_unreadable(unreadable)
-    text = NO_RESULTS if table is None else render(table, fmt)
+    ansi = args.output is None and ansi_for(sys.stdout)
+    text = NO_RESULTS if table is None else render(table, fmt, args.wide, ansi)
     if args.output is None or table is None:
         print(text, end="" if text.endswith("\n") else "\n")
     else:
@@ -444,6 +461,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from bench.execution.status import job_statuses
+
     store = RunStore(args.results)
     store.check_exists()
     statuses = job_statuses(store, store.run_ids())
@@ -452,6 +471,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print((f"{line} {status.detail}" if status.detail else line).rstrip())
     print(f"\n{summary(statuses.values())}")
     if args.rerun_failed:
+        from bench.execution.sweeps import rerun_failed
+
         report, unknown = rerun_failed(args.results, _profile(args))
         print(f"resubmitted {len(report.submitted)} failed job(s) to SLURM")
         for line in unknown:

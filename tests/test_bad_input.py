@@ -241,7 +241,7 @@ def test_unreadable_records_are_named_counted_and_left_out(tmp_path, capsys, kin
     corrupt(path)
     job_id = path.parent.name
 
-    assert main(["table", "--results", str(results)]) == INCOMPLETE
+    assert main(["table", "--results", str(results), "--wide"]) == INCOMPLETE  # one row each
     out, err = capsys.readouterr()
     assert f"warning: left out {path}: {reason}" in err
     assert "unreadable records left out: 1." in out

@@ -20,7 +20,8 @@ import bench.methods.byol
 from bench import SweepSpec, run_sweep
 from bench.cli import main
 from bench.execution.status import job_statuses
-from bench.report import build_table, per_class_table, render, write_report
+from bench.report import build_table, per_class_table, write_report
+from bench.report.formats import DETAILS, to_html
 from bench.report.html import reported_metrics
 from bench.states import JobState
 from bench.store import RECORD, RunStore, failed_record
@@ -78,14 +79,20 @@ def test_report_holds_tables_plots_losses_jobs_and_settings(results, tmp_path):
     records = store.records()
     metrics = reported_metrics(records)
     assert metrics == ("miou", "kappa", "oa", "mean_f1", "image_miou") and not unreadable
+    table = build_table(records, metrics)
     for metric in metrics:  # the table functions' own rendering, every metric
-        assert render(build_table(records, (metric,)), "html") in text
-    assert render(per_class_table(records, "synthetic", 0.5), "html") in text
+        part = table.select(c for c in table.columns if c.metric == metric)
+        assert to_html(part, parts=(DETAILS,)) in text
+    assert to_html(per_class_table(records, "synthetic", 0.5), parts=(DETAILS,)) in text
     assert "MDD, synthetic 50% mIoU: simclr" in text  # two shared seeds: an MDD per column
-    # one figure per metric and the loss curves, each a PNG inside the page
+    # what cells, marks and the test mean: once per section of tables, not once per table
+    assert text.count("Rows: methods, baselines first") == 3
+    assert text.count("Bold</b>: best mean in its column") == 3
+    # one figure per metric and the loss curves, each an SVG image inside the page
     assert len(page.images) == len(metrics) + 1
     for src in page.images:
-        assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:4] == b"\x89PNG"
+        svg = base64.b64decode(src.removeprefix("data:image/svg+xml;base64,"))
+        assert svg.startswith(b"<svg xmlns=") and svg.endswith(b"</svg>")
     statuses = job_statuses(store, store.run_ids())
     failed = [job_id for job_id, s in statuses.items() if s.state is JobState.FAILED]
     assert len(failed) == 1 and failed[0].startswith("pretrain-byol")
@@ -93,13 +100,35 @@ def test_report_holds_tables_plots_losses_jobs_and_settings(results, tmp_path):
     assert FAILURE in error and html.escape(error) in text
     for job_id in store.run_ids():
         assert text.count(job_id) >= 2  # its status row and its settings
-        spec = json.loads((store.run_dir(job_id) / "spec.json").read_text())
-        assert html.escape(json.dumps(spec, indent=1, sort_keys=True)) in text
+        assert html.escape((store.run_dir(job_id) / "spec.json").read_text()) in text
     assert html.escape(records[0]["torch_version"]) in text and records[0]["host"] in text
     # nothing outside the page: links are anchors to its own sections, no scripts
     assert page.links and all(link.startswith("#") or link == "data:," for link in page.links)
     assert {link[1:] for link in page.links if link.startswith("#")} <= page.ids
     assert "<script" not in text and not re.search(r"(src|href)=\"(https?:|//)", text)
+
+
+SECTIONS = ["results", "metrics", "per-class", "losses", "environment", "settings", "jobs"]
+
+
+def test_report_leads_with_the_answer(results, tmp_path):
+    """Headline, then the main figure and table; the job list last and folded."""
+    text = write_report(results, tmp_path / "report.html")[0].read_text()
+    assert [m for m in re.findall(r'<section id="([a-z-]+)">', text)] == SECTIONS
+    headline = re.search(r'<p class="headline">(.*?)</p>', text).group(1)
+    # byol's pretraining failed, so it has no fine-tuning record and no column
+    for fact in ("1 dataset (synthetic)", "2 methods (random, simclr)", "2 seeds (0, 1)"):
+        assert fact in headline
+    assert "preset quick" in headline and "protocol harness" in headline
+    assert "7 jobs: 6 done, 1 failed" in headline and "label fractions 50%" in headline
+    assert text.index("<h1>") < text.index('class="headline"') < text.index("<section")
+    results_section = text[
+        text.index('<section id="results">') : text.index('<section id="metrics">')
+    ]
+    assert results_section.index("<img") < results_section.index("<table>")  # figure, table
+    assert "<h3>mIoU</h3>" in results_section and "<h3>Kappa</h3>" not in results_section
+    jobs = text[text.index('<section id="jobs">') :]
+    assert jobs.index("<details><summary>7 jobs:") < jobs.index("<table>")  # folded
 
 
 def test_report_text_is_escaped(results, tmp_path):
@@ -189,12 +218,21 @@ def test_a_real_browser_shows_the_tables_and_images_without_errors(results, tmp_
         driver.get(output.resolve().as_uri())
         assert driver.title == f"rs-sscl-bench report: {results}"
         tables = driver.find_elements("tag name", "table")
-        assert len(tables) == page.tags["table"] >= 8  # status, 5 metrics, per-class, env
-        assert all(table.is_displayed() for table in tables)
+        assert len(tables) == page.tags["table"] >= 8  # 5 metrics, per-class, env, jobs
+        folded = driver.find_elements("css selector", "#jobs details table")
+        assert len(folded) == 1 and not folded[0].is_displayed()  # the job list, folded
+        assert sum(table.is_displayed() for table in tables) == len(tables) - 1
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])"
         )
         assert len(images) == 6 and all(done and width > 100 for done, width in images)
+        # what a reader sees first: the headline, then the main figure, then its table
+        top = "return document.querySelector(arguments[0]).getBoundingClientRect().top"
+        tops = [driver.execute_script(top, f"#{key}") for key in SECTIONS]
+        assert tops == sorted(tops)
+        order = [".headline", "#results img", "#results table", "#jobs"]
+        positions = [driver.execute_script(top, selector) for selector in order]
+        assert positions == sorted(positions) and positions[1] < 900  # on the first screen
         targets = driver.execute_script(
             "return Array.from(document.querySelectorAll('a[href^=\"#\"]'))"
             ".map(a => document.getElementById(a.getAttribute('href').slice(1)) !== null)"

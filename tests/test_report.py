@@ -11,10 +11,14 @@ rewrite never passes silently) and review the diff.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import pty
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +36,7 @@ from bench.report import (
     build_table,
     comparison_table,
     latex_escape,
+    method_order,
     paired_test,
     per_class_table,
     plot_fraction_curves,
@@ -209,8 +214,6 @@ def test_paired_test_is_scipys_ttest_rel():
 
 
 def test_csv_numbers_agree_with_pandas(results):
-    import io
-
     frame = _independent_frame(results)
     csv = pd.read_csv(io.StringIO(comparison_table(_records(results), fmt="csv")))
     assert len(csv) == 5 * 3 * 2  # methods x (dataset, fraction) x metrics, missing included
@@ -258,7 +261,7 @@ def test_ranks_ties_and_missing_cells(results):
     assert table.cell("my_method", by_header["synthetic 10% mIoU"]).missing == "not run"
     assert table.missing_counts() == {"failed": 2, "not run": 4}
     assert table.failed_runs == 4
-    text = render(table, "md")
+    text = render(table, "md", wide=True)  # one row per method, every column
     assert "Missing cells: 6 of 30 (2 failed, 4 not run)" in text
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines()[2:7]}
     assert [c.strip() for c in rows["byol"][:4]] == ["failed", "n/a", "failed", "n/a"]
@@ -416,8 +419,6 @@ def test_mdd_is_detected_with_power_08_in_a_simulation():
 
 
 def test_mdd_is_shown_in_every_format(results):
-    import io
-
     table = build_table(_records(results), ("miou", "kappa"), "random")
     shown = [
         (method, column, table.cell(method, column))
@@ -467,3 +468,193 @@ def test_html_table_has_no_bare_angle_brackets_in_its_text(results):
     text = re.sub(r"</?[a-zA-Z][^<>]*>", "", page)
     assert "<" not in text and ">" not in text
     assert "p &lt; 0.05" in page
+
+
+# ----------------------------------------------------------------------------------------
+# Terminal text, blocks, and what makes tables fast
+# ----------------------------------------------------------------------------------------
+TAG = re.compile(r"</?[a-zA-Z][^<>]*>")
+
+
+def _study(root: Path, datasets: tuple[str, ...], fractions: tuple[float, ...]) -> Path:
+    """Records of random and simclr on each dataset and fraction over 3 seeds, simclr better
+    by a seed-dependent margin."""
+    store = RunStore(root)
+    store.open_for_writing()
+    for dataset in datasets:
+        for fraction in fractions:
+            for seed in range(3):
+                for method, gain in (("random", 0.0), ("simclr", 0.05 + 0.01 * seed)):
+                    job = _job(method, dataset, fraction, seed)
+                    miou = 0.3 + 0.1 * fraction + gain
+                    store.write_record(job.job_id, _finished_record(job, miou, miou - 0.1))
+    return root
+
+
+def test_terminal_text_has_plain_marks_and_no_markup(results):
+    text = comparison_table(_records(results), ("miou", "kappa"), "random", "text")
+    assert not TAG.search(text) and "\x1b" not in text and "**" not in text
+    # loveda_urban 10% mIoU: simclr and moco tie for best, random is second (golden table.md)
+    first_block = text[: text.index("\nsynthetic\n")].splitlines()
+    rows = {line.split("|")[1].strip(): line for line in first_block if line.startswith("|")}
+    assert (
+        text.startswith("loveda_urban\n| method")
+        and "| 60.12 ± 0.82*" in rows["simclr"]
+        and "| 60.12 ± 0.21*" in rows["moco"]
+    )
+    assert "| 41.00 ± 1.00^" in rows["random"]
+    assert "*: best mean in its column; ^: second best;" in text
+
+
+def test_ansi_marks_only_on_a_terminal(results, capsys, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    assert main(["table", "--results", str(results)]) == 0
+    shown = screen.getvalue()
+    assert "\x1b[1m60.12 ± 0.82\x1b[22m" in shown and "\x1b[4m41.00 ± 1.00\x1b[24m" in shown
+    assert "*: best" not in shown and not TAG.search(shown)
+    monkeypatch.setenv("NO_COLOR", "1")  # no-color.org: the plain marks
+    screen.truncate(0)
+    assert main(["table", "--results", str(results)]) == 0
+    assert "\x1b" not in screen.getvalue() and "60.12 ± 0.82*" in screen.getvalue()
+    monkeypatch.undo()
+    assert main(["table", "--results", str(results)]) == 0  # capsys: not a terminal
+    piped = capsys.readouterr().out
+    assert "\x1b" not in piped and "60.12 ± 0.82*" in piped and not TAG.search(piped)
+
+
+def _bench_table(results: Path, stdout) -> None:
+    environment = {k: v for k, v in os.environ.items() if k != "NO_COLOR"} | {"TERM": "xterm"}
+    command = [sys.executable, "-m", "bench", "table", "--results", str(results)]
+    done = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, env=environment)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_real_terminal_gets_ansi_and_a_pipe_does_not(results):
+    """``bench table`` in a child process, its stdout a pseudo-terminal, then a pipe."""
+    leader, follower = pty.openpty()
+    try:
+        _bench_table(results, follower)
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    assert b"\x1b[1m60.12 \xc2\xb1 0.82\x1b[22m" in shown and not TAG.search(shown.decode())
+    piped = subprocess.run(
+        [sys.executable, "-m", "bench", "table", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "NO_COLOR"} | {"TERM": "xterm"},
+    )
+    assert piped.returncode == 0 and "\x1b" not in piped.stdout
+    assert "60.12 ± 0.82*" in piped.stdout
+
+
+def test_three_datasets_give_three_blocks_and_wide_gives_one(tmp_path, capsys):
+    datasets = ("loveda_urban", "potsdam", "synthetic")
+    results = _study(tmp_path / "results", datasets, (0.01, 0.1))
+    assert main(["table", "--results", str(results)]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert sum(line.startswith("| method") for line in lines) == 3
+    titles = [lines[i - 1] for i, line in enumerate(lines) if line.startswith("| method")]
+    assert titles == [*datasets]
+    headers = [line.split("|")[2].strip() for line in lines if line.startswith("| method")]
+    assert headers == ["1% mIoU"] * 3  # the dataset is the block's title, not in the header
+    assert text.count("Rows: methods, baselines first") == 1  # the caption once, at the end
+    assert text.index("Rows: methods") > text.rindex("| simclr")
+    for fmt, heading in (("md", "**{}**"), ("latex", "\\textit{{{}}}"), ("html", "<caption>{}")):
+        assert main(["table", "--results", str(results), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        assert [out.count(heading.format(latex_escape(d) if fmt == "latex" else d))
+                for d in datasets] == [1, 1, 1]  # fmt: skip
+        assert out.count("Rows: methods, baselines first") == 1
+    assert main(["table", "--results", str(results), "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert sum(line.startswith("| method") for line in wide.splitlines()) == 1
+    assert "| potsdam 10% mIoU" in wide
+    for option in ([], ["--wide"]):  # CSV: one row per cell either way
+        assert main(["table", "--results", str(results), "--format", "csv", *option]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 1 + 2 * 3 * 2 * 2
+
+
+def test_a_wide_dataset_is_split_per_metric(tmp_path):
+    results = _study(tmp_path / "results", ("synthetic",), (0.01, 0.02, 0.05, 0.1))
+    table = build_table(_records(results), ("miou", "kappa"), "random")
+    blocks = table.blocks()
+    assert [b.title for b in blocks] == ["mIoU", "Kappa"]  # 8 value columns > BLOCK_COLUMNS
+    assert [len(b.table.columns) for b in blocks] == [4, 4]
+    assert all(c.metric == "kappa" for c in blocks[1].table.columns)
+    assert blocks[1].table.cell("simclr", blocks[1].table.columns[0]) == table.cell(
+        "simclr", table.columns[1]
+    )  # the same cell, with its rank, Δ and test
+    assert [b.title for b in table.blocks(wide=True)] == [""]
+    one_metric = build_table(_records(results), ("miou",), "random")  # 8 columns, one metric
+    assert [b.title for b in one_metric.blocks()] == [""]
+
+
+def test_builtin_method_order_is_the_registrys():
+    from bench.methods import METHODS
+    from bench.report.table import BUILTIN_METHODS
+
+    own = [name for name in METHODS.names() if METHODS.plugin(name) is None]
+    assert list(BUILTIN_METHODS) == [(name, METHODS.get(name).pretrains) for name in own]
+    assert method_order(["simclr", "random", "zz", "imagenet"]) == [
+        "random",
+        "imagenet",
+        "simclr",
+        "zz",
+    ]
+
+
+def test_seeds_needed_many_is_seeds_needed_one_by_one():
+    from bench.report import power
+
+    rng = np.random.default_rng(5)
+    gaps = [0.0, 1e-3, *rng.normal(0, 3, 150), *rng.normal(0, 0.05, 30)]
+    spreads = [1.0, 2.0, *np.abs(rng.normal(2, 1.5, 180)) + 1e-3]
+    together = power.seeds_needed_many(gaps, spreads, 0.05, 0.8, MIN_PAIRED_SEEDS)
+    alone = [
+        power.seeds_needed(g, s, 0.05, 0.8, MIN_PAIRED_SEEDS)
+        for g, s in zip(gaps, spreads, strict=True)
+    ]
+    assert together == alone and len(set(alone)) > 20
+
+
+def test_one_pass_reading_is_the_stores_scan(results):
+    from bench.report.records import scan_results
+
+    (results / "finetune-broken").mkdir()
+    (results / "finetune-broken" / "result.json").write_text("{not json")
+    other = next(results.glob("finetune-moco-*/result.json"))
+    other.write_text(json.dumps(json.loads(other.read_text()) | {"job_id": "elsewhere"}))
+    scan = scan_results(RunStore(results))
+    assert (scan.valid, scan.unreadable) == RunStore(results).scan()
+    assert len(scan.unreadable) == 2 and "belongs to job elsewhere" in str(scan.unreadable)
+
+
+def test_fractions_get_a_log_axis_past_a_decade(results):
+    from xml.etree import ElementTree
+
+    from bench.report.plots import log_axis
+    from bench.report.svg import fraction_svg
+
+    assert not log_axis([10.0]) and not log_axis([5.0, 50.0]) and log_axis([1.0, 10.0, 100.0])
+    table = build_table(_records(results), ("miou",), None)
+    svg = ElementTree.fromstring(fraction_svg(table))  # well-formed, one panel per dataset
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert {"loveda_urban", "synthetic", "my_method", "1%", "10%", "mIoU (%)"} <= set(texts)

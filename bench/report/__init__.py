@@ -1,9 +1,13 @@
 """Result records -> tables (Markdown, LaTeX, CSV, HTML) and plots.
 
-``table`` builds typed ``Table``s (numbers, ranks, Δ, paired tests, what the seeds can
-resolve with ``power``), ``formats`` writes them as text, ``plots`` draws them with
-matplotlib, ``html`` puts all of it, with job states and settings, on one page.
-``comparison_table`` is the one-call version ``bench run`` prints at the end of a sweep.
+``records`` reads a results folder once, ``table`` builds typed ``Table``s (numbers, ranks,
+Δ, paired tests, what the seeds can resolve with ``power``), ``formats`` writes them as text
+(for a terminal, Markdown, LaTeX, CSV, HTML), ``plots`` draws them with matplotlib,
+``html`` puts all of it, with job states and settings, on one page. ``comparison_table`` is
+the one-call version ``bench run`` prints at the end of a sweep.
+
+Nothing here imports torch (the method registry only for method names that are not the
+harness's own), so ``bench table`` and ``bench report`` start in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -13,9 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
-from bench.report.formats import FORMATS, SUFFIXES, check_format, latex_escape, render
+from bench.report.formats import (
+    FORMATS,
+    SUFFIXES,
+    ansi_for,
+    check_format,
+    latex_escape,
+    render,
+)
 from bench.report.html import REPORT, write_report
 from bench.report.plots import PLOT_FORMATS, plot_fraction_curves
+from bench.report.records import scan_results
 from bench.report.table import (
     ALPHA,
     AUTO,
@@ -38,10 +50,12 @@ NO_RESULTS = "no fine-tuning results yet"
 
 
 def read_results(results: Path | str) -> tuple[list[dict[str, Any]], list[UnreadableRecord]]:
-    """The valid records of a results folder, and the unreadable ones (with why)."""
+    """The valid records of a results folder, and the unreadable ones (with why), each file
+    read once (:func:`bench.report.records.scan_results`, the same as ``RunStore.scan``)."""
     store = RunStore(results)
     store.check_exists()
-    return store.scan()
+    scan = scan_results(store)
+    return scan.valid, scan.unreadable
 
 
 def results_table(
@@ -67,11 +81,12 @@ def results_table(
 
 
 def table_format(fmt: str | None, output: Path | None) -> str:
-    """``fmt`` if given, else the format of ``output``'s suffix, else Markdown."""
+    """``fmt`` if given, else the format of ``output``'s suffix, else (the table goes to the
+    terminal) text."""
     if fmt is not None:
         return check_format(fmt)
     if output is None:
-        return "md"
+        return "text"
     suffix = Path(output).suffix.lower()
     if suffix not in SUFFIXES:
         raise ConfigError(
@@ -86,10 +101,13 @@ def comparison_table(
     metrics: Iterable[str] = ("miou", "kappa"),
     baseline: str | None = AUTO,
     fmt: str = "md",
+    wide: bool = False,
+    ansi: bool = False,
 ) -> str:
-    """The comparison table of ``records`` as text in ``fmt`` (see ``FORMATS``)."""
+    """The comparison table of ``records`` as text in ``fmt`` (see ``FORMATS``; ``wide``
+    and ``ansi`` as :func:`bench.report.formats.render`)."""
     table = build_table(records, metrics, baseline)
-    return NO_RESULTS if table is None else render(table, fmt)
+    return NO_RESULTS if table is None else render(table, fmt, wide, ansi)
 
 
 __all__ = [
@@ -101,6 +119,7 @@ __all__ = [
     "NO_RESULTS",
     "PLOT_FORMATS",
     "SUFFIXES",
+    "ansi_for",
     "Cell",
     "Column",
     "Table",

@@ -1,10 +1,14 @@
-"""A ``Table`` as text: Markdown, LaTeX (booktabs), HTML and CSV.
+"""A ``Table`` as text: terminal text, Markdown, LaTeX (booktabs), HTML and CSV.
 
 Markup: the best mean of a column is bold (Markdown ``**``, LaTeX ``\\textbf``, HTML ``<b>``),
 the second best underlined (``<u>``, ``\\underline``); Δ columns follow each value column when
-the table has a baseline, with † for a significant paired test. Every format but CSV ends
-with the caption: what a cell is, the markers, the test, and the footer counting missing
-cells and failed or skipped runs. CSV is long (one row per method x column, see ``to_csv``).
+the table has a baseline, with † for a significant paired test. Terminal text has no markup
+a console cannot show: bold and underline as ANSI escapes on a terminal (``ansi``), else a
+trailing ``*`` (best) and ``^`` (second), as its caption says. Every format but CSV shows
+the table in blocks (:meth:`bench.report.table.Table.blocks`: one per dataset, and per
+metric where wide; ``wide`` keeps one table) and ends with the caption, once: what a cell
+is, the markers, the test, and the footer counting missing cells and failed or skipped
+runs. CSV is long (one row per method x column, see ``to_csv``).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from __future__ import annotations
 import csv
 import html
 import io
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
 from bench.report.power import MAX_SEEDS
 from bench.report.table import ALPHA, DECIMALS, MIN_PAIRED_SEEDS, POWER, Cell, Column, Table
@@ -35,6 +41,8 @@ class Style:
     dagger: str = "†"
     less: str = "<"
     geq: str = "≥"
+    best_mark: str | None = None  # the caption names the marks by these, else "Bold" and
+    second_mark: str | None = None  # "underlined" in the format's bold and underline
 
 
 def _markdown_escape(text: str) -> str:
@@ -62,6 +70,10 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
 
 
+def _plain(text: str) -> str:
+    return text
+
+
 MARKDOWN = Style(_markdown_escape, lambda t: f"**{t}**", lambda t: f"<u>{t}</u>")
 HTML = Style(html.escape, lambda t: f"<b>{t}</b>", lambda t: f"<u>{t}</u>", less="&lt;")
 LATEX = Style(
@@ -75,6 +87,17 @@ LATEX = Style(
     less="$<$",
     geq=r"$\geq$",
 )
+# terminal text: plain marks for a pipe or a file, ANSI bold and underline for a terminal
+TEXT = Style(_plain, lambda t: f"{t}*", lambda t: f"{t}^", best_mark="*", second_mark="^")
+ANSI = Style(_plain, lambda t: f"\x1b[1m{t}\x1b[22m", lambda t: f"\x1b[4m{t}\x1b[24m")
+
+
+def ansi_for(stream: TextIO) -> bool:
+    """Whether text for ``stream`` may carry ANSI bold and underline: it is a terminal (not
+    a pipe or a file), not a dumb one, and NO_COLOR (no-color.org) is not set."""
+    isatty = getattr(stream, "isatty", None)
+    terminal = bool(isatty and isatty())
+    return terminal and os.environ.get("TERM") != "dumb" and not os.environ.get("NO_COLOR")
 
 
 def _number(value: float, style: Style, sign: bool = False) -> str:
@@ -130,22 +153,65 @@ def _layout(table: Table, style: Style) -> tuple[list[tuple[str, ...]], list[lis
     return headers, rows
 
 
-def caption_lines(table: Table, style: Style) -> list[str]:
-    """What the cells mean, the markers, the test, and the footer; in ``style``."""
+LEGEND, DETAILS = "legend", "details"
+
+
+def caption_lines(
+    table: Table, style: Style, parts: tuple[str, ...] = (LEGEND, DETAILS)
+) -> list[str]:
+    """What the cells mean, the markers, the test, and the footer; in ``style``. ``parts``
+    picks the ``LEGEND`` (what every table of these records shares: cells, marks, the test,
+    the MDD's definition, notes) and the ``DETAILS`` (this table's own: its MDDs, what is
+    missing), so a page of several tables can give the legend once."""
+    return [line for part, line in _caption(table, style) if part in parts]
+
+
+def _caption(table: Table, style: Style) -> list[tuple[str, str]]:
+    e = style.escape
+    lines = _cells_lines(table, style)
+    best = style.best_mark or style.bold(e("Bold"))
+    second = style.second_mark or style.underline(e("underlined"))
+    lines.append(
+        (
+            LEGEND,
+            best
+            + e(": best mean in its column; ")
+            + second
+            + e(": second best; means compared as shown; tied cells share the mark; no marks ")
+            + e("in a column whose means are all equal."),
+        )
+    )
+    if table.baseline is not None:
+        lines.append((LEGEND, baseline_test_line(table.baseline, style)))
+    power = power_lines(table, style)
+    if len(power) == 1:  # no MDD, and why: this table's
+        lines.append((DETAILS, power[0]))
+    elif power:  # the definition, then a line per column
+        lines += [(LEGEND, power[0]), *((DETAILS, line) for line in power[1:])]
+    lines.append((DETAILS, e(_footer(table))))
+    if table.kind == "comparison":
+        note = "Metrics from one dataset-level confusion matrix over the test split."
+        lines.append((LEGEND, e(note)))
+        if any(column.metric == "image_miou" for column in table.columns):
+            lines.append((LEGEND, e(IMAGE_MIOU_NOTE)))
+    lines += [(LEGEND, e(f"Note: {caption}.")) for caption in table.captions]
+    return lines
+
+
+def _cells_lines(table: Table, style: Style) -> list[tuple[str, str]]:
+    """The first caption lines: what the rows and cells are (the dataset, if one, in the
+    legend; a per-class table's dataset and fraction, its own, on a line before it)."""
     e = style.escape
     n = len(table.seeds)
     seeds = ", ".join(map(str, table.seeds))
-    lines = []
+    lines, line = [], ""
     if table.kind == "per-class":
         column = table.columns[0]
-        lines.append(
-            e(f"IoU per class on {column.dataset} with {column.fraction_label} of the labels. ")
-        )
+        text = f"IoU per class on {column.dataset} with {column.fraction_label} of the labels."
+        lines.append((DETAILS, e(text)))
     elif len(table.datasets) == 1:
-        lines.append(e(f"Dataset: {table.datasets[0]}. "))
-    else:
-        lines.append("")
-    lines[0] += (
+        line = e(f"Dataset: {table.datasets[0]}. ")
+    line += (
         e("Rows: methods, baselines first. Cells: mean ")
         + style.pm
         + e(
@@ -153,16 +219,10 @@ def caption_lines(table: Table, style: Style) -> list[str]:
             "(ddof=1), none for one seed; (n=k): only k of the seeds finished."
         )
     )
-    lines.append(
-        style.bold(e("Bold"))
-        + e(": best mean in its column; ")
-        + style.underline(e("underlined"))
-        + e(": second best; means compared as shown; tied cells share the mark; no marks in a ")
-        + e("column whose means are all equal.")
-    )
-    if table.baseline is not None:
-        lines.append(baseline_test_line(table.baseline, style))
-    lines.extend(power_lines(table, style))
+    return [*lines, (LEGEND, line)]
+
+
+def _footer(table: Table) -> str:
     missing = table.missing_counts()
     total = sum(missing.values())
     footer = f"Missing cells: {total} of {table.n_cells}"
@@ -172,19 +232,10 @@ def caption_lines(table: Table, style: Style) -> list[str]:
     footer += (
         f"; cells with fewer seeds: {table.partial_cells}; failed runs: {table.failed_runs}; "
         f"skipped runs: {table.skipped_runs}"
-        + (
-            f"; unreadable records left out: {table.unreadable_records}."
-            if table.unreadable_records
-            else "."
-        )
     )
-    lines.append(e(footer))
-    if table.kind == "comparison":
-        lines.append(e("Metrics from one dataset-level confusion matrix over the test split."))
-        if any(column.metric == "image_miou" for column in table.columns):
-            lines.append(e(IMAGE_MIOU_NOTE))
-    lines.extend(e(f"Note: {caption}.") for caption in table.captions)
-    return lines
+    if table.unreadable_records:
+        return footer + f"; unreadable records left out: {table.unreadable_records}."
+    return footer + "."
 
 
 def baseline_test_line(baseline: str, style: Style) -> str:
@@ -268,44 +319,87 @@ IMAGE_MIOU_NOTE = (
 )
 
 
-def to_markdown(table: Table) -> str:
+def _grid(table: Table, style: Style, tablefmt: str) -> str:
+    """The rows and header of one block with tabulate (``pipe``: Markdown's; ``github``:
+    the same grid without alignment colons, for a terminal)."""
     from tabulate import tabulate
 
-    headers, rows = _layout(table, MARKDOWN)
-    text = tabulate(
+    headers, rows = _layout(table, style)
+    return tabulate(
         rows,
         headers=["method", *(" ".join(h) for h in headers)],
-        tablefmt="pipe",
+        tablefmt=tablefmt,
         disable_numparse=True,
     )
-    return "\n".join([text, "", *caption_lines(table, MARKDOWN)])
 
 
-def to_html(table: Table) -> str:
-    headers, rows = _layout(table, HTML)
-    lines = ["<table>", "<thead>", "<tr><th>method</th>"]
-    lines[-1] += "".join(f"<th>{' '.join(h)}</th>" for h in headers) + "</tr>"
-    lines += ["</thead>", "<tbody>"]
-    for row in rows:
-        lines.append(f"<tr><th>{row[0]}</th>" + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>")
-    lines += ["</tbody>", "</table>"]
-    lines += [f"<p>{line}</p>" for line in caption_lines(table, HTML)]
+def to_markdown(table: Table, wide: bool = False) -> str:
+    """A pipe table per block, each under its title in bold; the caption once, at the end."""
+    parts = []
+    for block in table.blocks(wide):
+        if block.title:
+            parts += [MARKDOWN.bold(MARKDOWN.escape(block.title)), ""]
+        parts += [_grid(block.table, MARKDOWN, "pipe"), ""]
+    return "\n".join([*parts, *caption_lines(table, MARKDOWN)])
+
+
+def to_text(table: Table, wide: bool = False, ansi: bool = False) -> str:
+    """For a console: a grid per block under its title, then the caption once, a line per
+    fact (the terminal wraps them; grep finds them); marks as ANSI bold/underline with
+    ``ansi``, else ``*`` and ``^``. No escaping and no markup a terminal prints as is."""
+    style = ANSI if ansi else TEXT
+    parts = []
+    for block in table.blocks(wide):
+        if block.title:
+            parts.append(style.bold(block.title) if ansi else block.title)
+        parts += [_grid(block.table, style, "github"), ""]
+    return "\n".join([*parts, *caption_lines(table, style)])
+
+
+def to_html(table: Table, wide: bool = False, parts: tuple[str, ...] = (LEGEND, DETAILS)) -> str:
+    """A ``<table>`` per block (its title as the ``<caption>``), then the caption's
+    ``parts`` as paragraphs."""
+    lines = []
+    for block in table.blocks(wide):
+        headers, rows = _layout(block.table, HTML)
+        lines.append("<table>")
+        if block.title:
+            lines.append(f"<caption>{HTML.escape(block.title)}</caption>")
+        lines += ["<thead>", "<tr><th>method</th>"]
+        lines[-1] += "".join(f"<th>{' '.join(h)}</th>" for h in headers) + "</tr>"
+        lines += ["</thead>", "<tbody>"]
+        for row in rows:
+            cells = "".join(f"<td>{c}</td>" for c in row[1:])
+            lines.append(f"<tr><th>{row[0]}</th>{cells}</tr>")
+        lines += ["</tbody>", "</table>"]
+    lines += [f"<p>{line}</p>" for line in caption_lines(table, HTML, parts)]
     return "\n".join(lines)
 
 
-def to_latex(table: Table, label: str = "tab:bench") -> str:
-    """A booktabs ``table`` environment; grouped header rows with ``\\cmidrule``s."""
-    headers, rows = _layout(table, LATEX)
-    depth = len(headers[0])
+def to_latex(table: Table, wide: bool = False, label: str = "tab:bench") -> str:
+    """A booktabs ``table`` environment: the caption once, a ``tabular`` per block (its
+    title in italics above it), grouped header rows with ``\\cmidrule``s."""
     lines = [
         "% generated by `python -m bench table`; needs \\usepackage{booktabs}",
         "\\begin{table}[htbp]",
         "\\centering",
         "\\caption{" + " ".join(caption_lines(table, LATEX)) + "}",
         f"\\label{{{label}}}",
-        "\\begin{tabular}{l" + "r" * len(headers) + "}",
-        "\\toprule",
     ]
+    for index, block in enumerate(table.blocks(wide)):
+        if index:
+            lines.append("\\par\\medskip")
+        if block.title:
+            lines.append(f"\\textit{{{LATEX.escape(block.title)}}}\\par\\smallskip")
+        lines += _tabular(block.table)
+    lines.append("\\end{table}")
+    return "\n".join(lines)
+
+
+def _tabular(table: Table) -> list[str]:
+    headers, rows = _layout(table, LATEX)
+    depth = len(headers[0])
+    lines = ["\\begin{tabular}{l" + "r" * len(headers) + "}", "\\toprule"]
     for level in range(depth - 1):
         groups: list[tuple[tuple[str, ...], int]] = []
         for header in headers:
@@ -327,8 +421,7 @@ def to_latex(table: Table, label: str = "tab:bench") -> str:
     lines.append(" & ".join(["Method", *(h[-1] for h in headers)]) + " \\\\")
     lines.append("\\midrule")
     lines.extend(" & ".join(row) + " \\\\" for row in rows)
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-    return "\n".join(lines)
+    return lines + ["\\bottomrule", "\\end{tabular}"]
 
 
 CSV_FIELDS = (
@@ -405,12 +498,14 @@ def _status(table: Table, cell: Cell) -> str:
     return "ok" if cell.n >= len(table.seeds) else "partial"
 
 
-FORMATS: dict[str, Callable[[Table], str]] = {
+FORMATS: dict[str, Callable[..., str]] = {
     "md": to_markdown,
     "latex": to_latex,
     "csv": to_csv,
     "html": to_html,
+    "text": to_text,
 }
+# .txt is not here: a file named so could be meant as Markdown or as text; --format says
 SUFFIXES = {".md": "md", ".tex": "latex", ".csv": "csv", ".html": "html", ".htm": "html"}
 
 
@@ -422,5 +517,13 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def render(table: Table, fmt: str = "md") -> str:
-    return FORMATS[check_format(fmt)](table)
+def render(table: Table, fmt: str = "md", wide: bool = False, ansi: bool = False) -> str:
+    """``table`` in ``fmt``: in blocks (one per dataset, and per metric where wide) unless
+    ``wide``; ``ansi`` marks terminal text with ANSI bold and underline (see
+    :func:`ansi_for`); CSV is always one row per cell."""
+    fmt = check_format(fmt)
+    if fmt == "csv":
+        return to_csv(table)
+    if fmt == "text":
+        return to_text(table, wide, ansi)
+    return FORMATS[fmt](table, wide)

@@ -1,29 +1,43 @@
 """One self-contained HTML page of a results folder, to send to a co-author.
 
-``bench report --results R`` writes it (``write_report``). Everything is inside the file:
-the comparison tables of every metric (:func:`bench.report.table.build_table`, rendered by
-:func:`bench.report.formats.render`, with Δ, † and what the seeds can resolve), the per-class
-IoU of every dataset and fraction, the metric-vs-fraction plots and the pretraining loss
-curves (:mod:`bench.report.plots`, embedded as base64 PNG), the state of every job
-(:func:`bench.execution.status.job_statuses`; failed ones with their error and traceback), and the
-settings (spec.json) and environment (versions, host, git commit, device) each run recorded.
-No scripts, no external styles or images, no links out of the page: it opens offline.
+``bench report --results R`` writes it (``write_report``). It leads with the answer: a
+headline (datasets, methods, seeds, presets and protocols, how many jobs finished), the
+metric-vs-fraction figure and the comparison table of the main metric (the first the
+records have: mIoU). Then the other metrics (table and figure each), the per-class IoU of
+every dataset and fraction, the pretraining loss curves, the environment (versions, host,
+git commit, device) and the settings (spec.json) of every run, and last, folded, the state
+of every job (:func:`bench.execution.status.job_statuses`; failed ones with error and traceback).
+Tables are :func:`bench.report.table.build_table`'s (one table of every metric, shown a
+metric at a time) rendered by :func:`bench.report.formats.render`; what cells, marks and
+tests mean is said once per section, each table keeps its own MDD and footer lines. Figures
+are :mod:`bench.report.svg`'s (the figures of ``bench plot``, drawn without matplotlib),
+embedded as base64 SVG images. Each file of the results folder is
+read once (:mod:`bench.report.records`). No scripts, no external styles or images, no links
+out of the page: it opens offline.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
 from bench.execution.status import job_statuses
-from bench.report.formats import render
-from bench.report.plots import figure_bytes, fraction_figure, loss_figure
-from bench.report.table import AUTO, METRIC_LABELS, build_table, method_order, per_class_table
+from bench.report.formats import DETAILS, HTML, LEGEND, caption_lines, to_html
+from bench.report.records import ScannedStore, scan_results
+from bench.report.svg import fraction_svg, loss_svg
+from bench.report.table import (
+    AUTO,
+    METRIC_LABELS,
+    Table,
+    build_table,
+    method_order,
+    per_class_table,
+    records_frame,
+)
 from bench.states import JobState, JobStatus, summary
 from bench.store import (
     RunStore,
@@ -31,7 +45,6 @@ from bench.store import (
     atomic_write_bytes,
     check_output_file,
     read_log,
-    read_spec,
 )
 
 NO_FINISHED_RUNS = '<p class="note">no finished fine-tuning runs yet</p>'
@@ -53,7 +66,11 @@ th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
 th:first-child, td.text { text-align: left; }
 tr.failed td, tr.corrupt td { background: #fde8e8; }
 .table-block { overflow-x: auto; margin-bottom: 1.5em; }
-.table-block p, .note { font-size: 0.85em; color: #444; margin: 0.2em 0; }
+.table-block p, .note, .legend p { font-size: 0.85em; color: #444; margin: 0.2em 0; }
+.headline { font-size: 1.05em; margin: 0.3em 0 0.8em; }
+caption { text-align: left; font-weight: bold; padding: 0.2em 0; }
+nav ul { list-style: none; padding: 0; margin: 0 0 1em; }
+nav li { display: inline; margin-right: 1.2em; }
 pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; font-size: 0.8em; }
 img { max-width: 100%; }
 """
@@ -75,23 +92,25 @@ def write_report(results: Path | str, output: Path | str | None = None):
 
 def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
     """The page's HTML, and the records it had to leave out."""
-    run_ids = store.run_ids()
+    scan = scan_results(store, specs=True)
+    run_ids = scan.run_ids
     if not run_ids:
         raise ConfigError(f"results folder {store.root} has no runs (no spec.json or result.json)")
-    records, unreadable = store.scan()
-    statuses = job_statuses(store, run_ids)
-    specs = {job_id: read_spec(store.run_dir(job_id)) for job_id in run_ids}
-    unreadable += [spec for spec in specs.values() if isinstance(spec, UnreadableRecord)]
-    specs = {job_id: s if isinstance(s, dict) else None for job_id, s in specs.items()}
+    records, unreadable = scan.valid, scan.unreadable
+    statuses = job_statuses(ScannedStore(store.root, scan), run_ids)
+    unreadable += [spec for spec in scan.specs.values() if isinstance(spec, UnreadableRecord)]
+    specs = {job_id: s if isinstance(s, dict) else None for job_id, s in scan.specs.items()}
+    frame = records_frame(records)
     metrics = reported_metrics(records)
+    table = build_table(frame, metrics, AUTO) if metrics else None
     sections = [
-        ("status", "Jobs", status_section(statuses, unreadable)),
-        ("tables", "Comparison tables", tables_section(records, metrics)),
-        ("per-class", "Per-class IoU", per_class_section(records)),
-        ("plots", "Metrics vs label fraction", plots_section(records, metrics)),
+        ("results", "Results", results_section(table)),
+        ("metrics", "Other metrics", metrics_section(table)),
+        ("per-class", "Per-class IoU", per_class_section(frame)),
         ("losses", "Pretraining loss", loss_section(store, specs)),
         ("environment", "Environment", environment_section(records)),
-        ("settings", "Settings of every run", settings_section(specs)),
+        ("settings", "Settings of every run", settings_section(run_ids, scan.spec_texts)),
+        ("jobs", "Jobs", status_section(statuses, unreadable)),
     ]
     contents = "".join(f'<li><a href="#{key}">{title}</a></li>' for key, title, _ in sections)
     body = "\n".join(
@@ -104,11 +123,40 @@ def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
         f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f'<link rel="icon" href="data:,">\n<title>{_e(title)}</title>\n<style>{STYLE}</style>\n'
         f"</head>\n<body>\n<h1>{_e(title)}</h1>\n"
-        f'<p class="note">{_e(summary(statuses.values()))}; {len(records)} result records'
-        f"{_finished_range(records)}.</p>\n<nav><ul>{contents}</ul></nav>\n{body}\n"
-        "</body>\n</html>\n"
+        f"{headline(frame, table, statuses, records)}\n<nav><ul>{contents}</ul></nav>\n"
+        f"{body}\n</body>\n</html>\n"
     )
     return page, unreadable
+
+
+def headline(
+    frame, table: Table | None, statuses: dict[str, JobStatus], records: list[dict[str, Any]]
+) -> str:
+    """What the sweep is, in two sentences: its datasets, methods, seeds, presets and
+    protocols; how many jobs are in each state and how many records there are."""
+    jobs = f"{_e(summary(statuses.values()))}; {len(records):,} result records"
+    jobs += f"{_e(_finished_range(records))}."
+    if table is None:
+        return f'<p class="headline">{jobs}</p>'
+    finetuned = frame[frame["status"] == "ok"]
+    datasets, methods = list(table.datasets), list(table.methods)
+    fractions = sorted({c.fraction_label for c in table.columns}, key=lambda f: float(f[:-1]))
+    protocols = sorted(p for p in finetuned["protocol"].dropna().unique() if isinstance(p, str))
+    facts = [
+        f"{len(datasets)} dataset{'s' * (len(datasets) != 1)} ({', '.join(datasets)})",
+        f"{len(methods)} method{'s' * (len(methods) != 1)} ({', '.join(methods)})",
+        f"label fractions {', '.join(fractions)}",
+        f"{_seed_text(table.seeds)}",
+        f"preset {', '.join(table.presets) or 'not recorded'}",
+        f"protocol {', '.join(protocols) or 'not recorded'}",
+    ]
+    return f'<p class="headline"><b>{_e("; ".join(facts))}.</b> {jobs}</p>'
+
+
+def _seed_text(seeds: tuple[int, ...]) -> str:
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
+    return f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))})"
 
 
 def _e(text: Any) -> str:
@@ -120,9 +168,10 @@ def _finished_range(records: list[dict[str, Any]]) -> str:
     return f", finished {times[0]} to {times[-1]}" if times else ""
 
 
-def _image(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<p><img src="data:image/png;base64,{data}" alt="{_e(alt)}"></p>'
+def _image(svg: str, alt: str) -> str:
+    """An SVG figure as an image inside the page (a data URI: no file, no script)."""
+    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return f'<p><img src="data:image/svg+xml;base64,{data}" alt="{_e(alt)}"></p>'
 
 
 def _block(table_html: str) -> str:
@@ -136,7 +185,8 @@ STATUS_COLUMNS = ("job", "state", "method", "dataset", "fraction", "seed", "deta
 
 
 def status_section(statuses: dict[str, JobStatus], unreadable: list[UnreadableRecord]) -> str:
-    """Every job's state (as ``bench status``), failed ones with error and traceback."""
+    """Every job's state (as ``bench status``), folded under the count of each state;
+    failed ones with error and traceback; the files left out as not valid records."""
     rows = []
     for job_id, status in statuses.items():
         record = status.record or {}
@@ -146,7 +196,11 @@ def status_section(statuses: dict[str, JobStatus], unreadable: list[UnreadableRe
         rows.append(f'<tr class="{status.state.value}">{text}</tr>')
     header = "".join(f"<th>{name}</th>" for name in STATUS_COLUMNS)
     table = f"<table>\n<thead><tr>{header}</tr></thead>\n<tbody>\n"
-    parts = [_block(table + "\n".join(rows) + "\n</tbody>\n</table>")]
+    folded = _block(table + "\n".join(rows) + "\n</tbody>\n</table>")
+    parts = [
+        f"<details><summary>{_e(summary(statuses.values()))}: every job</summary>\n"
+        f"{folded}\n</details>"
+    ]
     for job_id, status in statuses.items():
         if status.state is JobState.FAILED and status.record is not None:
             error = status.record.get("error", "")
@@ -169,48 +223,59 @@ def reported_metrics(records: Iterable[dict[str, Any]]) -> tuple[str, ...]:
     return tuple(m for m in METRIC_LABELS if any(isinstance(r.get(m), float) for r in finished))
 
 
-def tables_section(records: list[dict[str, Any]], metrics: tuple[str, ...]) -> str:
-    """One comparison table per reported metric (Δ and tests against ``random`` when it ran)."""
+def _legend(table: Table) -> str:
+    """What a section's tables share (cells, marks, the test, notes), said once."""
+    lines = "".join(f"<p>{line}</p>" for line in caption_lines(table, HTML, (LEGEND,)))
+    return f'<div class="legend">{lines}</div>'
+
+
+def _metric_block(table: Table, metric: str) -> str:
+    """The figure and the table (with its own MDD and footer lines) of one metric."""
+    part = table.select(c for c in table.columns if c.metric == metric)
+    label = METRIC_LABELS[metric]
+    figure = _image(fraction_svg(part), f"{label} vs the labelled fraction")
+    return f"<h3>{_e(label)}</h3>\n{figure}\n{_block(to_html(part, parts=(DETAILS,)))}"
+
+
+def results_section(table: Table | None) -> str:
+    """The answer: the main metric (the table's first) vs the label fraction, and its
+    comparison table (Δ and tests against ``random`` when it ran)."""
+    if table is None:
+        return NO_FINISHED_RUNS
+    return _metric_block(table, table.columns[0].metric) + "\n" + _legend(table)
+
+
+def metrics_section(table: Table | None) -> str:
+    """The figure and the table of every other metric the records have."""
+    if table is None:
+        return NO_FINISHED_RUNS
+    metrics = list(dict.fromkeys(c.metric for c in table.columns))[1:]
     if not metrics:
-        return NO_FINISHED_RUNS
-    parts = []
-    for metric in metrics:
-        table = build_table(records, (metric,), AUTO)
-        parts.append(f"<h3>{_e(METRIC_LABELS[metric])}</h3>\n{_block(render(table, 'html'))}")
-    return "\n".join(parts)
+        return '<p class="note">the records have one metric</p>'
+    return "\n".join(_metric_block(table, m) for m in metrics) + "\n" + _legend(table)
 
 
-def per_class_section(records: list[dict[str, Any]]) -> str:
-    """The per-class IoU table of every (dataset, fraction) with finished runs."""
-    finished = {
-        (r["dataset"], r["fraction"])
-        for r in records
-        if r.get("kind") == "finetune" and r.get("status") == "ok"
-    }
-    if not finished:
+def per_class_section(frame) -> str:
+    """The per-class IoU table of every (dataset, fraction) with finished runs (the
+    legend once, under the last)."""
+    finished = frame[(frame["status"] == "ok")]
+    pairs = sorted(set(zip(finished["dataset"], finished["fraction"], strict=True)))
+    if not pairs:
         return NO_FINISHED_RUNS
-    parts = []
-    for dataset, fraction in sorted(finished):
-        table = per_class_table(records, dataset, fraction, AUTO)
+    parts, table = [], None
+    for dataset, fraction in pairs:
+        table = per_class_table(frame, dataset, fraction, AUTO)
         heading = f"{dataset}, {100 * fraction:g}% of the labels"
-        parts.append(f"<h3>{_e(heading)}</h3>\n{_block(render(table, 'html'))}")
-    return "\n".join(parts)
+        parts.append(f"<h3>{_e(heading)}</h3>\n{_block(to_html(table, parts=(DETAILS,)))}")
+    return "\n".join(parts) + "\n" + _legend(table)
 
 
-def plots_section(records: list[dict[str, Any]], metrics: tuple[str, ...]) -> str:
-    if not metrics:
-        return NO_FINISHED_RUNS
-    parts = []
-    for metric in metrics:
-        png = figure_bytes(fraction_figure(records, metric), "png", dpi=100)
-        parts.append(_image(png, f"{METRIC_LABELS[metric]} vs the labelled fraction"))
-    return "\n".join(parts)
-
-
-def loss_curves(store: RunStore, specs: dict[str, dict | None]) -> dict[str, dict[str, list]]:
-    """method -> "dataset seed s" -> (epoch, mean loss) of every pretraining run (``specs``:
-    job id -> its spec.json), from the epoch lines of its log.jsonl (a running one: the
-    epochs so far)."""
+def loss_curves(
+    store: RunStore, specs: dict[str, dict | None]
+) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
+    """method -> dataset -> the (epoch, mean loss) points of each of its pretraining runs
+    (``specs``: job id -> its spec.json), from the epoch lines of its log.jsonl (a running
+    one: the epochs so far)."""
     curves: dict[str, dict[str, list]] = {}
     for job_id, spec in specs.items():
         spec = spec or {}
@@ -222,8 +287,8 @@ def loss_curves(store: RunStore, specs: dict[str, dict | None]) -> dict[str, dic
             if entry.get("kind") == "epoch" and isinstance(entry.get("loss"), (int, float))
         ]
         if points:
-            label = f"{spec.get('dataset')} seed {spec.get('seed')}"
-            curves.setdefault(str(spec.get("method")), {})[label] = points
+            runs = curves.setdefault(str(spec.get("method")), {})
+            runs.setdefault(str(spec.get("dataset")), []).append(points)
     return curves
 
 
@@ -234,10 +299,11 @@ def loss_section(store: RunStore, specs: dict[str, dict | None]) -> str:
         return '<p class="note">no pretraining epoch has finished yet</p>'
     note = (
         '<p class="note">Mean training loss of each epoch (log.jsonl), one panel per method '
-        "on its own scale; per step in TensorBoard: <code>tensorboard --logdir "
+        "on its own scale, a line per dataset: the mean over its runs (seeds), shaded from "
+        "the lowest to the highest run; per step in TensorBoard: <code>tensorboard --logdir "
         f"{_e(store.root)}</code>.</p>"
     )
-    return note + "\n" + _image(figure_bytes(loss_figure(curves), "png", dpi=100), "loss curves")
+    return note + "\n" + _image(loss_svg(curves), "loss curves")
 
 
 def environment_section(records: list[dict[str, Any]]) -> str:
@@ -256,10 +322,10 @@ def environment_section(records: list[dict[str, Any]]) -> str:
     return _block(f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def settings_section(specs: dict[str, dict | None]) -> str:
-    """Each run's spec.json (every setting of its job), folded."""
+def settings_section(run_ids: list[str], texts: dict[str, str]) -> str:
+    """Each run's spec.json (every setting of its job) as the file has it, folded."""
     parts = []
-    for job_id, spec in specs.items():
-        text = json.dumps(spec, indent=1, sort_keys=True) if spec else "no readable spec.json"
+    for job_id in run_ids:
+        text = texts.get(job_id, "no readable spec.json")
         parts.append(f"<details><summary>{_e(job_id)}</summary><pre>{_e(text)}</pre></details>")
     return "\n".join(parts)

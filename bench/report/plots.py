@@ -1,11 +1,13 @@
 """Figures with matplotlib (Agg canvas, no display): a metric vs the label fraction, and
 the pretraining loss curves of the HTML report.
 
-One figure per metric, one panel per dataset; x is the label fraction on a log axis, y the
-mean over seeds in percent with the sample std (ddof=1) as error bars (none for one seed);
-one line per method in the table's row order. Points without a value are left out. Figures
-are made in memory (``fraction_figure``, ``loss_figure``) and written as files
-(``plot_fraction_curves``) or embedded (``figure_bytes``, :mod:`bench.report.html`).
+One figure per metric, one panel per dataset; x is the label fraction, on a log axis when
+the fractions span more than a decade (1, 2, 5, 10, 100%: the convention), else linear; y
+the mean over seeds in percent with the sample std (ddof=1) as error bars (none for one
+seed); one line per method in the table's row order. Points without a value are left out.
+Figures are made in memory (``fraction_figure``, ``table_figure``, ``loss_figure``) and
+written as files (``plot_fraction_curves``) or embedded (``figure_bytes``,
+:mod:`bench.report.html`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def fraction_figure(records: Iterable[dict[str, Any]], metric: str):
     table = build_table(records, (metric,), baseline=None)
     if table is None:
         raise ConfigError("no fine-tuning results to plot")
-    return _figure(table)
+    return table_figure(table)
 
 
 def figure_bytes(figure, fmt: str, dpi: int = 150) -> bytes:
@@ -66,9 +68,11 @@ def figure_bytes(figure, fmt: str, dpi: int = 150) -> bytes:
     return buffer.getvalue()
 
 
-def loss_figure(curves: dict[str, dict[str, list[tuple[int, float]]]]):
-    """Pretraining loss curves: one panel per method (``curves`` method -> run label ->
-    (epoch, mean loss) points), one line per run, each panel on its own scale (the methods'
+def loss_figure(curves: dict[str, dict[str, list[list[tuple[int, float]]]]]):
+    """Pretraining loss curves: one panel per method (``curves`` method -> dataset -> the
+    (epoch, mean loss) points of each run), a line per dataset, the mean over its runs,
+    shaded between the lowest and the highest run (a study has tens of seeds: a line and a
+    legend entry per run would hide the curves); each panel on its own scale (the methods'
     losses are not comparable)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -81,9 +85,12 @@ def loss_figure(curves: dict[str, dict[str, list[tuple[int, float]]]]):
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for axis, method in zip(axes, methods, strict=False):
-        for index, (label, points) in enumerate(curves[method].items()):
-            epochs, losses = zip(*points, strict=True)
-            axis.plot(epochs, losses, marker="o", markersize=3, color=f"C{index}", label=label)
+        for index, (dataset, runs) in enumerate(curves[method].items()):
+            epochs, mean, low, high = spread_over_runs(runs)
+            label = f"{dataset} ({len(runs)} run{'s' * (len(runs) != 1)})"
+            axis.plot(epochs, mean, marker="o", markersize=3, color=f"C{index}", label=label)
+            if len(runs) > 1:
+                axis.fill_between(epochs, low, high, color=f"C{index}", alpha=0.2, linewidth=0)
         axis.set_title(method)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
@@ -95,8 +102,23 @@ def loss_figure(curves: dict[str, dict[str, list[tuple[int, float]]]]):
     return figure
 
 
-def _figure(table):
-    """One panel per dataset of ``table`` (one metric), one legend for every method."""
+def spread_over_runs(runs: list[list[tuple[int, float]]]):
+    """Epochs, and per epoch the mean, lowest and highest loss of the runs that have it."""
+    losses: dict[int, list[float]] = {}
+    for points in runs:
+        for epoch, loss in points:
+            losses.setdefault(epoch, []).append(loss)
+    epochs = sorted(losses)
+    mean = [sum(losses[e]) / len(losses[e]) for e in epochs]
+    return epochs, mean, [min(losses[e]) for e in epochs], [max(losses[e]) for e in epochs]
+
+
+LOG_SPAN = 10  # fractions whose largest is more than this times the smallest: a log x axis
+
+
+def table_figure(table):
+    """The figure of a comparison table of one metric: one panel per dataset, one legend
+    for every method (module docstring)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -115,18 +137,36 @@ def _figure(table):
     return figure
 
 
+X_LABEL = "labelled fraction of the training patches"
+
+
+def log_axis(fractions: list[float]) -> bool:
+    """Whether fractions are shown on a log axis: they span more than a decade."""
+    return max(fractions) > LOG_SPAN * min(fractions)
+
+
+def fraction_series(table, dataset: str) -> list[tuple[int, str, list[tuple[float, float, float]]]]:
+    """The lines of ``dataset``'s panel: (colour index, method, [(fraction in %, mean, std)])
+    per method with values, a colour per method the same in every panel."""
+    columns = [c for c in table.columns if c.dataset == dataset]
+    series = []
+    for index, method in enumerate(method_order(table.methods)):
+        cells = [(c.fraction, table.cell(method, c)) for c in columns]
+        points = [(100 * f, cell.mean, cell.std or 0.0) for f, cell in cells if cell.n]
+        if points:
+            series.append((index, method, points))
+    return series
+
+
 def _panel(axis, table, dataset: str) -> None:
     """The metric vs the label fraction on ``dataset``, a line per method with std bars."""
     columns = [c for c in table.columns if c.dataset == dataset]
-    for index, method in enumerate(method_order(table.methods)):
-        cells = [table.cell(method, c) for c in columns]
-        points = [(c.fraction, cell) for c, cell in zip(columns, cells, strict=True) if cell.n]
-        if not points:
-            continue
+    for index, method, points in fraction_series(table, dataset):
+        fractions, means, stds = zip(*points, strict=True)
         axis.errorbar(
-            [100 * f for f, _ in points],
-            [cell.mean for _, cell in points],
-            yerr=[cell.std or 0.0 for _, cell in points],
+            fractions,
+            means,
+            yerr=stds,
             marker="o",
             markersize=4,
             capsize=3,
@@ -134,10 +174,11 @@ def _panel(axis, table, dataset: str) -> None:
             label=method,
         )
     fractions = [100 * c.fraction for c in columns]
-    axis.set_xscale("log")
+    if log_axis(fractions):
+        axis.set_xscale("log")
     axis.set_xticks(fractions, [f"{f:g}%" for f in fractions])
     axis.minorticks_off()
-    axis.set_xlabel("labelled fraction of the training patches")
+    axis.set_xlabel(X_LABEL)
     axis.set_ylabel(f"{columns[0].label} (%)")
     axis.set_title(dataset)
     axis.grid(alpha=0.3)

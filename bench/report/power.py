@@ -20,7 +20,7 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import special
 
 MAX_SEEDS = 10**9  # seeds_needed searches up to here; beyond it the gap is unresolvable
 # A spread of paired differences below this (in points) is float round-off of equal
@@ -28,17 +28,32 @@ MAX_SEEDS = 10**9  # seeds_needed searches up to here; beyond it the gap is unre
 ROUND_OFF = 1e-9
 
 
-def paired_power(effect: float, n: int, alpha: float) -> float:
+def paired_power(effect: float, n, alpha: float):
     """Power of the two-sided paired t-test at level ``alpha`` with ``n`` >= 2 pairs for a
-    true mean difference of ``effect`` standard deviations of the differences."""
-    df = n - 1
-    critical = stats.t.ppf(1 - alpha / 2, df)
-    noncentrality = effect * math.sqrt(n)
-    upper = stats.nct.sf(critical, df, noncentrality)
+    true mean difference of ``effect`` standard deviations of the differences; ``n`` may be
+    an array of pair counts (one scipy call for all, the same values as one call each)."""
+    df = np.asarray(n, dtype=float) - 1
+    critical = special.stdtrit(df, 1 - alpha / 2)  # scipy.stats.t.ppf
+    noncentrality = effect * np.sqrt(df + 1)
+    upper = _nct_sf(critical, df, noncentrality)
     # P(t < -critical), written as the upper tail at -noncentrality: scipy's cdf there gives
     # NaN where the tail underflows, its sf gives 0
-    lower = stats.nct.sf(critical, df, -noncentrality)
-    return float(upper + lower)
+    lower = _nct_sf(critical, df, -noncentrality)
+    power = upper + lower
+    return float(power) if np.ndim(power) == 0 else power
+
+
+def _nct_sf(x, df, noncentrality):
+    """``scipy.stats.nct.sf``: its own kernel, scipy.special's ``_nct_sf`` (the same numbers
+    without importing scipy.stats, most of a second), or scipy.stats where scipy lacks it."""
+    try:
+        from scipy.special._ufuncs import _nct_sf as kernel
+    except ImportError:  # another scipy: the public, slower way to the same function
+        from scipy import stats
+
+        return stats.nct.sf(x, df, noncentrality)
+    with np.errstate(over="ignore"):
+        return np.clip(kernel(x, df, noncentrality), 0, 1)
 
 
 @lru_cache(maxsize=256)
@@ -47,12 +62,19 @@ def detectable_effect(n: int, alpha: float, power: float) -> float:
     (the root of :func:`paired_power` - ``power``; the power grows with the effect)."""
     if n < 2:
         raise ValueError(f"a paired t-test needs at least 2 pairs, got {n}")
-    high = 1.0
+    low, high = 0.0, 1.0
     while paired_power(high, n, alpha) < power:
-        high *= 2
-    return float(
-        optimize.brentq(lambda d: paired_power(d, n, alpha) - power, 0.0, high, xtol=1e-12)
-    )
+        low, high = high, 2 * high
+    while high - low > EFFECT_TOLERANCE:  # bisection
+        middle = (low + high) / 2
+        if paired_power(middle, n, alpha) < power:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+EFFECT_TOLERANCE = 1e-12  # detectable_effect's root, in standard deviations
 
 
 def spread(differences: np.ndarray) -> float:
@@ -83,20 +105,85 @@ def seeds_needed(
     if spread == 0:
         return minimum
     effect = abs(gap) / spread
-    if effect * math.sqrt(minimum) > 1e3:  # certain detection (and past scipy's range)
+    if effect * math.sqrt(minimum) > CERTAIN:  # certain detection (and past scipy's range)
         return minimum
-    low = minimum
-    if paired_power(effect, low, alpha) >= power:
-        return low
-    high = min(2 * low, MAX_SEEDS)  # doubled until it reaches the power: ~log2(n) steps
-    while paired_power(effect, high, alpha) < power:
-        if high == MAX_SEEDS:
-            return None
-        low, high = high, min(2 * high, MAX_SEEDS)
-    while high - low > 1:  # power grows with n: bisect on the smallest n that reaches it
-        middle = (low + high) // 2
-        if paired_power(effect, middle, alpha) >= power:
-            high = middle
-        else:
-            low = middle
+    if paired_power(effect, minimum, alpha) >= power:
+        return minimum
+    # doubled until it reaches the power (~log2(n) candidates, evaluated together), then the
+    # smallest n between the last two: power grows with n
+    highs, high = [], minimum
+    while high < MAX_SEEDS:
+        high = min(2 * high, MAX_SEEDS)
+        highs.append(high)
+    reached = np.flatnonzero(_powers(effect, np.array(highs), alpha) >= power)
+    if not reached.size:
+        return None
+    k = int(reached[0])
+    return _first_reaching(effect, highs[k - 1] if k else minimum, highs[k], alpha, power)
+
+
+def seeds_needed_many(
+    gaps: list[float], spreads: list[float], alpha: float, power: float, minimum: int = 2
+) -> list[int | None]:
+    """:func:`seeds_needed` of each (gap, spread) pair, the same numbers with far fewer
+    scipy calls (a table has hundreds of cells): the normal approximation guesses each n,
+    the exact power is evaluated for a window of n around every guess in one call, and a
+    window that shows where the power first reaches ``power`` (or that starts at
+    ``minimum``) gives the answer; the rest are solved one by one."""
+    answers: list[int | None] = [None] * len(gaps)
+    windows, owners = [], []
+    z = special.ndtri(1 - alpha / 2) + special.ndtri(power)  # scipy.stats.norm.ppf
+    for k, (gap, spread) in enumerate(zip(gaps, spreads, strict=True)):
+        effect = abs(gap) / spread if gap != 0 and spread != 0 else 0.0
+        guess = (z / effect) ** 2 if effect else 0.0
+        if not effect or effect * math.sqrt(minimum) > CERTAIN or guess > MAX_SEEDS / 2:
+            answers[k] = seeds_needed(gap, spread, alpha, power, minimum)  # no search
+            continue
+        low = max(minimum, int(guess) - WINDOW_BELOW)
+        windows.append((effect, np.arange(low, int(guess) + WINDOW_ABOVE + 1)))
+        owners.append(k)
+    if not windows:
+        return answers
+    effects = np.concatenate([np.full(len(n), effect) for effect, n in windows])
+    counts = np.concatenate([n for _, n in windows])
+    powers = np.ones(len(counts))
+    uncertain = effects * np.sqrt(counts) <= CERTAIN
+    powers[uncertain] = paired_power(effects[uncertain], counts[uncertain], alpha)
+    start = 0
+    for k, (_, n) in zip(owners, windows, strict=True):
+        reached = powers[start : start + len(n)] >= power
+        start += len(n)
+        first = int(np.argmax(reached))
+        if reached.any() and (first > 0 or n[0] == minimum):
+            answers[k] = int(n[first])
+        else:  # the window missed: the search
+            answers[k] = seeds_needed(gaps[k], spreads[k], alpha, power, minimum)
+    return answers
+
+
+# seeds_needed_many's window around the normal approximation's n (the t test needs a few
+# more pairs than the z test; the window checks where the exact power crosses)
+WINDOW_BELOW, WINDOW_ABOVE = 2, 8
+CERTAIN = 1e3  # a noncentrality past this is detected with power 1 at any level we use
+SEARCH_POINTS = 256  # pair counts evaluated per step of the search between two bounds
+
+
+def _powers(effect: float, n: np.ndarray, alpha: float) -> np.ndarray:
+    """:func:`paired_power` at each of ``n``; 1 where detection is certain (not evaluated)."""
+    certain = effect * np.sqrt(n) > CERTAIN
+    powers = np.ones(len(n))
+    if (~certain).any():
+        powers[~certain] = paired_power(effect, n[~certain], alpha)
+    return powers
+
+
+def _first_reaching(effect: float, low: int, high: int, alpha: float, power: float) -> int:
+    """The smallest n in (``low``, ``high``] whose power reaches ``power`` (``low``'s does
+    not, ``high``'s does): up to ``SEARCH_POINTS`` evenly spaced candidates per step."""
+    while high - low > 1:
+        candidates = np.unique(np.linspace(low + 1, high - 1, SEARCH_POINTS).astype(np.int64))
+        reached = _powers(effect, candidates, alpha) >= power
+        first = int(np.argmax(reached)) if reached.any() else len(candidates)
+        high = int(candidates[first]) if first < len(candidates) else high
+        low = int(candidates[first - 1]) if first > 0 else low
     return high

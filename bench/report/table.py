@@ -37,7 +37,6 @@ import pandas as pd
 from scipy import special
 
 from bench.config import PRESETS, ConfigError, check_unique
-from bench.methods import METHODS
 from bench.protocols import PROTOCOLS, describe_overrides
 from bench.report import power
 
@@ -55,6 +54,23 @@ ALPHA = 0.05
 POWER = 0.8  # of the minimum detectable difference and the seeds needed
 AUTO = "auto"  # baseline: "random" when it is in the table, else none
 DEFAULT_BASELINE = "random"
+# A dataset's block (Table.blocks) with more value columns than this is split per metric.
+BLOCK_COLUMNS = 6
+# The harness's own methods in registration order (bench/methods/__init__.py), each with
+# whether it pretrains. Tables of these methods are ordered without importing the registry,
+# which imports torch (seconds and a GiB that `bench table` does not need); a test checks
+# this against the registry. Any other name (a plugin's) is ordered by the registry.
+BUILTIN_METHODS = (
+    ("random", False),
+    ("imagenet", False),
+    ("simclr", True),
+    ("moco", True),
+    ("byol", True),
+    ("false", True),
+    ("grass", True),
+    ("glcnet", True),
+    ("multitask", True),
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,7 @@ class Table:
     presets: tuple[str, ...]
     unreadable_records: int = 0  # result.json files left out because they are not records
     protocols: tuple[str, ...] = ()  # the downstream protocols of the records, described
+    preset_captions: tuple[str, ...] = ()  # the presets of the records, as they describe them
 
     def cell(self, method: str, column: Column) -> Cell:
         return self.cells[self.methods.index(method)][self.columns.index(column)]
@@ -160,55 +177,151 @@ class Table:
 
     @property
     def captions(self) -> tuple[str, ...]:
-        presets = tuple(PRESETS.get(p).caption for p in self.presets if p in PRESETS)
-        return presets + self.protocols
+        return self.preset_captions + self.protocols
+
+    def select(self, columns: Iterable[Column]) -> Table:
+        """This table with only ``columns`` (in that order); the rest is the same."""
+        index = {column: j for j, column in enumerate(self.columns)}
+        picked = [index[column] for column in columns]
+        cells = tuple(tuple(row[j] for j in picked) for row in self.cells)
+        return replace(self, columns=tuple(self.columns[j] for j in picked), cells=cells)
+
+    def blocks(self, wide: bool = False) -> tuple[Block, ...]:
+        """The table as a reader takes it in: one block per dataset, split per metric when a
+        dataset has more than ``BLOCK_COLUMNS`` value columns and several metrics (papers
+        print a block per dataset; one row of every dataset x fraction x metric fits no
+        page or terminal).
+        ``wide``, a per-class table, or one dataset with few columns: the whole table, with
+        no title. Titles name the dataset (when there are several) and the metric (when
+        split)."""
+        if wide or self.kind == "per-class":
+            return (Block("", self),)
+        several = len(self.datasets) > 1
+        blocks = []
+        for dataset in self.datasets:
+            columns = [c for c in self.columns if c.dataset == dataset]
+            metrics = dict.fromkeys(c.metric for c in columns)
+            if len(columns) <= BLOCK_COLUMNS or len(metrics) == 1:
+                blocks.append(Block(dataset if several else "", self.select(columns)))
+                continue
+            for metric in metrics:
+                label = METRIC_LABELS[metric]
+                title = f"{dataset}, {label}" if several else label
+                blocks.append(Block(title, self.select(c for c in columns if c.metric == metric)))
+        return tuple(blocks)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A part of a table shown on its own (its columns of one dataset, or of one dataset and
+    metric) under a title; "" when the block is the whole table."""
+
+    title: str
+    table: Table
+
+
+PROTOCOL_FIELDS = (
+    "protocol",
+    "protocol_overrides",
+    "evaluated_on",
+    "eval_window",
+    "eval_stride",
+    "protocol_source",
+)
+
+
+def preset_captions(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The caption of each preset among the records, as the records give it
+    (``preset_caption``); records written before they carried it take today's caption."""
+    captions = []
+    for name, caption in zip(frame["preset"], frame["preset_caption"], strict=True):
+        if not isinstance(caption, str) and isinstance(name, str) and name in PRESETS:
+            caption = PRESETS.get(name).caption
+        if isinstance(caption, str):
+            captions.append((name, caption))
+    return tuple(caption for _, caption in sorted(set(captions)))
 
 
 def protocol_captions(frame: pd.DataFrame) -> tuple[str, ...]:
-    """One line per (protocol, overrides, evaluation) among the records: the protocol's
-    name and source, every field overridden, what was scored."""
-    if "protocol" not in frame:
-        return ()
+    """One line per (protocol, overrides, evaluation) among the finished records: the
+    protocol's name and source, every field overridden, what was scored."""
+    finished = frame[frame["status"] == "ok"]
     lines = []
-    for _, row in frame[frame["status"] == "ok"].iterrows():
-        name = row["protocol"]
+    seen = set()
+    for values in zip(*(finished[field] for field in PROTOCOL_FIELDS), strict=True):
+        key = repr(values)  # overrides are dicts: the distinct combinations, by their text
+        if key not in seen:
+            seen.add(key)
+            lines.append(_protocol_line(*values))
+    return tuple(dict.fromkeys(line for line in lines if line))
+
+
+def _protocol_line(name, overrides, evaluated_on, window, stride, source) -> str | None:
+    """The caption line of one protocol as the record describes it (``protocol_source``);
+    a record written before records carried it takes today's description."""
+    if not isinstance(source, str):
         if not isinstance(name, str) or name not in PROTOCOLS:
-            continue
-        line = f"fine-tuned under protocol {name} ({PROTOCOLS.get(name).source})"
-        overrides = row.get("protocol_overrides")
-        if isinstance(overrides, dict) and overrides:
-            line += f", overridden: {describe_overrides(overrides)}"
-        if row.get("evaluated_on") == "tiles":
-            line += (
-                f"; scored on whole test tiles, sliding windows of {row.get('eval_window')} px "
-                f"every {row.get('eval_stride')} px"
-            )
-        elif row.get("evaluated_on") == "patches":
-            line += "; scored on the test patches"
-        lines.append(line)
-    return tuple(dict.fromkeys(lines))
+            return None
+        source = PROTOCOLS.get(name).source
+    line = f"fine-tuned under protocol {name} ({source})"
+    if isinstance(overrides, dict) and overrides:
+        line += f", overridden: {describe_overrides(overrides)}"
+    if evaluated_on == "tiles":
+        line += f"; scored on whole test tiles, sliding windows of {window} px every {stride} px"
+    elif evaluated_on == "patches":
+        line += "; scored on the test patches"
+    return line
 
 
 def method_order(names: Iterable[str]) -> list[str]:
-    """Baselines first, then pretraining methods, each in registry order; unknown last."""
+    """Baselines first, then pretraining methods, each in registry order; unknown last.
+    Names all among ``BUILTIN_METHODS`` are ordered without importing the registry."""
     names = set(names)
-    registered = METHODS.names()
-    baselines = [m for m in registered if m in names and not METHODS.get(m).pretrains]
-    pretrained = [m for m in registered if m in names and METHODS.get(m).pretrains]
+    builtin = dict(BUILTIN_METHODS)
+    if names <= set(builtin):
+        registered, pretrains = list(builtin), builtin
+    else:
+        from bench.methods import METHODS
+
+        registered = METHODS.names()
+        pretrains = {m: METHODS.get(m).pretrains for m in registered}
+    baselines = [m for m in registered if m in names and not pretrains[m]]
+    pretrained = [m for m in registered if m in names and pretrains[m]]
     return baselines + pretrained + sorted(names - set(registered))
 
 
+# the fields of a fine-tuning record that tables read (a frame of these only: records hold
+# provenance, settings and per-class F1 that no table shows)
+FRAME_COLUMNS = (
+    "job_id",
+    "method",
+    "dataset",
+    "fraction",
+    "seed",
+    "status",
+    "preset",
+    "preset_caption",
+    *METRIC_LABELS,
+    "per_class_iou",
+    "class_names",
+    *PROTOCOL_FIELDS,
+)
+
+
 def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per fine-tuning record (any status); checks there is one run per seed."""
+    """One row per fine-tuning record (any status), the fields tables read (``FRAME_COLUMNS``,
+    None where a record lacks one); checks there is one run per seed."""
     rows = [r for r in records if r.get("kind") == "finetune"]
-    columns = ["job_id", "method", "dataset", "fraction", "seed", "status", "preset"]
-    frame = pd.DataFrame(rows)
-    for column in [*columns, *METRIC_LABELS, "per_class_iou", "class_names"]:
-        if column not in frame:
-            frame[column] = None
+    frame = pd.DataFrame({name: [r.get(name) for r in rows] for name in FRAME_COLUMNS})
     if not frame.empty:
         _check_one_run_per_seed(frame)
     return frame
+
+
+def _frame(records: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
+    """A frame of ``records``; a frame from :func:`records_frame` as it is (a report builds
+    several tables from one)."""
+    return records if isinstance(records, pd.DataFrame) else records_frame(records)
 
 
 def _check_one_run_per_seed(frame: pd.DataFrame) -> None:
@@ -255,54 +368,53 @@ def check_metrics_recorded(frame: pd.DataFrame, metrics: tuple[str, ...]) -> Non
         )
 
 
+# (method, column index) -> the (seed, status, value in percent) of each of its runs
+Runs = dict[tuple[str, int], list[tuple[int, str, float]]]
+
+
 def build_table(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[dict[str, Any]] | pd.DataFrame,
     metrics: Iterable[str] = ("miou", "kappa"),
     baseline: str | None = AUTO,
     unreadable: int = 0,
 ) -> Table | None:
-    """The comparison table of fine-tuning records; None when there are none.
+    """The comparison table of fine-tuning records (or of their :func:`records_frame`);
+    None when there are none.
 
     Columns are the (dataset, fraction) pairs that have records (datasets and fractions
     sorted) x ``metrics``; ``baseline`` is a method name, ``AUTO`` or None; ``unreadable``
     counts records left out because they could not be read (said in the footer).
     """
     metrics = check_metrics(metrics)
-    frame = records_frame(records)
+    frame = _frame(records)
     if frame.empty:
         return None
     check_metrics_recorded(frame, metrics)
-    pairs = sorted(
-        {(d, float(f)) for d, f in zip(frame["dataset"], frame["fraction"], strict=True)}
-    )
+    datasets, fractions = frame["dataset"].tolist(), [float(f) for f in frame["fraction"]]
+    pairs = sorted(set(zip(datasets, fractions, strict=True)))
     columns = [Column(d, f, m) for d, f in pairs for m in metrics]
-    observations = []
-    for index, column in enumerate(columns):
-        runs = frame[(frame["dataset"] == column.dataset) & (frame["fraction"] == column.fraction)]
-        observations.append(
-            pd.DataFrame(
-                {
-                    "method": runs["method"],
-                    "column": index,
-                    "seed": runs["seed"],
-                    "status": runs["status"],
-                    "value": pd.to_numeric(runs[column.metric], errors="coerce") * 100,
-                }
-            )
-        )
-    table = _assemble("comparison", frame, columns, pd.concat(observations), baseline)
+    first = {pair: index * len(metrics) for index, pair in enumerate(pairs)}
+    runs: Runs = {}
+    rows = zip(frame["method"], datasets, fractions, frame["seed"], frame["status"], strict=True)
+    values = {m: pd.to_numeric(frame[m], errors="coerce").to_numpy() * 100 for m in metrics}
+    for row, (method, dataset, fraction, seed, status) in enumerate(rows):
+        for offset, metric in enumerate(metrics):
+            column = first[(dataset, fraction)] + offset
+            value = float(values[metric][row])
+            runs.setdefault((method, column), []).append((int(seed), status, value))
+    table = _assemble("comparison", frame, columns, runs, baseline)
     return replace(table, unreadable_records=unreadable)
 
 
 def per_class_table(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[dict[str, Any]] | pd.DataFrame,
     dataset: str | None = None,
     fraction: float | None = None,
     baseline: str | None = AUTO,
     unreadable: int = 0,
 ) -> Table | None:
     """Per-class IoU of one dataset at one label fraction (each inferred when unique)."""
-    frame = records_frame(records)
+    frame = _frame(records)
     if frame.empty:
         return None
     dataset = _pick(frame, "dataset", dataset, "--dataset")
@@ -314,25 +426,19 @@ def per_class_table(
         raise ConfigError(f"no finished fine-tuning runs on {dataset} at {fraction:g}")
     names = list(finished["class_names"].iloc[0])
     columns = [Column(dataset, float(fraction), "iou", name) for name in names]
-    observations = []
-    for record in frame.to_dict("records"):
-        ious = record["per_class_iou"] if record["status"] == "ok" else None
-        if ious is not None and list(record["class_names"]) != names:
-            raise ConfigError(
-                f"run {record['job_id']} has classes {record['class_names']}, others {names}"
-            )
+    runs: Runs = {}
+    fields = ("job_id", "method", "seed", "status", "per_class_iou", "class_names")
+    for job_id, method, seed, status, ious, classes in zip(
+        *(frame[f] for f in fields), strict=True
+    ):
+        ious = ious if status == "ok" else None
+        if ious is not None and list(classes) != names:
+            raise ConfigError(f"run {job_id} has classes {classes}, others {names}")
         for index in range(len(names)):
             value = ious[index] if ious is not None else None
-            observations.append(
-                {
-                    "method": record["method"],
-                    "column": index,
-                    "seed": record["seed"],
-                    "status": record["status"],
-                    "value": math.nan if value is None else 100 * float(value),
-                }
-            )
-    table = _assemble("per-class", frame, columns, pd.DataFrame(observations), baseline)
+            value = math.nan if value is None else 100 * float(value)
+            runs.setdefault((method, index), []).append((int(seed), status, value))
+    table = _assemble("per-class", frame, columns, runs, baseline)
     return replace(table, unreadable_records=unreadable)
 
 
@@ -375,28 +481,16 @@ def _resolve_baseline(baseline: str | None, methods: list[str]) -> str | None:
 
 
 def _assemble(
-    kind: str,
-    frame: pd.DataFrame,
-    columns: list[Column],
-    observations: pd.DataFrame,
-    baseline: str | None,
+    kind: str, frame: pd.DataFrame, columns: list[Column], runs: Runs, baseline: str | None
 ) -> Table:
     methods = method_order(frame["method"].unique())
     baseline = _resolve_baseline(baseline, methods)
-    runs: dict[tuple[str, int], list[tuple[int, str, float]]] = {}
-    for method, column, seed, status, value in observations[
-        ["method", "column", "seed", "status", "value"]
-    ].itertuples(index=False):
-        runs.setdefault((method, int(column)), []).append((int(seed), status, float(value)))
     grid = [[_cell(runs.get((m, j), [])) for j in range(len(columns))] for m in methods]
     for j in range(len(columns)):  # rank within each column
         for i, cell in enumerate(_ranked([row[j] for row in grid])):
             grid[i][j] = cell
     if baseline is not None:
-        reference = grid[methods.index(baseline)]
-        for i, method in enumerate(methods):
-            if method != baseline:
-                grid[i] = [_compared(c, r) for c, r in zip(grid[i], reference, strict=True)]
+        _compare_with_baseline(grid, methods.index(baseline))
     return Table(
         kind=kind,
         methods=tuple(methods),
@@ -408,6 +502,7 @@ def _assemble(
         skipped_runs=int((frame["status"] == "skipped").sum()),
         presets=tuple(sorted(p for p in frame["preset"].dropna().unique())),
         protocols=protocol_captions(frame),
+        preset_captions=preset_captions(frame),
     )
 
 
@@ -450,28 +545,43 @@ def _ranked(column: list[Cell]) -> list[Cell]:
     return [replace(c, rank=ranks.get(shown(c.mean))) if c.mean is not None else c for c in column]
 
 
-def _compared(cell: Cell, reference: Cell) -> Cell:
+def _compare_with_baseline(grid: list[list[Cell]], baseline: int) -> None:
+    """Fill in Δ, the paired test, gap, MDD and seeds needed of every cell of ``grid`` (rows
+    are methods) against the cell of row ``baseline`` in its column. The seeds needed of
+    all cells are solved together (:func:`bench.report.power.seeds_needed_many`)."""
+    spreads = {}  # (row, column) -> std of the paired differences, for >= 2 pairs
+    for i, row in enumerate(grid):
+        if i == baseline:
+            continue
+        for j, (cell, reference) in enumerate(zip(row, grid[baseline], strict=True)):
+            row[j], spread = _compared(cell, reference)
+            if spread is not None:
+                spreads[(i, j)] = spread
+    gaps = [grid[i][j].gap for i, j in spreads]
+    needed = power.seeds_needed_many(gaps, list(spreads.values()), ALPHA, POWER, MIN_PAIRED_SEEDS)
+    for (i, j), seeds in zip(spreads, needed, strict=True):
+        grid[i][j] = replace(grid[i][j], seeds_needed=seeds)
+
+
+def _compared(cell: Cell, reference: Cell) -> tuple[Cell, float | None]:
+    """``cell`` with Δ and the paired test against ``reference``, and with the gap and MDD
+    of their paired differences (module docstring); and those differences' spread (None
+    with fewer than 2 pairs: no MDD, no seeds needed)."""
     if cell.mean is None or reference.mean is None:
-        return cell
+        return cell, None
     ours = dict(zip(cell.seeds, cell.values, strict=True))
     theirs = dict(zip(reference.seeds, reference.values, strict=True))
     common = sorted(set(ours) & set(theirs))
     mine, base = [ours[s] for s in common], [theirs[s] for s in common]
     p_value = paired_test(mine, base) if len(common) >= MIN_PAIRED_SEEDS else None
     compared = replace(cell, delta=cell.mean - reference.mean, p_value=p_value, pairs=len(common))
-    return _with_power(compared, np.asarray(mine) - np.asarray(base))
-
-
-def _with_power(cell: Cell, differences: np.ndarray) -> Cell:
-    """``cell`` with the gap, MDD and seeds needed of its paired ``differences`` (module
-    docstring); unchanged with fewer than 2 pairs."""
-    if len(differences) < 2:
-        return cell
+    if len(common) < 2:
+        return compared, None
+    differences = np.asarray(mine) - np.asarray(base)
     gap, spread = float(np.mean(differences)), power.spread(differences)
     gap = 0.0 if abs(gap) < power.ROUND_OFF else gap  # equal values, up to float round-off
-    needed = power.seeds_needed(gap, spread, ALPHA, POWER, MIN_PAIRED_SEEDS)
     mdd = power.minimum_detectable_difference(len(differences), spread, ALPHA, POWER)
-    return replace(cell, gap=gap, mdd=mdd, seeds_needed=needed)
+    return replace(compared, gap=gap, mdd=mdd), spread
 
 
 def paired_test(values: list[float], reference: list[float]) -> float | None:
