@@ -12,21 +12,26 @@ import sys
 import time
 from pathlib import Path
 
-from bench.cluster import Profile, load_profile, parse_cluster_overrides
 from bench.config import COMPARED_PRESETS, PRESETS, ConfigError
+from bench.cost import estimate_cost, format_estimate, throughput_table
 from bench.datasets import DATASETS, prepare_dataset
 from bench.datasets.prepared import class_count_table
 from bench.executors import EXECUTORS
+from bench.experiment import (
+    LATEST,
+    Experiment,
+    check_experiment,
+    load_experiment,
+    record_experiment,
+)
 from bench.methods import METHODS
 from bench.plugins import load_plugins
 from bench.preemption import Preempted
 from bench.protocols import PROTOCOLS, describe_overrides, protocol_overrides
 from bench.report import (
-    AUTO,
     FORMATS,
     NO_RESULTS,
     PLOT_FORMATS,
-    check_baseline,
     check_metrics,
     comparison_table,
     plot_fraction_curves,
@@ -48,7 +53,6 @@ from bench.store import (
 )
 from bench.sweep import (
     SweepSpec,
-    check_spec,
     data_problems,
     plan,
     preset_differences,
@@ -112,7 +116,24 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_experiment_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "experiment",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="EXPERIMENT.yaml",
+        help="an experiment file (experiments/*.yaml, or the experiment.yaml `run` writes into "
+        "a results folder): every option below in one file; options given as well override "
+        "the file's values (--set and --slurm add to its settings, key by key)",
+    )
+
+
+_OVERRIDE_NOTE = "options given beside EXPERIMENT.yaml override its values (README: experiments)"
+
+
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_experiment_argument(parser)
     parser.add_argument(
         "--methods",
         type=_names,
@@ -122,23 +143,25 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--datasets",
         type=_names,
-        default=("synthetic",),
-        help="comma-separated datasets (default: synthetic)",
+        default=None,
+        help=f"comma-separated datasets (default: {','.join(SweepSpec.datasets)})",
     )
     parser.add_argument(
         "--fractions",
         type=_floats,
-        default=(0.01, 0.1),
-        help="label fractions in (0, 1] (default: 0.01,0.1)",
+        default=None,
+        help=f"label fractions in (0, 1] (default: {','.join(map(str, SweepSpec.fractions))})",
     )
     parser.add_argument(
         "--seeds", type=_ints, default=None, help="comma-separated seeds (default: the preset's)"
     )
-    parser.add_argument("--preset", default="quick", help=f"one of: {', '.join(PRESETS)}")
-    _add_set_option(parser, "override a setting, e.g. --set pretrain.epochs=10 (repeatable)")
     parser.add_argument(
-        "--results", type=Path, default=Path("results"), help="results folder (default: ./results)"
+        "--preset",
+        default=None,
+        help=f"one of: {', '.join(PRESETS)} (default: {SweepSpec.preset})",
     )
+    _add_set_option(parser, "override a setting, e.g. --set pretrain.epochs=10 (repeatable)")
+    _add_results_option(parser)
     for logger, where in (("wandb", "offline unless WANDB_MODE"), ("mlflow", "<results>/mlruns")):
         parser.add_argument(
             f"--{logger}",
@@ -154,29 +177,22 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _spec(args: argparse.Namespace) -> SweepSpec:
-    loggers = [name for name in ("wandb", "mlflow") if getattr(args, name)]
-    enabled = [f"{section}.{name}=true" for name in loggers for section in ("pretrain", "finetune")]
-    return SweepSpec(
-        methods=args.methods,
-        datasets=args.datasets,
-        fractions=args.fractions,
-        seeds=args.seeds,
-        preset=args.preset,
-        overrides=(*enabled, *args.overrides),
-        plugins=args.plugins,
+def _add_results_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"results folder (default: ./{Experiment.results})",
     )
+
+
+def _experiment(args: argparse.Namespace) -> Experiment:
+    """The command's experiment: its file (if one is given), then the options given."""
+    return load_experiment(args.experiment, vars(args))
 
 
 def _plugin_modules(values: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for value in values for name in _names(value)))
-
-
-def _profile(args: argparse.Namespace) -> Profile | None:
-    overrides = parse_cluster_overrides(args.slurm)
-    if args.cluster is None and not overrides:
-        return None
-    return load_profile(args.cluster, overrides)
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,12 +216,13 @@ def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metric",
         type=_names,
-        default=("miou", "kappa"),
-        help="metrics in the table: miou, kappa, oa, mean_f1 (default: miou,kappa)",
+        default=None,
+        help="metrics in the table: miou, kappa, oa, mean_f1 "
+        f"(default: {','.join(Experiment.metric)})",
     )
     parser.add_argument(
         "--baseline",
-        default=AUTO,
+        default=None,
         help="method the Δ columns and paired t-tests compare with, or none "
         "(default: random when it has records)",
     )
@@ -223,23 +240,26 @@ def _warn_unreadable(unreadable: list[UnreadableRecord]) -> int:
 # ----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    spec = _spec(args)
-    check_metrics(args.metric)  # the table's options, before any compute
-    check_baseline(args.baseline, check_spec(spec).methods)
-    if args.executor != "slurm" and (args.cluster or args.slurm):
-        log.info("--cluster/--slurm: the %s executor uses timeout_min, etc. only", args.executor)
-    if args.executor == "slurm" and not args.wait:
-        jobs, report = submit_sweep(spec, args.results, args.data_root, _profile(args))
+    experiment = _experiment(args)
+    check_experiment(experiment)  # the table's options and the profile, before any compute
+    executor, results = experiment.executor, experiment.results
+    if executor != "slurm" and (experiment.cluster or experiment.slurm):
+        log.info("--cluster/--slurm: the %s executor uses timeout_min, etc. only", executor)
+    experiment = record_experiment(experiment)
+    spec, data_root, profile = experiment.sweep, experiment.data_root, experiment.profile()
+    if executor == "slurm" and not experiment.wait:
+        jobs, report = submit_sweep(spec, results, data_root, profile)
         print(f"{len(jobs)} jobs: {report.summary()}")
         for job_id, why in report.held_back.items():
             print(f"HELD    {job_id}: {why}")
-        print(f"follow them with: python -m bench status --results {args.results}")
+        print(f"follow them with: python -m bench status --results {results}")
         return 0
-    result = run_sweep(spec, args.results, args.data_root, args.executor, _profile(args))
+    result = run_sweep(spec, results, data_root, executor, profile)
     print()
-    print(comparison_table(result.finetune_records(), args.metric, args.baseline))
+    print(comparison_table(result.finetune_records(), experiment.metric, experiment.baseline))
     elapsed = time.perf_counter() - start
-    print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {args.results}")
+    print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {results}")
+    print(f"the experiment: {results / LATEST} (rerun it with python -m bench run FILE)")
     for status in ("failed", "skipped"):
         for record in result.by_status(status):
             why = record.get("storage_fault") or record["error"]
@@ -253,9 +273,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    spec = _spec(args)
+    experiment = _experiment(args)
+    spec, data_root = experiment.sweep, experiment.data_root
+    rates = throughput_table(args.perf)
     jobs = plan(spec)
-    statuses = sweep_status(jobs, args.results)
+    statuses = sweep_status(jobs, experiment.results)
     for job in jobs:
         after = ",".join(job.depends_on) or "-"
         print(f"{statuses[job.job_id].state!s:<8} {job.kind:<9} {job.job_id:<58} after {after}")
@@ -267,11 +289,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             + (f", overridden: {overrides}" if overrides else "")
             + f"; DeepLabV3+ head: {cfg.head}; scored on test {cfg.evaluation}"
         )
-    if args.preset in COMPARED_PRESETS:
-        print_preset_differences(spec, COMPARED_PRESETS[args.preset])
+    print()
+    print(format_estimate(estimate_cost(jobs, data_root, rates)))
+    if spec.preset in COMPARED_PRESETS:
+        print_preset_differences(spec, COMPARED_PRESETS[spec.preset])
     if args.show_settings:
         print_settings(spec)
-    for problem in data_problems(jobs, args.data_root):
+    for problem in data_problems(jobs, data_root):
         print(f"note (`run` refuses this sweep until it is fixed): {problem}")
     return 0
 
@@ -413,8 +437,14 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_file(args.output)
     fmt = table_format(args.format, args.output)
+    experiment = _experiment(args)
     table, unreadable = results_table(
-        args.results, args.metric, args.baseline, args.per_class, args.dataset, args.fraction
+        experiment.results,
+        experiment.metric,
+        experiment.baseline,
+        args.per_class,
+        args.dataset,
+        args.fraction,
     )
     code = _warn_unreadable(unreadable)
     text = NO_RESULTS if table is None else render(table, fmt)
@@ -439,14 +469,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path, unreadable = write_report(args.results, args.output)
+    path, unreadable = write_report(_experiment(args).results, args.output)
     code = _warn_unreadable(unreadable)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    store = RunStore(args.results)
+    experiment = _experiment(args)
+    store = RunStore(experiment.results)
     store.check_exists()
     statuses = job_statuses(store, store.run_ids())
     for job_id, status in statuses.items():
@@ -454,7 +485,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print((f"{line} {status.detail}" if status.detail else line).rstrip())
     print(f"\n{summary(statuses.values())}")
     if args.rerun_failed:
-        report, unknown = rerun_failed(args.results, _profile(args))
+        report, unknown = rerun_failed(experiment.results, experiment.profile())
         print(f"resubmitted {len(report.submitted)} failed job(s) to SLURM")
         for line in unknown:
             print(f"NOT RESUBMITTED {line}")
@@ -471,7 +502,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--executor",
         choices=EXECUTORS,
-        default="inline",
+        default=None,
         help="inline: here, one job after another (default); slurm: submit to SLURM through "
         "submitit and return; local: parallel processes here; debug: submitit, in-process",
     )
@@ -487,6 +518,14 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
         "--show-settings",
         action="store_true",
         help="print every section's resolved settings and what differs from the defaults",
+    )
+    parser.add_argument(
+        "--perf",
+        type=Path,
+        default=None,
+        metavar="PERF.json",
+        help="throughput for the cost estimate from `bench perf --output PERF.json` run on your "
+        "GPU (default: the estimates in bench/cost.py, which say their source)",
     )
 
 
@@ -563,7 +602,8 @@ def _perf_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _table_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    _add_experiment_argument(parser)
+    _add_results_option(parser)
     _add_table_arguments(parser)
     parser.add_argument(
         "--format",
@@ -595,20 +635,24 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    _add_experiment_argument(parser)
+    _add_results_option(parser)
     parser.add_argument(
         "--output", type=Path, default=None, help="the HTML file (default: <results>/report.html)"
     )
 
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    _add_experiment_argument(parser)
+    _add_results_option(parser)
     parser.add_argument(
         "--rerun-failed", action="store_true", help="submit the failed SLURM jobs again"
     )
     _add_cluster_arguments(parser)
 
 
+# the commands that take an experiment file
+EXPERIMENT_COMMANDS = ("run", "plan", "status", "table", "report")
 # name -> (help, arguments, command)
 COMMANDS = {
     "run": ("plan and run a sweep, then print its table", _run_arguments, cmd_run),
@@ -665,7 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugin", default=[], **plugin)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, command) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text)
+        epilog = _OVERRIDE_NOTE if name in EXPERIMENT_COMMANDS else None
+        command_parser = sub.add_parser(name, help=help_text, epilog=epilog)
         add_arguments(command_parser)
         # -q before or after the sub-command
         command_parser.add_argument("-q", "--quiet", default=argparse.SUPPRESS, **quiet)
