@@ -335,8 +335,8 @@ def format_estimate(estimate: Estimate) -> str:
     if unknown:
         names = ", ".join(dict.fromkeys(c.job.dataset for c in unknown))
         lines.append(
-            f"  left out of the totals: {len(unknown)} jobs on {names} (sizes unknown until "
-            "prepared; prepare, then plan again)"
+            f"  left out of the totals: {len(unknown)} job{'s' * (len(unknown) != 1)} on {names} "
+            "(sizes unknown until prepared; prepare, then plan again)"
         )
     return "\n".join(lines)
 

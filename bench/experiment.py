@@ -265,7 +265,7 @@ def _section_values(path: Path, section: str, given: Any, keys: dict) -> dict[st
     for key, value in given.items():
         if key not in keys:
             valid = ", ".join(f"{prefix}{k}" for k in keys)
-            raise ConfigError(f"{path}: unknown key {prefix}{key!r}; valid keys: {valid}")
+            raise ConfigError(f"{path}: unknown key '{prefix}{key}'; valid keys: {valid}")
         name, read = keys[key]
         try:
             values[name] = read(value)
