@@ -94,9 +94,14 @@ def _list_of(kind: type | tuple[type, ...], what: str) -> Callable[[Any], tuple]
     def read(value: Any) -> tuple:
         if not isinstance(value, list) or not all(_is(item, kind) for item in value):
             raise _Wrong(f"a list of {what}, e.g. [{'a, b' if kind is str else '1, 2'}]")
-        return tuple(float(v) if kind == (int, float) else v for v in value)
+        # names as plain text (a _Bool's too: `false` is a method), numbers as floats
+        return tuple(float(v) if kind == (int, float) else _name_or(v) for v in value)
 
     return read
+
+
+def _name_or(value: Any) -> Any:
+    return str(value) if isinstance(value, str) else value
 
 
 def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
@@ -106,7 +111,7 @@ def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise _Wrong("a name (text)")
-    return value
+    return str(value)  # a plain str, also from a _Bool
 
 
 def _path(value: Any) -> Path | None:
@@ -158,7 +163,7 @@ def _settings(value: Any) -> tuple[str, ...]:
 def _cluster_values(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Wrong("a mapping of cluster settings, e.g. {partition: gpu}")
-    return check_settings(value, "slurm")
+    return check_settings(_plain(value), "slurm")
 
 
 # file key -> (Experiment or SweepSpec field, reader)
@@ -210,6 +215,18 @@ class _UniqueKeys(yaml.SafeLoader):
 
 
 _UniqueKeys.add_constructor("tag:yaml.org,2002:bool", _UniqueKeys.construct_yaml_bool)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with each :class:`_Bool` as YAML means it where the text is not a name:
+    a bool in a mapping or list of values (cluster settings), the plain text in a name."""
+    if isinstance(value, _Bool):
+        return yaml.safe_load(value)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return value
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -394,7 +411,8 @@ HEADER = """\
 
 
 def experiment_text(experiment: Experiment, jobs: list[Job]) -> str:
-    body = yaml.safe_dump(resolved_values(experiment, jobs), sort_keys=False, width=88)
+    values = resolved_values(experiment, jobs)
+    body = yaml.safe_dump(values, sort_keys=False, width=88, default_flow_style=None)
     return HEADER + body
 
 

@@ -26,7 +26,7 @@ from fake_raw import (  # noqa: E402
 from bench.cli import BAD_INPUT, main  # noqa: E402
 from bench.cost import DEFAULT_RATES, estimate_cost, perf_rates
 from bench.datasets import prepare_dataset
-from bench.experiment import BY_HASH, LATEST, load_experiment
+from bench.experiment import BY_HASH, LATEST, experiment_text, load_experiment
 from bench.perf import PerfSettings, row, write_report
 from bench.store import RECORD, SPEC, RunStore
 from bench.sweep import SweepSpec, plan
@@ -224,6 +224,11 @@ def test_yaml_booleans_read_as_the_names_and_values_they_spell(tmp_path):
     jobs = plan(experiment.sweep)
     assert {job.method for job in jobs} == {"false", "random"}
     assert all(job.pretrain.amp is False for job in jobs if job.kind == "pretrain")
+    written = tmp_path / "written.yaml"  # as `run` writes it: the same values read back
+    written.write_text(experiment_text(experiment, jobs))
+    again = load_experiment(written)
+    assert again.sweep.methods == ("false", "random") and again.wait is True
+    assert [job.job_id for job in plan(again.sweep)] == [job.job_id for job in jobs]
 
 
 # ----------------------------------------------------------------- the written experiment
