@@ -12,21 +12,25 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bench.config import COMPARED_PRESETS, PRESETS, ConfigError, shown
-from bench.execution.cluster import Profile, load_profile, parse_cluster_overrides
+from bench.cost import estimate_cost, format_estimate, throughput_table
 from bench.execution.executors import EXECUTORS
+from bench.experiment import (
+    LATEST,
+    Experiment,
+    check_experiment,
+    load_experiment,
+    record_experiment,
+)
 from bench.plugins import load_plugins
 from bench.preemption import Preempted
 from bench.protocols import PROTOCOLS, describe_overrides, protocol_overrides
 from bench.report import (
-    AUTO,
     FORMATS,
     NO_RESULTS,
     PLOT_FORMATS,
     ansi_for,
-    check_baseline,
     check_metrics,
     comparison_table,
     plot_fraction_curves,
@@ -46,9 +50,7 @@ from bench.store import (
     describe_storage_fault,
     storage_fault,
 )
-
-if TYPE_CHECKING:
-    from bench.sweep import SweepSpec
+from bench.sweep import SweepSpec
 
 log = logging.getLogger("bench")
 
@@ -102,7 +104,24 @@ def _positive(text: str) -> int:
     return value
 
 
+def _add_experiment_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "experiment",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="EXPERIMENT.yaml",
+        help="an experiment file (experiments/*.yaml, or the experiment.yaml `run` writes into "
+        "a results folder): every option below in one file; options given as well override "
+        "the file's values (--set and --slurm add to its settings, key by key)",
+    )
+
+
+_OVERRIDE_NOTE = "options given beside EXPERIMENT.yaml override its values (README: experiments)"
+
+
 def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_experiment_argument(parser)
     parser.add_argument(
         "--methods",
         type=_names,
@@ -112,23 +131,25 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--datasets",
         type=_names,
-        default=("synthetic",),
-        help="comma-separated datasets (default: synthetic)",
+        default=None,
+        help=f"comma-separated datasets (default: {','.join(SweepSpec.datasets)})",
     )
     parser.add_argument(
         "--fractions",
         type=_floats,
-        default=(0.01, 0.1),
-        help="label fractions in (0, 1] (default: 0.01,0.1)",
+        default=None,
+        help=f"label fractions in (0, 1] (default: {','.join(map(str, SweepSpec.fractions))})",
     )
     parser.add_argument(
         "--seeds", type=_ints, default=None, help="comma-separated seeds (default: the preset's)"
     )
-    parser.add_argument("--preset", default="quick", help=f"one of: {', '.join(PRESETS.names())}")
-    _add_set_option(parser, "override a setting, e.g. --set pretrain.epochs=10 (repeatable)")
     parser.add_argument(
-        "--results", type=Path, default=Path("results"), help="results folder (default: ./results)"
+        "--preset",
+        default=None,
+        help=f"one of: {', '.join(PRESETS.names())} (default: {SweepSpec.preset})",
     )
+    _add_set_option(parser, "override a setting, e.g. --set pretrain.epochs=10 (repeatable)")
+    _add_results_option(parser)
     for logger, where in (("wandb", "offline unless WANDB_MODE"), ("mlflow", "<results>/mlruns")):
         parser.add_argument(
             f"--{logger}",
@@ -144,31 +165,22 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _spec(args: argparse.Namespace) -> SweepSpec:
-    from bench.sweep import SweepSpec
-
-    loggers = [name for name in ("wandb", "mlflow") if getattr(args, name)]
-    enabled = [f"{section}.{name}=true" for name in loggers for section in ("pretrain", "finetune")]
-    return SweepSpec(
-        methods=args.methods,
-        datasets=args.datasets,
-        fractions=args.fractions,
-        seeds=args.seeds,
-        preset=args.preset,
-        overrides=(*enabled, *args.overrides),
-        plugins=args.plugins,
+def _add_results_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"results folder (default: ./{Experiment.results})",
     )
+
+
+def _experiment(args: argparse.Namespace) -> Experiment:
+    """The command's experiment: its file (if one is given), then the options given."""
+    return load_experiment(args.experiment, vars(args))
 
 
 def _plugin_modules(values: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for value in values for name in _names(value)))
-
-
-def _profile(args: argparse.Namespace) -> Profile | None:
-    overrides = parse_cluster_overrides(args.slurm)
-    if args.cluster is None and not overrides:
-        return None
-    return load_profile(args.cluster, overrides)
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,12 +204,13 @@ def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metric",
         type=_names,
-        default=("miou", "kappa"),
-        help="metrics in the table: miou, kappa, oa, mean_f1 (default: miou,kappa)",
+        default=None,
+        help="metrics in the table: miou, kappa, oa, mean_f1 "
+        f"(default: {','.join(Experiment.metric)})",
     )
     parser.add_argument(
         "--baseline",
-        default=AUTO,
+        default=None,
         help="method the Δ columns and paired t-tests compare with, or none "
         "(default: random when it has records)",
     )
@@ -220,27 +233,30 @@ def _warn_unreadable(unreadable: list[UnreadableRecord]) -> int:
 # ----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.execution.sweeps import run_sweep, submit_sweep
-    from bench.sweep import check_spec
 
     start = time.perf_counter()
-    spec = _spec(args)
-    check_metrics(args.metric)  # the table's options, before any compute
-    check_baseline(args.baseline, check_spec(spec).methods)
-    if args.executor != "slurm" and (args.cluster or args.slurm):
-        log.info("--cluster/--slurm: the %s executor uses timeout_min, etc. only", args.executor)
-    if args.executor == "slurm" and not args.wait:
-        jobs, report = submit_sweep(spec, args.results, args.data_root, _profile(args))
+    experiment = _experiment(args)
+    check_experiment(experiment)  # the table's options and the profile, before any compute
+    executor, results = experiment.executor, experiment.results
+    if executor != "slurm" and (experiment.cluster or experiment.slurm):
+        log.info("--cluster/--slurm: the %s executor uses timeout_min, etc. only", executor)
+    experiment = record_experiment(experiment)
+    spec, data_root, profile = experiment.sweep, experiment.data_root, experiment.profile()
+    if executor == "slurm" and not experiment.wait:
+        jobs, report = submit_sweep(spec, results, data_root, profile)
         print(f"{len(jobs)} jobs: {report.summary()}")
         for job_id, why in report.held_back.items():
             print(f"HELD    {job_id}: {why}")
-        print(f"follow them with: python -m bench status --results {args.results}")
+        print(f"follow them with: python -m bench status --results {results}")
         return 0
-    result = run_sweep(spec, args.results, args.data_root, args.executor, _profile(args))
+    result = run_sweep(spec, results, data_root, executor, profile)
     print()
     records, ansi = result.finetune_records(), ansi_for(sys.stdout)
-    print(comparison_table(records, args.metric, args.baseline, "text", args.wide, ansi))
+    metrics, baseline = experiment.metric, experiment.baseline
+    print(comparison_table(records, metrics, baseline, "text", args.wide, ansi))
     elapsed = time.perf_counter() - start
-    print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {args.results}")
+    print(f"\n{len(result.jobs)} jobs in {elapsed:.1f}s; results in {results}")
+    print(f"the experiment: {results / LATEST} (rerun it with python -m bench run FILE)")
     for status in ("failed", "skipped"):
         for record in result.by_status(status):
             why = record.get("storage_fault") or record["error"]
@@ -257,9 +273,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bench.execution.sweeps import sweep_status
     from bench.sweep import data_problems, plan
 
-    spec = _spec(args)
+    experiment = _experiment(args)
+    spec, data_root = experiment.sweep, experiment.data_root
+    rates = throughput_table(args.perf)
     jobs = plan(spec)
-    statuses = sweep_status(jobs, args.results)
+    statuses = sweep_status(jobs, experiment.results)
     for job in jobs:
         after = ",".join(job.depends_on) or "-"
         print(f"{statuses[job.job_id].state!s:<8} {job.kind:<9} {job.job_id:<58} after {after}")
@@ -271,11 +289,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             + (f", overridden: {overrides}" if overrides else "")
             + f"; DeepLabV3+ head: {cfg.head}; scored on test {cfg.evaluation}"
         )
-    if args.preset in COMPARED_PRESETS:
-        print_preset_differences(spec, COMPARED_PRESETS[args.preset])
+    print()
+    print(format_estimate(estimate_cost(jobs, data_root, rates)))
+    if spec.preset in COMPARED_PRESETS:
+        print_preset_differences(spec, COMPARED_PRESETS[spec.preset])
     if args.show_settings:
         print_settings(spec)
-    for problem in data_problems(jobs, args.data_root):
+    for problem in data_problems(jobs, data_root):
         print(f"note (`run` refuses this sweep until it is fixed): {problem}")
     return 0
 
@@ -427,8 +447,14 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_file(args.output)
     fmt = table_format(args.format, args.output)
+    experiment = _experiment(args)
     table, unreadable = results_table(
-        args.results, args.metric, args.baseline, args.per_class, args.dataset, args.fraction
+        experiment.results,
+        experiment.metric,
+        experiment.baseline,
+        args.per_class,
+        args.dataset,
+        args.fraction,
     )
     code = _warn_unreadable(unreadable)
     ansi = args.output is None and ansi_for(sys.stdout)
@@ -454,7 +480,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path, unreadable = write_report(args.results, args.output)
+    path, unreadable = write_report(_experiment(args).results, args.output)
     code = _warn_unreadable(unreadable)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return code
@@ -463,7 +489,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from bench.execution.status import job_statuses
 
-    store = RunStore(args.results)
+    experiment = _experiment(args)
+    store = RunStore(experiment.results)
     store.check_exists()
     statuses = job_statuses(store, store.run_ids())
     for job_id, status in statuses.items():
@@ -473,7 +500,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.rerun_failed:
         from bench.execution.sweeps import rerun_failed
 
-        report, unknown = rerun_failed(args.results, _profile(args))
+        report, unknown = rerun_failed(experiment.results, experiment.profile())
         print(f"resubmitted {len(report.submitted)} failed job(s) to SLURM")
         for line in unknown:
             print(f"NOT RESUBMITTED {line}")
@@ -490,7 +517,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--executor",
         choices=EXECUTORS,
-        default="inline",
+        default=None,
         help="inline: here, one job after another (default); slurm: submit to SLURM through "
         "submitit and return; local: parallel processes here; debug: submitit, in-process",
     )
@@ -506,6 +533,14 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
         "--show-settings",
         action="store_true",
         help="print every section's resolved settings and what differs from the defaults",
+    )
+    parser.add_argument(
+        "--perf",
+        type=Path,
+        default=None,
+        metavar="PERF.json",
+        help="throughput for the cost estimate from `bench perf --output PERF.json` run on your "
+        "GPU (default: the estimates in bench/cost.py, which say their source)",
     )
 
 
@@ -582,7 +617,8 @@ def _perf_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _table_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    _add_experiment_argument(parser)
+    _add_results_option(parser)
     _add_table_arguments(parser)
     parser.add_argument(
         "--format",
@@ -614,20 +650,24 @@ def _plot_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    _add_experiment_argument(parser)
+    _add_results_option(parser)
     parser.add_argument(
         "--output", type=Path, default=None, help="the HTML file (default: <results>/report.html)"
     )
 
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    _add_experiment_argument(parser)
+    _add_results_option(parser)
     parser.add_argument(
         "--rerun-failed", action="store_true", help="submit the failed SLURM jobs again"
     )
     _add_cluster_arguments(parser)
 
 
+# the commands that take an experiment file
+EXPERIMENT_COMMANDS = ("run", "plan", "status", "table", "report")
 # name -> (help, arguments, command)
 COMMANDS = {
     "run": ("plan and run a sweep, then print its table", _run_arguments, cmd_run),
@@ -684,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugin", default=[], **plugin)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments, command) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text)
+        epilog = _OVERRIDE_NOTE if name in EXPERIMENT_COMMANDS else None
+        command_parser = sub.add_parser(name, help=help_text, epilog=epilog)
         add_arguments(command_parser)
         # -q before or after the sub-command
         command_parser.add_argument("-q", "--quiet", default=argparse.SUPPRESS, **quiet)

@@ -34,6 +34,9 @@ class PretrainJob:
     # modules of the plugins that register the method and dataset (bench.plugins), which
     # execute imports first (in a worker process too); not part of the id
     plugins: tuple[str, ...] = field(default=(), metadata={"identity": False})
+    # the experiment file that planned it, relative to the results folder (bench.experiment;
+    # spec.json names it so a table leads back to the file that reruns it); not in the id
+    experiment: str | None = field(default=None, metadata={"identity": False})
 
     kind = "pretrain"
 
@@ -64,8 +67,9 @@ class FinetuneJob:
     fraction: float
     seed: int
     preset: str = field(default="quick", metadata={"identity": False})
-    # as PretrainJob.plugins
+    # as PretrainJob.plugins and PretrainJob.experiment
     plugins: tuple[str, ...] = field(default=(), metadata={"identity": False})
+    experiment: str | None = field(default=None, metadata={"identity": False})
 
     kind = "finetune"
 

@@ -45,7 +45,9 @@ class SweepSpec:
     """What to run. ``methods=None`` means every registered method that can run here;
     ``seeds=None`` means the preset's seeds; ``overrides`` are ``section.field=value``
     strings (``--set``); ``plugins`` are modules to import first (``--plugin``,
-    :mod:`bench.plugins`). An explicitly empty list is an error."""
+    :mod:`bench.plugins`). An explicitly empty list is an error. ``experiment``: the
+    experiment file that planned the sweep, relative to the results folder
+    (:mod:`bench.experiment`); each job's spec.json names it; not part of any job id."""
 
     methods: tuple[str, ...] | None = None
     datasets: tuple[str, ...] = ("synthetic",)
@@ -54,6 +56,7 @@ class SweepSpec:
     preset: str = "quick"
     overrides: tuple[str, ...] = field(default_factory=tuple)
     plugins: tuple[str, ...] = field(default_factory=tuple)
+    experiment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ def plan(spec: SweepSpec) -> list[Job]:
     for dataset, dataset_cls in sweep.datasets.items():
         dataset_params = dataset_section(sweep, dataset, dataset_cls)
         common = {"dataset": dataset, "dataset_params": dataset_params, "data": data}
+        common["experiment"] = spec.experiment
         for method, method_cls in sweep.methods.items():
             jobs += _method_jobs(sweep, method, method_cls, common, finetune)
     for job in jobs:  # W&B or MLflow asked for and not installed: say so before any work
