@@ -32,7 +32,10 @@ from bench.pretrain import local_batch_size, peak_lr, shuffled_batches, warmup_c
 WORLD = 2
 GLOBAL_BATCH = 8
 SIZE = 32
-CONTRASTIVE = ("simclr", "moco", "byol", "false", "grass", "glcnet", "multitask")
+# every pretraining method of the harness (plugins' left out), from the registry
+CONTRASTIVE = tuple(
+    name for name in METHODS.names() if METHODS.get(name).pretrains and not METHODS.plugin(name)
+)
 PARAMS = {
     "simclr": {},
     "moco": {"queue_size": 32},
@@ -87,7 +90,7 @@ def make_method(name: str, dtype: torch.dtype = torch.float32):
     tests float noise, and failed for BYOL and GraSS depending on the machine."""
     cls = METHODS.get(name)
     torch.manual_seed(0)
-    params = cls.Params(**PARAMS[name])
+    params = cls.Params(**PARAMS.get(name, {}))
     method = cls(
         params, PretrainConfig(batch_size=GLOBAL_BATCH, view_size=SIZE), 3, [0.0] * 3, [1.0] * 3
     )

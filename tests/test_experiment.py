@@ -27,7 +27,7 @@ from bench.cli import BAD_INPUT, main  # noqa: E402
 from bench.cost import DEFAULT_RATES, estimate_cost, perf_rates
 from bench.datasets import prepare_dataset
 from bench.experiment import BY_HASH, LATEST, experiment_text, load_experiment
-from bench.perf import PerfSettings, row, write_report
+from bench.perf import PerfSettings, row, write_perf_report
 from bench.store import RECORD, SPEC, RunStore
 from bench.sweep import SweepSpec, plan
 
@@ -302,7 +302,7 @@ def test_a_perf_report_gives_measured_rates_at_its_settings(tmp_path, capsys):
         row("fine-tuning DeepLabV3+ (patches/s)", 200.0, 205.0, ">= 0.95", True, "batch 8"),
     ]
     machine = {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3"}
-    write_report(
+    write_perf_report(
         {"settings": settings.__dict__, "machine": machine, "rows": rows}, tmp_path / "p.json"
     )
     rates = perf_rates(tmp_path / "p.json")
