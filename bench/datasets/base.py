@@ -97,6 +97,12 @@ class PatchSet(Dataset):
         masks = np.asarray(self._masks[rows])
         return masks[restore] if restore is not None else masks
 
+    def with_masks(self, masks: np.ndarray) -> PatchSet:
+        """The same patches with other labels of the same shape (another label variant)."""
+        if masks.shape[0] != self._masks.shape[0]:
+            raise ValueError("a label variant must have a mask for every patch")
+        return PatchSet(self._images, masks, self.ids, self.bands, self._rows)
+
     def subset(self, indices: list[int] | np.ndarray) -> PatchSet:
         idx = np.asarray(indices, dtype=np.int64)
         rows = idx if self._rows is None else self._rows[idx]
@@ -135,6 +141,17 @@ class SegmentationDataset:
     def prepared_dir(self) -> Path:
         """Folder of the prepared patches; label-fraction subset lists are written here."""
         raise NotImplementedError
+
+    @property
+    def label_variant(self) -> str:
+        """The name of the labels this dataset trains and is scored on: ``full`` unless the
+        release has several kinds (ISPRS: ``full`` or ``no_boundary``, the eroded ones)."""
+        return "full"
+
+    def test_label_variants(self) -> dict[str, PatchSet]:
+        """The test split under each label variant there is, the dataset's own first; every
+        one is scored in the same pass over the predictions (bench.evaluation)."""
+        return {self.label_variant: self.load_split("test")}
 
     def check_ready(self) -> None:
         """Raise :class:`DatasetError` (saying what to run) unless the data can be loaded."""
