@@ -192,20 +192,26 @@ class TileLayout:
     def assemble(self, patches: PatchSet) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole tile, image uint8 ``[C, H, W]`` and mask ``[H, W]``, from ``patches``."""
         images, masks = patches[self.rows]
-        image = torch.empty((images.shape[1], self.height, self.width), dtype=torch.uint8)
-        mask = torch.empty((self.height, self.width), dtype=torch.uint8)
+        return self._placed(images), self._placed(masks)
+
+    def assemble_mask(self, patches: PatchSet) -> torch.Tensor:
+        """The whole tile's mask ``[H, W]`` alone (another label variant: no image read)."""
+        return self._placed(torch.from_numpy(patches.read_masks(self.rows)))
+
+    def _placed(self, parts: torch.Tensor) -> torch.Tensor:
+        """The tile ``[..., H, W]`` of its patches ``parts`` ``[m, ..., P, P]``."""
+        tile = torch.empty((*parts.shape[1:-2], self.height, self.width), dtype=parts.dtype)
         covered = torch.zeros((self.height, self.width), dtype=torch.bool)
         p = self.patch
-        for (y, x), patch_image, patch_mask in zip(self.origins, images, masks, strict=True):
-            image[:, y : y + p, x : x + p] = patch_image
-            mask[y : y + p, x : x + p] = patch_mask
+        for (y, x), part in zip(self.origins, parts, strict=True):
+            tile[..., y : y + p, x : x + p] = part
             covered[y : y + p, x : x + p] = True
         if not bool(covered.all()):
             raise DatasetError(
                 f"the patches of tile {self.tile_id} do not cover it (prepared with a stride "
                 "larger than the patch size?); whole-tile evaluation needs every pixel"
             )
-        return image, mask
+        return tile
 
 
 DATASETS: Registry[type[SegmentationDataset]] = Registry(

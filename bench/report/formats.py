@@ -16,10 +16,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench.conventions import NOT_RESCORABLE
 from bench.report.power import MAX_SEEDS
 from bench.report.table import ALPHA, DECIMALS, MIN_PAIRED_SEEDS, POWER, Cell, Column, Table
 
-MISSING_ORDER = ("failed", "skipped", "not run", "undefined")
+MISSING_ORDER = ("failed", "skipped", "not run", "undefined", NOT_RESCORABLE)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
+from bench.conventions import check_conventions, rescore_records
 from bench.execution.status import job_statuses
 from bench.report.formats import render
 from bench.report.plots import figure_bytes, fraction_figure, loss_figure
@@ -59,21 +60,28 @@ img { max-width: 100%; }
 """
 
 
-def write_report(results: Path | str, output: Path | str | None = None):
+def write_report(
+    results: Path | str, output: Path | str | None = None, conventions: Iterable[str] = ()
+):
     """Write the report of ``results`` to ``output`` (default ``<results>/report.html``);
     return its path and the records left out as unreadable. Bad input (no results folder,
     no runs in it, an output that cannot be written) raises ConfigError before anything is
-    written."""
+    written. With ``conventions`` its tables and plots score the records under each
+    (:mod:`bench.conventions`)."""
     store = RunStore(results)
     store.check_exists()
+    conventions = tuple(conventions)
+    check_conventions(conventions)
     output = Path(output) if output is not None else store.root / REPORT
     check_output_file(output)
-    page, unreadable = build_report(store)
+    page, unreadable = build_report(store, conventions)
     atomic_write_bytes(output, page.encode("utf-8"))
     return output, unreadable
 
 
-def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
+def build_report(
+    store: RunStore, conventions: tuple[str, ...] = ()
+) -> tuple[str, list[UnreadableRecord]]:
     """The page's HTML, and the records it had to leave out."""
     run_ids = store.run_ids()
     if not run_ids:
@@ -83,10 +91,13 @@ def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
     specs = {job_id: read_spec(store.run_dir(job_id)) for job_id in run_ids}
     unreadable += [spec for spec in specs.values() if isinstance(spec, UnreadableRecord)]
     specs = {job_id: s if isinstance(s, dict) else None for job_id, s in specs.items()}
+    notes: list[str] = []
+    if conventions:
+        records, notes = rescore_records(records, conventions, store.root, image_level=True)
     metrics = reported_metrics(records)
     sections = [
         ("status", "Jobs", status_section(statuses, unreadable)),
-        ("tables", "Comparison tables", tables_section(records, metrics)),
+        ("tables", "Comparison tables", _notes(notes) + tables_section(records, metrics)),
         ("per-class", "Per-class IoU", per_class_section(records)),
         ("plots", "Metrics vs label fraction", plots_section(records, metrics)),
         ("losses", "Pretraining loss", loss_section(store, specs)),
@@ -109,6 +120,10 @@ def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
         "</body>\n</html>\n"
     )
     return page, unreadable
+
+
+def _notes(notes: list[str]) -> str:
+    return "".join(f'<p class="note">{_e(note)}</p>\n' for note in notes)
 
 
 def _e(text: Any) -> str:
