@@ -649,7 +649,7 @@ COMMANDS = {
         _perf_arguments,
         cmd_perf,
     ),
-    "list": ("registered methods, datasets, presets, protocols and scoring conventions", lambda parser: None, cmd_list),
+    "list": ("methods, datasets, presets, protocols, conventions", lambda parser: None, cmd_list),
     "table": ("print or write the table of a results folder", _table_arguments, cmd_table),
     "plot": ("figures: a metric vs the label fraction, per dataset", _plot_arguments, cmd_plot),
     "report": (

@@ -181,7 +181,9 @@ def caption_lines(table: Table, style: Style) -> list[str]:
     )
     lines.append(e(footer))
     if table.kind == "comparison":
-        lines.append(e("Metrics from one dataset-level confusion matrix over the test split."))
+        scope = "Metrics from one dataset-level confusion matrix over the test split"
+        scope += " unless a scoring convention below says otherwise." if table.conventions else "."
+        lines.append(e(scope))
         if any(column.metric == "image_miou" for column in table.columns):
             lines.append(e(IMAGE_MIOU_NOTE))
     lines.extend(e(f"Note: {caption}.") for caption in table.captions)
