@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from bench.config import ConfigError, check_unique
-from bench.metrics import image_metrics, metrics_from_confusion, without_targets
+from bench.metrics import image_metrics, image_summary, metrics_from_confusion, without_targets
 from bench.plugins import INSTALLED
 from bench.registry import Registry
 from bench.store import read_scores
@@ -182,12 +182,17 @@ def check_conventions(names: Iterable[str]) -> tuple[Convention, ...]:
     return tuple(CONVENTIONS.get(name, where="for --convention") for name in names)
 
 
+def scored_labels(record: dict[str, Any], convention: Convention) -> str:
+    """The label variant ``convention`` scores ``record`` on."""
+    return convention.labels or str(record.get("label_variant"))
+
+
 def rescore_problem(record: dict[str, Any], convention: Convention) -> str | None:
     """Why the finished fine-tuning ``record`` cannot be scored under ``convention`` (None
     when it can, the per-image scores aside)."""
     if not isinstance(record.get("confusion"), dict) or "label_variant" not in record:
         return "it was written before records kept their confusion matrices; rerun it"
-    variant = convention.labels or record["label_variant"]
+    variant = scored_labels(record, convention)
     if variant not in record["confusion"]:
         return (
             f"its run scored no {variant} labels (scored: {', '.join(record['confusion'])}); "
@@ -207,7 +212,7 @@ def convention_scores(
     stored matrices; the per-image ones (None without ``per_image``, the arrays of its
     ``scores.npz``) only where ``per_image`` holds the variant's matrices."""
     names = list(record["class_names"])
-    variant = convention.labels or record["label_variant"]
+    variant = scored_labels(record, convention)
     ignored = [names.index(c) for c in convention.ignored]
     averaged = torch.ones(len(names), dtype=torch.bool)
     averaged[[*ignored, *(names.index(c) for c in convention.left_out)]] = False
@@ -215,14 +220,29 @@ def convention_scores(
     scores = metrics_from_confusion(without_targets(matrix, ignored), averaged)
     for index in ignored:  # not scored: no IoU or F1
         scores["per_class_iou"][index] = scores["per_class_f1"][index] = float("nan")
-    images = (per_image or {}).get(f"confusions_{variant}")
-    if images is None:
-        scores.update(image_miou=None, per_class_image_iou=None, images_scored=None)
-    else:
-        scores.update(image_metrics(without_targets(torch.from_numpy(images), ignored), averaged))
+    scores.update(image_scores(record, variant, ignored, averaged.numpy(), per_image))
     if convention.averaging == "image":
         scores["miou"] = scores["image_miou"]
     return scores
+
+
+def image_scores(record, variant: str, ignored: list[int], averaged, per_image) -> dict:
+    """The per-image scores of ``variant``: from the per-class per-image IoU the record
+    keeps when no class is ignored, else from the per-image matrices in ``per_image``
+    (the arrays of its scores.npz); None where neither is there."""
+    kept = (record.get("image_iou") or {}).get(variant)
+    if not ignored and kept is not None:
+        return image_summary(kept, record["images_scored"], averaged)
+    images = (per_image or {}).get(f"confusions_{variant}")
+    if images is None:
+        return dict.fromkeys(("image_miou", "per_class_image_iou", "images_scored"))
+    return image_metrics(without_targets(images, ignored), averaged)
+
+
+def needs_per_image(convention: Convention, image_level: bool) -> bool:
+    """Whether scoring under ``convention`` reads scores.npz: image-level scores are wanted
+    (``image_level``, or the convention averages per image) and it ignores a class."""
+    return bool(convention.ignored) and (image_level or convention.averaging == "image")
 
 
 def rescored(
@@ -235,14 +255,13 @@ def rescored(
     if record.get("kind") != "finetune" or record.get("status") != "ok":
         return marked
     problem = rescore_problem(record, convention)
-    variant = convention.labels or record.get("label_variant")
-    if problem is None and convention.averaging == "image":
-        if f"confusions_{variant}" not in (per_image or {}):
-            problem = "its per-image scores (scores.npz beside the record) are missing"
+    scores = convention_scores(record, convention, per_image) if problem is None else {}
+    if problem is None and scores["miou"] is None:  # per image, without per-image scores
+        problem = "its per-image scores (scores.npz beside the record) are missing"
     if problem is not None:
         cleared = dict.fromkeys(SCORE_FIELDS)
         return {**marked, **cleared, "status": NOT_RESCORABLE, "rescore_problem": problem}
-    return {**marked, **convention_scores(record, convention, per_image)}
+    return {**marked, **scores}
 
 
 def rescore_records(
@@ -260,7 +279,7 @@ def rescore_records(
     conventions = check_conventions(names)
     finetunes = [r for r in records if r.get("kind") == "finetune"]
     datasets = sorted({str(r.get("dataset")) for r in finetunes})
-    per_image: dict[str, dict[str, np.ndarray] | None] = {}
+    per_image: dict[tuple[str, str], dict[str, np.ndarray] | None] = {}
     out, notes = [], []
     for convention in conventions:
         chosen = [r for r in finetunes if convention.applies_to(str(r.get("dataset")))]
@@ -274,12 +293,12 @@ def rescore_records(
                 f"{len(finetunes) - len(chosen)} records of other datasets left out: convention "
                 f"{convention.name} is for {', '.join(convention.datasets)}"
             )
-        reads = image_level or convention.averaging == "image"
+        reads = needs_per_image(convention, image_level)
         for record in chosen:
-            job_id = str(record.get("job_id"))
-            if reads and job_id not in per_image:
-                per_image[job_id] = read_scores(Path(results) / job_id)
-            new = rescored(record, convention, per_image.get(job_id) if reads else None)
+            key = (str(record.get("job_id")), f"confusions_{scored_labels(record, convention)}")
+            if reads and key not in per_image:  # only the arrays of the labels scored
+                per_image[key] = read_scores(Path(results) / key[0], [key[1]])
+            new = rescored(record, convention, per_image.get(key) if reads else None)
             if len(conventions) > 1:
                 new["dataset"] = f"{record['dataset']} [{convention.name}]"
             out.append(new)

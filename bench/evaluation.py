@@ -42,11 +42,15 @@ IMAGE_IDS = "image_ids"
 
 
 def kept_scores(variants: dict[str, SegmentationScores], own: str, ids: list[str]) -> dict:
-    """The scores of label variant ``own`` and what re-scoring needs of every variant."""
+    """The scores of label variant ``own`` and what re-scoring needs of every variant: the
+    dataset-level matrix, each class's per-image IoU (enough for conventions that ignore no
+    class) and the per-image matrices (for those that do)."""
+    computed = {name: s.compute() for name, s in variants.items()}
     return {
-        **variants[own].compute(),
+        **computed[own],
         "label_variant": own,
         "confusion": {name: s.matrix.cpu().tolist() for name, s in variants.items()},
+        "image_iou": {name: c["per_class_image_iou"] for name, c in computed.items()},
         PER_IMAGE: {name: s.per_image().numpy() for name, s in variants.items()},
         IMAGE_IDS: ids,
     }

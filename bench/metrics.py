@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 METRIC_NOTE = (
@@ -134,36 +135,46 @@ class SegmentationScores:
         return {**metrics_from_confusion(self.matrix), **image_metrics(self.per_image())}
 
 
-def image_metrics(confusions: torch.Tensor, averaged: torch.Tensor | None = None) -> dict:
-    """GLCNet's per-image IoU of ``[N, K, K]`` per-image confusion matrices, averaged over
-    the classes in the bool mask ``averaged`` (default: all).
+def image_metrics(confusions, averaged=None) -> dict:
+    """GLCNet's per-image IoU of ``[N, K, K]`` per-image confusion matrices (a tensor or an
+    array), averaged over the classes in the bool mask ``averaged`` (default: all).
 
     GLCNet's "mIoU" (release ``main_ss.py`` ``val``, ``dl_tools/basictools/dltrain.py``
     ``compute_class_iou``): per image and class, intersection / (union + 1e-8), so a class
     absent from both the image and its prediction scores 0; averaged over images, then over
     classes. Reported as ``image_miou`` beside the dataset-level ``miou``, never instead.
     The release maps unlabelled pixels to class 0; here they are left out, as in ``miou``.
+    Computed with numpy, single-threaded: the same numbers whoever calls it, and no thread
+    start-up for every record a table re-scores (:mod:`bench.conventions`).
     """
-    counts = confusions.detach().to("cpu", torch.float64)
-    k = counts.shape[-1]
-    tp = counts.diagonal(dim1=1, dim2=2)
-    union = counts.sum(dim=1) + counts.sum(dim=2) - tp
-    per_class = (tp / (union + 1e-8)).sum(dim=0) / max(1, counts.shape[0])
-    chosen = torch.ones(k, dtype=torch.bool) if averaged is None else averaged
+    if isinstance(confusions, torch.Tensor):
+        confusions = confusions.detach().cpu().numpy()
+    counts = np.asarray(confusions, dtype=np.float64)
+    tp = np.diagonal(counts, axis1=1, axis2=2)
+    union = counts.sum(axis=1) + counts.sum(axis=2) - tp
+    per_class = (tp / (union + 1e-8)).sum(axis=0) / max(1, counts.shape[0])
+    return image_summary(per_class, int(counts.shape[0]), averaged)
+
+
+def image_summary(per_class, images: int, averaged=None) -> dict:
+    """The per-image scores from each class's per-image IoU averaged over the ``images``
+    (``per_class``): their mean over the classes in ``averaged`` (default: all)."""
+    per_class = np.asarray(per_class, dtype=np.float64)
+    chosen = np.ones(len(per_class), dtype=bool) if averaged is None else np.asarray(averaged)
     return {
         "image_miou": float(per_class[chosen].mean()),
         "per_class_image_iou": [float(v) for v in per_class],
-        "images_scored": int(counts.shape[0]),
+        "images_scored": images,
     }
 
 
-def without_targets(confusions: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """``confusions`` (``[..., K, K]``, rows targets) with the pixels whose target is one of
-    ``classes`` left out, as if those pixels carried the ignore index; predictions of those
-    classes elsewhere still count as errors."""
+def without_targets(confusions, classes: list[int]):
+    """``confusions`` (``[..., K, K]``, rows targets; a tensor or an array) with the pixels
+    whose target is one of ``classes`` left out, as if those pixels carried the ignore
+    index; predictions of those classes elsewhere still count as errors."""
     if not classes:
         return confusions
-    kept = confusions.clone()
+    kept = confusions.clone() if isinstance(confusions, torch.Tensor) else confusions.copy()
     kept[..., classes, :] = 0
     return kept
 

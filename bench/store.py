@@ -18,6 +18,7 @@ import re
 import socket
 import subprocess
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -411,14 +412,16 @@ def write_scores(run_dir: Path, arrays: dict[str, Any]) -> None:
     atomic_write_bytes(Path(run_dir) / SCORES, buffer.getvalue())
 
 
-def read_scores(run_dir: Path) -> dict[str, Any] | None:
-    """The arrays of ``run_dir``'s ``scores.npz``; None when there is none or it cannot be
-    read (the caller says what cannot be scored without it)."""
+def read_scores(run_dir: Path, names: Iterable[str] | None = None) -> dict[str, Any] | None:
+    """The arrays ``names`` (default: all) of ``run_dir``'s ``scores.npz``, those it has;
+    None when there is none or it cannot be read (the caller says what cannot be scored
+    without it)."""
     import numpy as np
 
     try:
         with np.load(Path(run_dir) / SCORES, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+            wanted = archive.files if names is None else [n for n in names if n in archive.files]
+            return {name: archive[name] for name in wanted}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from sklearn.metrics import cohen_kappa_score, f1_score, jaccard_score
 
+import bench.conventions
 from bench.cli import main
 from bench.config import ConfigError
 from bench.conventions import (
@@ -209,7 +210,10 @@ def test_records_without_matrices_say_they_cannot_be_rescored(results, tmp_path)
     assert rescored["status"] == NOT_RESCORABLE and "scored no no_boundary labels" in notes[0]
     (tmp_path / "other" / only_full["job_id"] / "scores.npz").unlink()
     (rescored,), notes = rescore_records([only_full], ["glcnet"], tmp_path / "other")
-    assert "per-image scores" in notes[0]
+    assert rescored["miou"] == only_full["image_miou"] and not notes  # the record suffices
+    per_image_ignoring = Convention("x", "x", "x", ignored=("clutter",), averaging="image")
+    rescored = bench.conventions.rescored(only_full, per_image_ignoring, None)
+    assert "per-image scores (scores.npz" in rescored["rescore_problem"]
 
 
 def test_table_under_several_conventions_side_by_side(results, capsys):
