@@ -50,8 +50,11 @@ SCORE_FIELDS = (
 
 @dataclass(frozen=True)
 class Convention:
-    """One way of scoring a dataset's predictions (module docstring); ``source`` says who
-    scores this way, ``datasets`` which datasets it is for (empty: any)."""
+    """One way of scoring a dataset's predictions: ``labels`` (a label variant, None: the
+    run's own), ``ignored`` and ``left_out`` (class names), ``averaging`` (module
+    docstring); ``source`` says who scores this way (a paper and release only where they
+    were checked, else "common practice"), ``datasets`` which datasets it is for (empty:
+    any)."""
 
     name: str
     summary: str
