@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from bench.config import COMPARED_PRESETS, PRESETS, ConfigError, shown
+from bench.conventions import CONVENTIONS, default_convention
 from bench.cost import estimate_cost, format_estimate, throughput_table
 from bench.execution.executors import EXECUTORS
 from bench.experiment import (
@@ -358,7 +359,21 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("downstream protocols (--set finetune.protocol=...):")
     for protocol in map(PROTOCOLS.get, PROTOCOLS.names()):
         print(f"  {protocol.name:<12} {protocol.summary}; from {protocol.source}")
+    _list_conventions()
     return 0
+
+
+def _list_conventions() -> None:
+    print("scoring conventions (table --convention ...; * the dataset's default):")
+    for convention in map(CONVENTIONS.get, CONVENTIONS.names()):
+        datasets = [
+            f"{d}*" if default_convention(d) is convention else d for d in convention.datasets
+        ]
+        where = f"for {', '.join(datasets)}" if datasets else "for any dataset"
+        print(
+            f"  {convention.name:<20} {convention.summary}; {where}; from {convention.source}"
+            f"{_from_plugin(CONVENTIONS, convention.name)}"
+        )
 
 
 def _from_plugin(registry, name: str) -> str:
@@ -455,6 +470,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         args.per_class,
         args.dataset,
         args.fraction,
+        args.convention,
     )
     code = _warn_unreadable(unreadable)
     ansi = args.output is None and ansi_for(sys.stdout)
@@ -480,7 +496,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path, unreadable = write_report(_experiment(args).results, args.output)
+    path, unreadable = write_report(_experiment(args).results, args.output, args.convention)
     code = _warn_unreadable(unreadable)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return code
@@ -633,6 +649,17 @@ def _table_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--fraction", type=float, default=None)
+    _add_convention_argument(parser)
+
+
+def _add_convention_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--convention",
+        type=_names,
+        default=(),
+        help="score the records again under these scoring conventions, side by side "
+        "(comma-separated; see `list`); default: the scores of each run",
+    )
 
 
 def _plot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -655,6 +682,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", type=Path, default=None, help="the HTML file (default: <results>/report.html)"
     )
+    _add_convention_argument(parser)
 
 
 def _status_arguments(parser: argparse.ArgumentParser) -> None:
@@ -682,7 +710,7 @@ COMMANDS = {
         _perf_arguments,
         cmd_perf,
     ),
-    "list": ("registered methods, datasets and presets", lambda parser: None, cmd_list),
+    "list": ("methods, datasets, presets, protocols, conventions", lambda parser: None, cmd_list),
     "table": ("print or write the table of a results folder", _table_arguments, cmd_table),
     "plot": ("figures: a metric vs the label fraction, per dataset", _plot_arguments, cmd_plot),
     "report": (

@@ -10,6 +10,13 @@ with zeros instead. Memory stays bounded: windows are predicted one row of windo
 and only the ``window`` rows of logits those windows touch are held (for a 6000 px wide tile
 with 6 classes: 6 x 256 x 6000 float32, 37 MB), so a 6000 x 6000 Potsdam tile never needs
 its whole logit map.
+
+Every label variant of the test split (:meth:`SegmentationDataset.test_label_variants`;
+ISPRS: full and eroded labels) is scored in the same pass over the predictions. The scores
+say which variant the headline numbers are of (``label_variant``) and keep, for each
+variant, the dataset-level confusion matrix (``confusion``, in the record) and the per-image
+ones (:data:`PER_IMAGE`, written beside the record), so :mod:`bench.conventions` can score
+the run again under any convention without predicting again.
 """
 
 from __future__ import annotations
@@ -28,6 +35,26 @@ from bench.metrics import SegmentationScores, image_confusions
 
 log = logging.getLogger(__name__)
 
+# key of the scores holding each label variant's [N, K, K] per-image confusion matrices
+# (numpy int64): too large for the record, written to scores.npz beside it
+PER_IMAGE = "per_image_confusions"
+IMAGE_IDS = "image_ids"
+
+
+def kept_scores(variants: dict[str, SegmentationScores], own: str, ids: list[str]) -> dict:
+    """The scores of label variant ``own`` and what re-scoring needs of every variant: the
+    dataset-level matrix, each class's per-image IoU (enough for conventions that ignore no
+    class) and the per-image matrices (for those that do)."""
+    computed = {name: s.compute() for name, s in variants.items()}
+    return {
+        **computed[own],
+        "label_variant": own,
+        "confusion": {name: s.matrix.cpu().tolist() for name, s in variants.items()},
+        "image_iou": {name: c["per_class_image_iou"] for name, c in computed.items()},
+        PER_IMAGE: {name: s.per_image().numpy() for name, s in variants.items()},
+        IMAGE_IDS: ids,
+    }
+
 
 def predict(model, images: torch.Tensor, normalize, device, amp: bool) -> torch.Tensor:
     """float32 logits ``[N, K, H, W]`` of uint8 ``images`` (moved to ``device``)."""
@@ -38,16 +65,24 @@ def predict(model, images: torch.Tensor, normalize, device, amp: bool) -> torch.
 
 @torch.no_grad()
 def evaluate_patches(
-    model, patches: PatchSet, normalize, num_classes, ignore_index, batch_size, device, amp: bool
-) -> dict:
-    """Scores over the test patches, each patch one image of the per-image IoU."""
+    model, patches: PatchSet, normalize, num_classes, ignore_index, batch_size, device, amp: bool,
+    others: dict[str, PatchSet] | None = None, label_variant: str = "full",
+) -> dict:  # fmt: skip
+    """Scores over the test patches, each patch one image of the per-image IoU; ``patches``
+    carry the labels ``label_variant``, ``others`` the same patches under other variants."""
     model.eval()
-    scores = SegmentationScores(num_classes, device=device)
+    others = others or {}
+    scores = {v: SegmentationScores(num_classes, device) for v in (label_variant, *others)}
     for start in range(0, len(patches), batch_size):
         images, masks = patches[start : start + batch_size]
         predictions = predict(model, images, normalize, device, amp).argmax(dim=1)
-        scores.add(image_confusions(predictions, masks.to(device), num_classes, ignore_index))
-    return {**scores.compute(), "evaluated_on": "patches"}
+        labels = {label_variant: masks}
+        for name, variant in others.items():
+            labels[name] = torch.from_numpy(variant.read_masks(slice(start, start + batch_size)))
+        for name, truth in labels.items():
+            confusions = image_confusions(predictions, truth.to(device), num_classes, ignore_index)
+            scores[name].add(confusions)
+    return {**kept_scores(scores, label_variant, list(patches.ids)), "evaluated_on": "patches"}
 
 
 def check_window(layouts: list[TileLayout], window: int, dataset: str) -> None:
@@ -91,28 +126,35 @@ def tile_logit_rows(
 def evaluate_tiles(
     model, patches: PatchSet, layouts: list[TileLayout], normalize, num_classes, ignore_index,
     window: int, stride: int, batch_size: int, device, amp: bool,
+    others: dict[str, PatchSet] | None = None, label_variant: str = "full",
 ) -> dict:  # fmt: skip
     """Scores over whole test tiles (sliding windows), each tile one image of the
-    per-image IoU."""
+    per-image IoU; label variants as in :func:`evaluate_patches`."""
     model.eval()
-    scores = SegmentationScores(num_classes, device=device)
+    others = others or {}
+    scores = {v: SegmentationScores(num_classes, device) for v in (label_variant, *others)}
     for number, layout in enumerate(layouts, start=1):
         started = time.perf_counter()
         image, mask = layout.assemble(patches)
-        confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        masks = {label_variant: mask}
+        masks.update({name: layout.assemble_mask(variant) for name, variant in others.items()})
+        k = num_classes
+        confusions = {name: torch.zeros(k, k, dtype=torch.int64, device=device) for name in masks}
         rows = tile_logit_rows(model, image, normalize, window, stride, batch_size, device, amp)
         for y0, y1, logits in rows:
-            truth = mask[y0:y1].to(device)[None]
             predicted = logits.argmax(0)[None]
-            confusion += image_confusions(predicted, truth, num_classes, ignore_index)[0]
-        scores.add(confusion[None])
+            for name, labels in masks.items():
+                truth = labels[y0:y1].to(device)[None]
+                confusions[name] += image_confusions(predicted, truth, k, ignore_index)[0]
+        for name, confusion in confusions.items():
+            scores[name].add(confusion[None])
         log.info(
             "  evaluated tile %d/%d (%s, %dx%d px) in %.1fs",
             number, len(layouts), layout.tile_id, layout.height, layout.width,
             time.perf_counter() - started,
         )  # fmt: skip
     return {
-        **scores.compute(),
+        **kept_scores(scores, label_variant, [layout.tile_id for layout in layouts]),
         "evaluated_on": "tiles",
         "eval_window": window,
         "eval_stride": stride,

@@ -40,12 +40,21 @@ from bench.engine import (
     resolve_device,
     seed_for,
 )
-from bench.evaluation import check_window, evaluate_patches, evaluate_tiles
+from bench.evaluation import IMAGE_IDS, PER_IMAGE, check_window, evaluate_patches, evaluate_tiles
 from bench.methods import METHODS
 from bench.metrics import METRIC_NOTE
 from bench.models import build_segmentation_model, load_backbone_strict, load_strict
 from bench.protocols import PROTOCOLS, protocol_overrides
-from bench.store import BACKBONE, CHECKPOINT, DECODER, append_log, now_iso, provenance
+from bench.store import (
+    BACKBONE,
+    CHECKPOINT,
+    DECODER,
+    SCORES,
+    append_log,
+    now_iso,
+    provenance,
+    write_scores,
+)
 from bench.tracking import open_tracker, score_scalars
 
 log = logging.getLogger(__name__)
@@ -322,6 +331,7 @@ def run_finetuning(
         progress.final_scores(scores, data.dataset.class_names)
     finally:
         progress.close()
+    keep_per_image_scores(run_dir, scores)
     return {
         **finetune_record(job, data),
         "init": init_source,
@@ -379,20 +389,34 @@ def _train_steps(job, trainer: Trainer, data: FinetuneData, progress, start_step
         trainer.run(batches, train_step, position, cfg.checkpoint_every, total - 1)
 
 
+def keep_per_image_scores(run_dir: Path, scores: dict[str, Any]) -> None:
+    """Move the per-image confusion matrices of every label variant out of ``scores`` into
+    ``scores.npz`` in ``run_dir`` (written before the record), naming it in ``scores``."""
+    per_image, ids = scores.pop(PER_IMAGE), scores.pop(IMAGE_IDS)
+    arrays = {f"confusions_{variant}": matrices for variant, matrices in per_image.items()}
+    write_scores(run_dir, {**arrays, "image_ids": np.array(ids, dtype=str)})
+    scores["scores_file"] = SCORES
+
+
 def evaluate_job(job, model, data: FinetuneData, device: torch.device) -> dict[str, Any]:
-    """The test split's scores, patch by patch or over whole tiles (``finetune.evaluation``),
-    logged."""
+    """The test split's scores under every label variant, patch by patch or over whole
+    tiles (``finetune.evaluation``), logged."""
     cfg, dataset = job.finetune, data.dataset
     common = (data.normalize, dataset.num_classes, dataset.ignore_index)
+    variants = dataset.test_label_variants()
+    own = dataset.label_variant
+    others = {name: patches for name, patches in variants.items() if name != own}
     if cfg.evaluation == "tiles":
         layouts = dataset.test_tiles()
         check_window(layouts, cfg.eval_window, job.dataset)
         scores = evaluate_tiles(
             model, data.test, layouts, *common, cfg.eval_window, cfg.eval_stride,
-            cfg.eval_batch_size, device, cfg.amp,
+            cfg.eval_batch_size, device, cfg.amp, others, own,
         )  # fmt: skip
     else:
-        scores = evaluate_patches(model, data.test, *common, cfg.eval_batch_size, device, cfg.amp)
+        scores = evaluate_patches(
+            model, data.test, *common, cfg.eval_batch_size, device, cfg.amp, others, own
+        )
     log.info(
         "  finetune %s f=%g | test mIoU %.2f Kappa %.2f OA %.2f (per-image mIoU %.2f, %s)",
         job.method, job.fraction, 100 * scores["miou"], 100 * scores["kappa"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 METRIC_NOTE = (
@@ -106,42 +107,85 @@ def image_confusions(
 
 class SegmentationScores:
     """The dataset-level confusion matrix (:func:`metrics_from_confusion`) and GLCNet's
-    per-image IoU, from one confusion matrix per scored image (a test patch, or a whole tile).
+    per-image IoU (:func:`image_metrics`), from one confusion matrix per scored image (a
+    test patch, or a whole tile). The per-image matrices are kept (:meth:`per_image`), so a
+    record can be scored again under another convention without predicting again
+    (:mod:`bench.conventions`)."""
+
+    def __init__(self, num_classes: int, device=None) -> None:
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self._images: list[torch.Tensor] = []
+
+    @property
+    def images(self) -> int:
+        return sum(len(part) for part in self._images)
+
+    def add(self, confusions: torch.Tensor) -> None:
+        """Add ``[N, K, K]`` confusion matrices, one per image."""
+        confusions = confusions.to(self.matrix.device)
+        self.matrix += confusions.sum(dim=0)
+        self._images.append(confusions.cpu())
+
+    def per_image(self) -> torch.Tensor:
+        """The int64 ``[N, K, K]`` confusion matrices of the images scored so far."""
+        k = self.matrix.shape[0]
+        return torch.cat(self._images) if self._images else torch.zeros(0, k, k, dtype=torch.int64)
+
+    def compute(self) -> dict:
+        return {**metrics_from_confusion(self.matrix), **image_metrics(self.per_image())}
+
+
+def image_metrics(confusions, averaged=None) -> dict:
+    """GLCNet's per-image IoU of ``[N, K, K]`` per-image confusion matrices (a tensor or an
+    array), averaged over the classes in the bool mask ``averaged`` (default: all).
 
     GLCNet's "mIoU" (release ``main_ss.py`` ``val``, ``dl_tools/basictools/dltrain.py``
     ``compute_class_iou``): per image and class, intersection / (union + 1e-8), so a class
     absent from both the image and its prediction scores 0; averaged over images, then over
     classes. Reported as ``image_miou`` beside the dataset-level ``miou``, never instead.
     The release maps unlabelled pixels to class 0; here they are left out, as in ``miou``.
+    Computed with numpy, single-threaded: the same numbers whoever calls it, and no thread
+    start-up for every record a table re-scores (:mod:`bench.conventions`).
     """
-
-    def __init__(self, num_classes: int, device=None) -> None:
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-        self.image_iou_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
-        self.images = 0
-
-    def add(self, confusions: torch.Tensor) -> None:
-        """Add ``[N, K, K]`` confusion matrices, one per image."""
-        confusions = confusions.to(self.matrix.device)
-        self.matrix += confusions.sum(dim=0)
-        counts = confusions.double()
-        tp = counts.diagonal(dim1=1, dim2=2)
-        union = counts.sum(dim=1) + counts.sum(dim=2) - tp
-        self.image_iou_sum += (tp / (union + 1e-8)).sum(dim=0)
-        self.images += confusions.shape[0]
-
-    def compute(self) -> dict:
-        per_class = (self.image_iou_sum / max(1, self.images)).cpu()
-        return {
-            **metrics_from_confusion(self.matrix),
-            "image_miou": float(per_class.mean()),
-            "per_class_image_iou": [float(v) for v in per_class],
-            "images_scored": self.images,
-        }
+    if isinstance(confusions, torch.Tensor):
+        confusions = confusions.detach().cpu().numpy()
+    counts = np.asarray(confusions, dtype=np.float64)
+    tp = np.diagonal(counts, axis1=1, axis2=2)
+    union = counts.sum(axis=1) + counts.sum(axis=2) - tp
+    per_class = (tp / (union + 1e-8)).sum(axis=0) / max(1, counts.shape[0])
+    return image_summary(per_class, int(counts.shape[0]), averaged)
 
 
-def metrics_from_confusion(matrix: torch.Tensor) -> dict:
-    """mIoU, Kappa, OA, mean F1 and per-class IoU/F1 (NaN for classes with no support)."""
+def image_summary(per_class, images: int, averaged=None) -> dict:
+    """The per-image scores from each class's per-image IoU averaged over the ``images``
+    (``per_class``): their mean over the classes in ``averaged`` (default: all)."""
+    per_class = np.asarray(per_class, dtype=np.float64)
+    chosen = np.ones(len(per_class), dtype=bool) if averaged is None else np.asarray(averaged)
+    return {
+        "image_miou": float(per_class[chosen].mean()),
+        "per_class_image_iou": [float(v) for v in per_class],
+        "images_scored": images,
+    }
+
+
+def without_targets(confusions, classes: list[int]):
+    """``confusions`` (``[..., K, K]``, rows targets; a tensor or an array) with the pixels
+    whose target is one of ``classes`` left out, as if those pixels carried the ignore
+    index; predictions of those classes elsewhere still count as errors."""
+    if not classes:
+        return confusions
+    kept = confusions.clone() if isinstance(confusions, torch.Tensor) else confusions.copy()
+    kept[..., classes, :] = 0
+    return kept
+
+
+def metrics_from_confusion(matrix: torch.Tensor, averaged: torch.Tensor | None = None) -> dict:
+    """mIoU, Kappa, OA, mean F1 and per-class IoU/F1 (NaN for classes with no support).
+
+    ``averaged`` (a bool mask over the classes, default all) chooses the classes of the
+    mIoU and mean F1 means, each over those of them present in targets or predictions; OA
+    and Kappa count every pixel of the matrix (bench.conventions leaves classes out of the
+    means, or out of the pixels with :func:`without_targets`)."""
     cm = matrix.detach().to("cpu", torch.float64)
     total = cm.sum()
     tp = cm.diag()
@@ -158,11 +202,12 @@ def metrics_from_confusion(matrix: torch.Tensor) -> dict:
     oa = tp.sum() / total
     expected = (cm.sum(dim=0) * cm.sum(dim=1)).sum() / total**2
     kappa = (oa - expected) / (1 - expected) if expected < 1 else torch.tensor(math.nan)
+    mean_over = present if averaged is None else present & averaged
     return {
-        "miou": float(iou[present].mean()),
+        "miou": float(iou[mean_over].mean()),
         "kappa": float(kappa),
         "oa": float(oa),
-        "mean_f1": float(f1[present].mean()),
+        "mean_f1": float(f1[mean_over].mean()),
         "per_class_iou": [float(v) for v in iou],
         "per_class_f1": [float(v) for v in f1],
         "pixels": int(total),

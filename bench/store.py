@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import io
 import json
 import os
 import platform
 import re
 import socket
 import subprocess
+import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +38,9 @@ ATTEMPT_SIZE = 4096  # fixed, so the cause of a failure overwrites it in place o
 BACKBONE = "backbone.pt"
 SUBMISSION = "submission.json"
 DECODER = "decoder.pt"  # smp DeepLabV3+ decoder weights, for methods that pretrain it
+# per-image confusion matrices of each label variant a fine-tuning scored, written before
+# the record (bench.conventions re-scores from them)
+SCORES = "scores.npz"
 
 
 def temporary_path(path: Path, suffix: str = "") -> Path:
@@ -394,6 +400,30 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
         if isinstance(entry, dict):
             entries.append(entry)
     return entries
+
+
+def write_scores(run_dir: Path, arrays: dict[str, Any]) -> None:
+    """``scores.npz`` in ``run_dir``: named arrays, compressed, written atomically (before
+    the record, whose presence means the run is done)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(Path(run_dir) / SCORES, buffer.getvalue())
+
+
+def read_scores(run_dir: Path, names: Iterable[str] | None = None) -> dict[str, Any] | None:
+    """The arrays ``names`` (default: all) of ``run_dir``'s ``scores.npz``, those it has;
+    None when there is none or it cannot be read (the caller says what cannot be scored
+    without it)."""
+    import numpy as np
+
+    try:
+        with np.load(Path(run_dir) / SCORES, allow_pickle=False) as archive:
+            wanted = archive.files if names is None else [n for n in names if n in archive.files]
+            return {name: archive[name] for name in wanted}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def read_spec(run_dir: Path) -> dict[str, Any] | UnreadableRecord | None:

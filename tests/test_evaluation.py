@@ -12,7 +12,7 @@ from torch import nn
 from bench.datasets.base import PatchSet, TileLayout
 from bench.datasets.prepared import cut_patches, patch_origins
 from bench.datasets.subsets import labelled_indices_by, stratified_order, subset_size
-from bench.evaluation import evaluate_patches, evaluate_tiles, tile_logit_rows
+from bench.evaluation import IMAGE_IDS, PER_IMAGE, evaluate_patches, evaluate_tiles, tile_logit_rows
 from bench.metrics import SegmentationScores, image_confusions
 
 K = 4
@@ -154,3 +154,32 @@ def test_stratified_lists_are_nested_seeded_and_take_from_every_tile_in_proporti
 def test_stratified_lists_need_tiles():
     with pytest.raises(ValueError, match="need the tile of every training patch"):
         labelled_indices_by("stratified", 10, 0.5, 0, None)
+
+
+@pytest.mark.parametrize("by", ["patches", "tiles"])
+def test_other_label_variants_are_scored_in_the_same_pass(by):
+    """Scores of a second label variant, from the same predictions, equal an evaluation
+    with that variant as the only labels; the record's parts are kept for each."""
+    image, mask = random_tile(48, 64, seed=2)
+    eroded = mask.copy()
+    eroded[:, ::3] = 255
+    patches, layout = tile_as_patches(image, mask, 16)
+    variant = patches.with_masks(tile_as_patches(image, eroded, 16)[0].read_masks(slice(None)))
+    model = PositionNet().eval()
+
+    def evaluate(primary, others, name):
+        common = (identity_normalize, K, 255)
+        if by == "patches":
+            return evaluate_patches(model, primary, *common, 5, CPU, False, others, name)
+        return evaluate_tiles(model, primary, [layout], *common, 16, 8, 5, CPU, False, others, name)
+
+    both = evaluate(patches, {"eroded": variant}, "full")
+    alone = evaluate(variant, None, "eroded")
+    full_alone = evaluate(patches, None, "full")
+    assert both["label_variant"] == "full" and set(both["confusion"]) == {"full", "eroded"}
+    assert both["confusion"]["eroded"] == alone["confusion"]["eroded"]
+    assert np.array_equal(both[PER_IMAGE]["eroded"], alone[PER_IMAGE]["eroded"])
+    assert both["miou"] == full_alone["miou"] and both["pixels"] > alone["pixels"]
+    images = 1 if by == "tiles" else len(patches)
+    assert both[PER_IMAGE]["full"].shape == (images, K, K)
+    assert both[IMAGE_IDS] == (["t"] if by == "tiles" else list(patches.ids))

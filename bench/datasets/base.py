@@ -97,6 +97,12 @@ class PatchSet(Dataset):
         masks = np.asarray(self._masks[rows])
         return masks[restore] if restore is not None else masks
 
+    def with_masks(self, masks: np.ndarray) -> PatchSet:
+        """The same patches with other labels of the same shape (another label variant)."""
+        if masks.shape[0] != self._masks.shape[0]:
+            raise ValueError("a label variant must have a mask for every patch")
+        return PatchSet(self._images, masks, self.ids, self.bands, self._rows)
+
     def subset(self, indices: list[int] | np.ndarray) -> PatchSet:
         idx = np.asarray(indices, dtype=np.int64)
         rows = idx if self._rows is None else self._rows[idx]
@@ -135,6 +141,17 @@ class SegmentationDataset:
     def prepared_dir(self) -> Path:
         """Folder of the prepared patches; label-fraction subset lists are written here."""
         raise NotImplementedError
+
+    @property
+    def label_variant(self) -> str:
+        """The name of the labels this dataset trains and is scored on: ``full`` unless the
+        release has several kinds (ISPRS: ``full`` or ``no_boundary``, the eroded ones)."""
+        return "full"
+
+    def test_label_variants(self) -> dict[str, PatchSet]:
+        """The test split under each label variant there is, the dataset's own first; every
+        one is scored in the same pass over the predictions (bench.evaluation)."""
+        return {self.label_variant: self.load_split("test")}
 
     def check_ready(self) -> None:
         """Raise :class:`DatasetError` (saying what to run) unless the data can be loaded."""
@@ -175,20 +192,26 @@ class TileLayout:
     def assemble(self, patches: PatchSet) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole tile, image uint8 ``[C, H, W]`` and mask ``[H, W]``, from ``patches``."""
         images, masks = patches[self.rows]
-        image = torch.empty((images.shape[1], self.height, self.width), dtype=torch.uint8)
-        mask = torch.empty((self.height, self.width), dtype=torch.uint8)
+        return self._placed(images), self._placed(masks)
+
+    def assemble_mask(self, patches: PatchSet) -> torch.Tensor:
+        """The whole tile's mask ``[H, W]`` alone (another label variant: no image read)."""
+        return self._placed(torch.from_numpy(patches.read_masks(self.rows)))
+
+    def _placed(self, parts: torch.Tensor) -> torch.Tensor:
+        """The tile ``[..., H, W]`` of its patches ``parts`` ``[m, ..., P, P]``."""
+        tile = torch.empty((*parts.shape[1:-2], self.height, self.width), dtype=parts.dtype)
         covered = torch.zeros((self.height, self.width), dtype=torch.bool)
         p = self.patch
-        for (y, x), patch_image, patch_mask in zip(self.origins, images, masks, strict=True):
-            image[:, y : y + p, x : x + p] = patch_image
-            mask[y : y + p, x : x + p] = patch_mask
+        for (y, x), part in zip(self.origins, parts, strict=True):
+            tile[..., y : y + p, x : x + p] = part
             covered[y : y + p, x : x + p] = True
         if not bool(covered.all()):
             raise DatasetError(
                 f"the patches of tile {self.tile_id} do not cover it (prepared with a stride "
                 "larger than the patch size?); whole-tile evaluation needs every pixel"
             )
-        return image, mask
+        return tile
 
 
 DATASETS: Registry[type[SegmentationDataset]] = Registry(

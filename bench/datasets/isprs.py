@@ -52,7 +52,9 @@ VAIHINGEN_TEST = (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38
 
 @dataclass(frozen=True)
 class IsprsParams(TileParams):
-    """``labels``: ``full`` or ``no_boundary`` (the eroded ``_noBoundary`` label files)."""
+    """``labels``: ``full`` or ``no_boundary`` (the eroded ``_noBoundary`` label files), the
+    labels trained on. The other kind is prepared too when the release has it, and scored
+    beside them (bench.conventions)."""
 
     labels: Literal["full", "no_boundary"] = "full"
 
@@ -62,16 +64,33 @@ class _Isprs(PreparedDataset):
     class_names = ISPRS_CLASSES
     class_colours = ISPRS_COLOURS
 
+    @property
+    def label_variant(self) -> str:
+        return self.params.labels
+
     def read_label(self, path: Path) -> np.ndarray:
         return colours_to_index(read_raster(path), ISPRS_COLOURS, path, ISPRS_IGNORE)
 
-    def _tiles(self, raw: Path, wanted: list[tuple[str, str, str, str]]) -> list[RawTile]:
-        """``wanted``: (tile id, split, image file name, label file name)."""
-        files = index_files(raw, TIFF_SUFFIXES)
-        missing = [n for _, _, *names in wanted for n in names if n not in files]
+    def _tiles(
+        self, files: dict[str, Path], raw: Path, wanted: list[tuple[str, str, str, dict]]
+    ) -> list[RawTile]:
+        """``wanted``: (tile id, split, image file name, label variant -> label file name);
+        the image and the labels of ``labels`` must be in ``files``, other variants may."""
+        own = self.params.labels
+        needed = [name for _, _, image, labels in wanted for name in (image, labels[own])]
+        missing = [name for name in needed if name not in files]
         if missing:
             raise missing_files_error(self.name, raw, missing, self.layout)
-        return [RawTile(t, s, files[i], files[lab]) for t, s, i, lab in wanted]
+        return [
+            RawTile(tile, split, files[image], files[labels[own]], other_labels(labels, files, own))
+            for tile, split, image, labels in wanted
+        ]
+
+
+def other_labels(names: dict[str, str], files: dict[str, Path], own: str) -> tuple:
+    """(variant, file) of the label variants besides ``own`` whose file ``names[variant]``
+    the release has."""
+    return tuple((v, files[n]) for v, n in names.items() if v != own and n in files)
 
 
 @register_dataset("potsdam")
@@ -83,19 +102,25 @@ class Potsdam(_Isprs):
     summary = "ISPRS Potsdam, RGB+IR TIFF tiles"
     layout = (
         "  <raw>/4_Ortho_RGBIR/top_potsdam_{r}_{c}_RGBIR.tif   (6000x6000, 4 bands)\n"
-        "  <raw>/5_Labels_all/top_potsdam_{r}_{c}_label.tif     (RGB colour-coded;\n"
-        "        _label_noBoundary.tif with --set potsdam.labels=no_boundary)\n"
+        "  <raw>/5_Labels_all/top_potsdam_{r}_{c}_label.tif     (RGB colour-coded)\n"
+        "  <raw>/5_Labels_all_noBoundary/top_potsdam_{r}_{c}_label_noBoundary.tif\n"
+        "        (optional, scored besides; trained on with --set potsdam.labels=no_boundary)\n"
         "  (files are found anywhere under <raw>)"
     )
 
     def find_tiles(self, raw: Path) -> list[RawTile]:
-        suffix = "_label.tif" if self.params.labels == "full" else "_label_noBoundary.tif"
+        suffixes = {"full": "_label.tif", "no_boundary": "_label_noBoundary.tif"}
         wanted = [
-            (tile, split, f"top_potsdam_{tile}_RGBIR.tif", f"top_potsdam_{tile}{suffix}")
+            (
+                tile,
+                split,
+                f"top_potsdam_{tile}_RGBIR.tif",
+                {v: f"top_potsdam_{tile}{suffix}" for v, suffix in suffixes.items()},
+            )
             for split, tiles in (("train", POTSDAM_TRAIN), ("test", POTSDAM_TEST))
             for tile in tiles
         ]
-        return self._tiles(raw, wanted)
+        return self._tiles(index_files(raw, TIFF_SUFFIXES), raw, wanted)
 
 
 @register_dataset("vaihingen")
@@ -111,7 +136,8 @@ class Vaihingen(_Isprs):
     layout = (
         "  <raw>/top/top_mosaic_09cm_area{N}.tif          (IR-R-G image tiles)\n"
         "  <raw>/<ground truth folder>/top_mosaic_09cm_area{N}.tif   (RGB colour-coded;\n"
-        "        _noBoundary.tif with --set vaihingen.labels=no_boundary)\n"
+        "        _noBoundary.tif optional, scored besides; trained on with\n"
+        "        --set vaihingen.labels=no_boundary)\n"
         "  test areas need the complete ground truth release"
     )
 
@@ -128,20 +154,21 @@ class Vaihingen(_Isprs):
                     "--raw at a folder that holds one copy of the release"
                 )
             target[path.name] = path
-        suffix = ".tif" if self.params.labels == "full" else "_noBoundary.tif"
+        suffixes = {"full": ".tif", "no_boundary": "_noBoundary.tif"}
+        own = self.params.labels
         tiles, missing = [], []
         for split, areas in (("train", VAIHINGEN_TRAIN), ("test", VAIHINGEN_TEST)):
             for area in areas:
                 image_name = f"top_mosaic_09cm_area{area}.tif"
-                label_name = f"top_mosaic_09cm_area{area}{suffix}"
+                names = {v: f"top_mosaic_09cm_area{area}{end}" for v, end in suffixes.items()}
                 if image_name not in images:
                     missing.append(f"top/{image_name}")
-                if label_name not in labels:
-                    missing.append(f"<ground truth>/{label_name}")
+                if names[own] not in labels:
+                    missing.append(f"<ground truth>/{names[own]}")
                 if not missing:
-                    tiles.append(
-                        RawTile(f"area{area}", split, images[image_name], labels[label_name])
-                    )
+                    image, label = images[image_name], labels[names[own]]
+                    others = other_labels(names, labels, own)
+                    tiles.append(RawTile(f"area{area}", split, image, label, others))
         if missing:
             raise missing_files_error(self.name, raw, missing, self.layout)
         return tiles

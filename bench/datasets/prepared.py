@@ -5,6 +5,10 @@ A prepared dataset lives in ``<data root>/<dataset>/patch<P>_stride<S>/``::
     manifest.json                        written last: its presence means "prepared"
     train_images.npy  [N, C, P, P] uint8  train_masks.npy [N, P, P] uint8  train_ids.txt
     test_images.npy   ...                 test_masks.npy                   test_ids.txt
+    test_masks_<variant>.npy             the test labels of another label variant, when the
+                                         release has them for every test tile (ISPRS: the
+                                         eroded ``_noBoundary`` files), named in the
+                                         manifest's ``label_variants``
     split.json                           the tile ids of each split
     subsets/train_seed{s}_frac{f}.txt    nested labelled subsets (DATASETS.md)
 
@@ -74,6 +78,8 @@ class RawTile:
     split: str
     image: Path
     label: Path
+    # other label variants of the same tile found in the release: (variant name, file)
+    variants: tuple[tuple[str, Path], ...] = ()
 
 
 def patch_origins(length: int, patch: int, stride: int) -> list[int]:
@@ -153,6 +159,7 @@ class PreparedDataset(SegmentationDataset):
         self._manifest: dict[str, Any] | None = None
         self._loaded: dict[str, PatchSet] = {}
         self._origins: dict[str, tuple[list[str], np.ndarray]] = {}
+        self._variants: tuple[str, ...] = ()  # other label variants kept by prepare
 
     # -- what a subclass provides ---------------------------------------------------------
     def find_tiles(self, raw: Path) -> list[RawTile]:
@@ -266,6 +273,16 @@ class PreparedDataset(SegmentationDataset):
             self._loaded[split] = PatchSet(images, masks, ids, bands=self.in_channels)
         return self._loaded[split]
 
+    def test_label_variants(self) -> dict[str, PatchSet]:
+        """The test split under the dataset's own labels and under each other label variant
+        prepared (the manifest's ``label_variants``), sharing one image array."""
+        test = self.load_split("test")
+        variants = {self.label_variant: test}
+        for variant, name in self.manifest().get("label_variants", {}).items():
+            masks = self._read_prepared(self.prepared_dir / name, partial(np.load, mmap_mode="r"))
+            variants[variant] = test.with_masks(masks)
+        return variants
+
     def _read_prepared(self, path: Path, read: Callable[[Path], Any]) -> Any:
         """``read(path)`` of a prepared file; a damaged one is named with the fix."""
         try:
@@ -333,11 +350,14 @@ class PreparedDataset(SegmentationDataset):
         tiles = self.check_raw(raw)
         if force and out.exists():  # only once the new raw input was found complete
             shutil.rmtree(out)
+        self._variants = kept_variants(tiles, progress)
         state = {
             "dataset": self.name,
             "version": PREPARED_VERSION,
             "params": dataclasses.asdict(self.params),
             "tiles": [t.tile_id for t in tiles],
+            # only when there are any: an interrupted prepare of an earlier version resumes
+            **({"label_variants": list(self._variants)} if self._variants else {}),
         }
         self._start_or_resume(out, state, raw, progress)
         summaries = self._prepare_tiles(tiles, out, progress)
@@ -391,6 +411,7 @@ class PreparedDataset(SegmentationDataset):
                 f"{tile.image} is {mask.shape[1]}x{mask.shape[0]} pixels, smaller than the "
                 f"patch size {patch}; prepare with a smaller --patch-size"
             )
+        variants = self._variant_masks(tile, mask.shape) if tile.split == "test" else {}
         pixels = np.bincount(masks.reshape(-1), minlength=256)
         # Per-band histograms give exact sums for the band statistics without a float copy.
         histograms = [np.bincount(b.reshape(-1), minlength=256) for b in images.swapaxes(0, 1)]
@@ -408,10 +429,28 @@ class PreparedDataset(SegmentationDataset):
         folder.mkdir(parents=True, exist_ok=True)
         tmp = temporary_path(folder / tile.tile_id, ".npz")
         with writing_to(folder / f"{tile.tile_id}.npz", tmp):
-            np.savez(tmp, images=images, masks=masks)
+            np.savez(tmp, images=images, masks=masks, **variants)
             os.replace(tmp, folder / f"{tile.tile_id}.npz")
         atomic_write_json(folder / f"{tile.tile_id}.json", summary)  # the tile's done marker
         return summary
+
+    def _variant_masks(self, tile: RawTile, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        """``masks_<variant>`` patches of ``tile``'s other kept label variants, cut where
+        its own labels are cut."""
+        found = dict(tile.variants)
+        arrays = {}
+        for variant in self._variants:
+            label = self.read_label(found[variant])
+            if label.shape != shape:
+                raise DatasetError(
+                    f"{found[variant]} is {label.shape[1]}x{label.shape[0]} pixels, but "
+                    f"{tile.label} is {shape[1]}x{shape[0]}; the label variants of a tile must "
+                    "be the same size"
+                )
+            no_bands = np.empty((0, *shape), dtype=np.uint8)
+            _, masks, _ = cut_patches(no_bands, label, self.params.patch_size, self.stride)
+            arrays[f"masks_{variant}"] = masks
+        return arrays
 
     def _prepare_tiles(self, tiles: list[RawTile], out: Path, progress) -> dict[str, dict]:
         """Each tile's patches and summary; tiles finished before an interruption are kept."""
@@ -458,6 +497,8 @@ class PreparedDataset(SegmentationDataset):
             "bands": list(self.stored_bands),
             "classes": self.class_table(),
             "ignore_index": IGNORE_INDEX,
+            "label_variant": self.label_variant,
+            "label_variants": {v: variant_file(v) for v in self._variants},
             "splits": splits,
             "band_mean": mean.tolist(),
             "band_std": np.sqrt(np.maximum(var, 0.0)).tolist(),
@@ -475,6 +516,8 @@ class PreparedDataset(SegmentationDataset):
             "images": (f"{split}_images.npy", (total, channels, patch, patch)),
             "masks": (f"{split}_masks.npy", (total, patch, patch)),
         }
+        for variant in self._variants if split == "test" else ():
+            targets[f"masks_{variant}"] = (variant_file(variant), (total, patch, patch))
         arrays = {
             key: allocated_memmap(out / f".{name}.tmp", shape)
             for key, (name, shape) in targets.items()
@@ -483,8 +526,8 @@ class PreparedDataset(SegmentationDataset):
         for tile in chosen:
             with np.load(out / "tiles" / f"{tile.tile_id}.npz") as part:
                 count = len(part["masks"])
-                arrays["images"][row : row + count] = part["images"]
-                arrays["masks"][row : row + count] = part["masks"]
+                for key, array in arrays.items():
+                    array[row : row + count] = part[key]
             row += count
             ids.extend(summaries[tile.tile_id]["ids"])
         for key, (name, _) in targets.items():
@@ -519,6 +562,31 @@ class PreparedDataset(SegmentationDataset):
             f"label subsets for fractions {', '.join(f'{f:g}' for f in usable)} and seeds "
             f"{', '.join(map(str, seeds))} in {self.prepared_dir / 'subsets'}"
         )
+
+
+def variant_file(variant: str) -> str:
+    """The prepared file of the test labels of label variant ``variant``."""
+    return f"test_masks_{variant}.npy"
+
+
+def kept_variants(tiles: list[RawTile], progress: Callable[[str], None]) -> tuple[str, ...]:
+    """The other label variants every test tile has (scored besides the dataset's own); a
+    variant only some test tiles have is not kept, and ``progress`` names the tiles
+    without it."""
+    test = [t for t in tiles if t.split == "test"]
+    found = [dict(t.variants) for t in test]
+    names = list(dict.fromkeys(v for variants in found for v in variants))
+    kept = []
+    for name in names:
+        lacking = [t.tile_id for t, has in zip(test, found, strict=True) if name not in has]
+        if lacking:
+            progress(
+                f"label variant {name} is not kept: test tiles {', '.join(lacking[:8])}"
+                f"{' ...' if len(lacking) > 8 else ''} have no such labels"
+            )
+        else:
+            kept.append(name)
+    return tuple(kept)
 
 
 def allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:

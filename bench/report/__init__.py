@@ -13,10 +13,12 @@ harness's own), so ``bench table`` and ``bench report`` start in a fraction of a
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
+from bench.conventions import check_conventions, rescore_records
 from bench.report.formats import (
     FORMATS,
     SUFFIXES,
@@ -65,19 +67,42 @@ def results_table(
     per_class: bool = False,
     dataset: str | None = None,
     fraction: float | None = None,
+    conventions: Iterable[str] = (),
 ) -> tuple[Table | None, list[UnreadableRecord]]:
     """The comparison table of a results folder (or, with ``per_class``, the per-class IoU
     of one ``dataset`` at one ``fraction``), and the records left out as unreadable (the
-    table's footer counts them). None when there are no fine-tuning records."""
+    table's footer counts them). None when there are no fine-tuning records.
+
+    With ``conventions`` (:mod:`bench.conventions`) the records are scored again under each
+    from their stored matrices, several side by side; the captions name the conventions
+    and say which records could not be re-scored and why."""
     check_metrics(metrics)
+    conventions = tuple(conventions)
+    check_conventions(conventions)
     if not per_class and (dataset is not None or fraction is not None):
         raise ConfigError("--dataset and --fraction choose the --per-class table; add it")
+    if per_class and len(conventions) > 1:
+        raise ConfigError("a --per-class table takes one --convention")
     records, unreadable = read_results(results)
+    records, notes = convention_records(records, conventions, results, metrics)
     if per_class:
         table = per_class_table(records, dataset, fraction, baseline, unreadable=len(unreadable))
     else:
         table = build_table(records, metrics, baseline, unreadable=len(unreadable))
+    if table is not None and notes:
+        table = replace(table, conventions=table.conventions + tuple(notes))
     return table, unreadable
+
+
+def convention_records(
+    records: list[dict[str, Any]], conventions: tuple[str, ...], results, metrics
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """``records`` scored again under ``conventions`` (unchanged without any), with notes
+    on what could not be (:func:`bench.conventions.rescore_records`); the per-image scores
+    are read only when a table shows ``image_miou``."""
+    if not conventions:
+        return records, []
+    return rescore_records(records, conventions, results, "image_miou" in metrics)
 
 
 def table_format(fmt: str | None, output: Path | None) -> str:

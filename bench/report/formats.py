@@ -22,10 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from bench.conventions import NOT_RESCORABLE
 from bench.report.power import MAX_SEEDS
 from bench.report.table import ALPHA, DECIMALS, MIN_PAIRED_SEEDS, POWER, Cell, Column, Table
 
-MISSING_ORDER = ("failed", "skipped", "not run", "undefined")
+MISSING_ORDER = ("failed", "skipped", "not run", "undefined", NOT_RESCORABLE)
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,8 @@ def _caption(table: Table, style: Style) -> list[tuple[str, str]]:
         lines += [(LEGEND, power[0]), *((DETAILS, line) for line in power[1:])]
     lines.append((DETAILS, e(_footer(table))))
     if table.kind == "comparison":
-        note = "Metrics from one dataset-level confusion matrix over the test split."
+        note = "Metrics from one dataset-level confusion matrix over the test split"
+        note += " unless a scoring convention below says otherwise." if table.conventions else "."
         lines.append((LEGEND, e(note)))
         if any(column.metric == "image_miou" for column in table.columns):
             lines.append((LEGEND, e(IMAGE_MIOU_NOTE)))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
+from bench.conventions import check_conventions, rescore_records
 from bench.execution.status import job_statuses
 from bench.report.formats import DETAILS, HTML, LEGEND, caption_lines, to_html
 from bench.report.records import ScannedStore, scan_results
@@ -76,21 +77,28 @@ img { max-width: 100%; }
 """
 
 
-def write_report(results: Path | str, output: Path | str | None = None):
+def write_report(
+    results: Path | str, output: Path | str | None = None, conventions: Iterable[str] = ()
+):
     """Write the report of ``results`` to ``output`` (default ``<results>/report.html``);
     return its path and the records left out as unreadable. Bad input (no results folder,
     no runs in it, an output that cannot be written) raises ConfigError before anything is
-    written."""
+    written. With ``conventions`` its tables and plots score the records under each
+    (:mod:`bench.conventions`)."""
     store = RunStore(results)
     store.check_exists()
+    conventions = tuple(conventions)
+    check_conventions(conventions)
     output = Path(output) if output is not None else store.root / REPORT
     check_output_file(output)
-    page, unreadable = build_report(store)
+    page, unreadable = build_report(store, conventions)
     atomic_write_bytes(output, page.encode("utf-8"))
     return output, unreadable
 
 
-def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
+def build_report(
+    store: RunStore, conventions: tuple[str, ...] = ()
+) -> tuple[str, list[UnreadableRecord]]:
     """The page's HTML, and the records it had to leave out."""
     scan = scan_results(store, specs=True)
     run_ids = scan.run_ids
@@ -100,11 +108,14 @@ def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
     statuses = job_statuses(ScannedStore(store.root, scan), run_ids)
     unreadable += [spec for spec in scan.specs.values() if isinstance(spec, UnreadableRecord)]
     specs = {job_id: s if isinstance(s, dict) else None for job_id, s in scan.specs.items()}
+    notes: list[str] = []
+    if conventions:
+        records, notes = rescore_records(records, conventions, store.root, image_level=True)
     frame = records_frame(records)
     metrics = reported_metrics(records)
     table = build_table(frame, metrics, AUTO) if metrics else None
     sections = [
-        ("results", "Results", results_section(table)),
+        ("results", "Results", _notes(notes) + results_section(table)),
         ("metrics", "Other metrics", metrics_section(table)),
         ("per-class", "Per-class IoU", per_class_section(frame)),
         ("losses", "Pretraining loss", loss_section(store, specs)),
@@ -157,6 +168,10 @@ def _seed_text(seeds: tuple[int, ...]) -> str:
     if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
         return f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
     return f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))})"
+
+
+def _notes(notes: list[str]) -> str:
+    return "".join(f'<p class="note">{_e(note)}</p>\n' for note in notes)
 
 
 def _e(text: Any) -> str:

@@ -21,7 +21,9 @@ Definitions (README "Comparison tables" says the same):
   seeds (at least ``MIN_PAIRED_SEEDS``, where the table starts testing) at which the
   observed mean paired difference would be detected with that power at that spread.
 - A cell without values says why: ``failed`` (a run failed), ``skipped`` (its pretraining
-  failed), ``not run`` (no record) or ``undefined`` (finished but the metric is NaN).
+  failed), ``not run`` (no record), ``undefined`` (finished but the metric is NaN) or
+  ``not re-scorable`` (its records cannot be scored under the convention asked for,
+  :mod:`bench.conventions`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import pandas as pd
 from scipy import special
 
 from bench.config import PRESETS, ConfigError, check_unique
+from bench.conventions import CONVENTIONS, NOT_RESCORABLE
 from bench.protocols import PROTOCOLS, describe_overrides
 from bench.report import power
 
@@ -142,6 +145,7 @@ class Table:
     unreadable_records: int = 0  # result.json files left out because they are not records
     protocols: tuple[str, ...] = ()  # the downstream protocols of the records, described
     preset_captions: tuple[str, ...] = ()  # the presets of the records, as they describe them
+    conventions: tuple[str, ...] = ()  # the scoring conventions of the records, described
 
     def cell(self, method: str, column: Column) -> Cell:
         return self.cells[self.methods.index(method)][self.columns.index(column)]
@@ -177,7 +181,7 @@ class Table:
 
     @property
     def captions(self) -> tuple[str, ...]:
-        return self.preset_captions + self.protocols
+        return self.preset_captions + self.protocols + self.conventions
 
     def select(self, columns: Iterable[Column]) -> Table:
         """This table with only ``columns`` (in that order); the rest is the same."""
@@ -271,6 +275,15 @@ def _protocol_line(name, overrides, evaluated_on, window, stride, source) -> str
     elif evaluated_on == "patches":
         line += "; scored on the test patches"
     return line
+
+
+def convention_captions(frame: pd.DataFrame) -> tuple[str, ...]:
+    """One line per scoring convention the records were scored under (none when they keep
+    the scores of their run)."""
+    if "convention" not in frame:
+        return ()
+    names = [n for n in frame["convention"].dropna().unique() if n in CONVENTIONS]
+    return tuple(CONVENTIONS.get(name).caption for name in names)
 
 
 def method_order(names: Iterable[str]) -> list[str]:
@@ -503,6 +516,7 @@ def _assemble(
         presets=tuple(sorted(p for p in frame["preset"].dropna().unique())),
         protocols=protocol_captions(frame),
         preset_captions=preset_captions(frame),
+        conventions=convention_captions(frame),
     )
 
 
@@ -521,6 +535,8 @@ def _cell(runs: list[tuple[int, str, float]]) -> Cell:
             missing = "skipped"
         elif "ok" in statuses:
             missing = "undefined"
+        elif NOT_RESCORABLE in statuses:
+            missing = NOT_RESCORABLE
         else:
             missing = "not run"
     return Cell(

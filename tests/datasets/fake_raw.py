@@ -33,6 +33,18 @@ def class_map(rng: np.random.Generator, height: int, width: int, classes: int) -
     return labels
 
 
+def eroded(labels: np.ndarray) -> np.ndarray:
+    """``labels`` with every pixel next to another class (its 8 neighbours) ignored, as the
+    ISPRS ``_noBoundary`` files blacken the class boundaries."""
+    padded = np.pad(labels, 1, mode="edge")
+    height, width = labels.shape
+    boundary = np.zeros(labels.shape, dtype=bool)
+    for dy in range(3):
+        for dx in range(3):
+            boundary |= padded[dy : dy + height, dx : dx + width] != labels
+    return np.where(boundary, IGNORE, labels).astype(np.uint8)
+
+
 def colour_label(labels: np.ndarray, colours, ignore=(0, 0, 0)) -> np.ndarray:
     table = np.array([*colours] + [ignore] * (256 - len(colours)), dtype=np.uint8)
     return table[labels]
@@ -52,9 +64,13 @@ def image_for(rng: np.random.Generator, height: int, width: int, bands: int) -> 
     return rng.integers(0, 256, size=(height, width, bands), dtype=np.uint8)
 
 
-def write_potsdam(raw: Path, size: int = 72, seed: int = 0, tiles=None) -> dict[str, tuple]:
+def write_potsdam(
+    raw: Path, size: int = 72, seed: int = 0, tiles=None, no_boundary: bool = False
+) -> dict[str, tuple]:
     """``4_Ortho_RGBIR/top_potsdam_{r}_{c}_RGBIR.tif`` (4 bands) and colour-coded
-    ``5_Labels_all/top_potsdam_{r}_{c}_label.tif``; returns tile -> (image HWC, labels)."""
+    ``5_Labels_all/top_potsdam_{r}_{c}_label.tif``, with ``no_boundary`` also the eroded
+    ``5_Labels_all_noBoundary/top_potsdam_{r}_{c}_label_noBoundary.tif`` (:func:`eroded`);
+    returns tile -> (image HWC, labels)."""
     rng = np.random.default_rng(seed)
     truth = {}
     for tile in tiles or [*POTSDAM_TRAIN, *POTSDAM_TEST]:
@@ -66,13 +82,19 @@ def write_potsdam(raw: Path, size: int = 72, seed: int = 0, tiles=None) -> dict[
             colour_label(labels, ISPRS_COLOURS),
             compression="lzw",  # some releases compress; imagecodecs must decode it
         )
+        if no_boundary:
+            write_tiff(
+                raw / "5_Labels_all_noBoundary" / f"top_potsdam_{tile}_label_noBoundary.tif",
+                colour_label(eroded(labels), ISPRS_COLOURS),
+            )
         truth[tile] = (image, labels)
     return truth
 
 
-def write_vaihingen(raw: Path, seed: int = 0) -> dict[str, tuple]:
+def write_vaihingen(raw: Path, seed: int = 0, no_boundary: bool = False) -> dict[str, tuple]:
     """``top/top_mosaic_09cm_area{N}.tif`` (IRRG) and labels in the ground-truth folder,
-    tiles of varying sizes like the release."""
+    tiles of varying sizes like the release; with ``no_boundary`` also the eroded
+    ``top_mosaic_09cm_area{N}_noBoundary.tif`` in the eroded ground-truth folder."""
     rng = np.random.default_rng(seed)
     truth = {}
     for area in (*VAIHINGEN_TRAIN, *VAIHINGEN_TEST):
@@ -84,6 +106,13 @@ def write_vaihingen(raw: Path, seed: int = 0) -> dict[str, tuple]:
             raw / "ground_truth_COMPLETE" / f"top_mosaic_09cm_area{area}.tif",
             colour_label(labels, ISPRS_COLOURS),
         )
+        if no_boundary:
+            write_tiff(
+                raw
+                / "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE"
+                / f"top_mosaic_09cm_area{area}_noBoundary.tif",
+                colour_label(eroded(labels), ISPRS_COLOURS),
+            )
         truth[f"area{area}"] = (image, labels)
     return truth
 

@@ -10,6 +10,7 @@ import tifffile
 from fake_raw import (
     IGNORE,
     colour_label,
+    eroded,
     write_deepglobe,
     write_folder,
     write_loveda,
@@ -197,6 +198,54 @@ def test_noboundary_labels_are_a_separate_prepared_copy(tmp_path):
     assert dataset.prepared_dir.name == "patch32_stride32_labels-no_boundary"
     with pytest.raises(DatasetError, match="top_potsdam_2_10_label_noBoundary.tif"):
         dataset.prepare(raw, progress=lambda m: None)
+
+
+@pytest.mark.parametrize("dataset", ["potsdam", "vaihingen"])
+def test_both_label_variants_in_one_prepared_folder(tmp_path, dataset):
+    """With the release's _noBoundary files, the eroded test labels sit beside the full ones
+    in the same folder (same name: job ids unchanged); with labels=no_boundary the roles
+    swap. Training labels stay those of ``labels``."""
+    write = write_potsdam if dataset == "potsdam" else write_vaihingen
+    truth = write(tmp_path / "raw", no_boundary=True)
+    full = make(dataset, tmp_path / "data", patch_size=16)
+    manifest = full.prepare(tmp_path / "raw", progress=lambda m: None)
+    assert full.prepared_dir.name == "patch16_stride16"
+    assert manifest["label_variant"] == "full"
+    assert manifest["label_variants"] == {"no_boundary": "test_masks_no_boundary.npy"}
+    variants = full.test_label_variants()
+    assert list(variants) == ["full", "no_boundary"]
+    test = variants["full"]
+    for index in (0, len(test) // 2, len(test) - 1):
+        patch_id = test.ids[index]
+        tile = patch_id.rsplit("_", 2)[0]
+        _, want = patch_of(*truth[tile], patch_id, 16)
+        image, mask = test[index]
+        same_image, eroded_mask = variants["no_boundary"][index]
+        assert np.array_equal(mask.numpy(), want)
+        _, want_eroded = patch_of(truth[tile][0], eroded(truth[tile][1]), patch_id, 16)
+        assert np.array_equal(eroded_mask.numpy(), want_eroded)
+        assert np.array_equal(image.numpy(), same_image.numpy())
+    eroded_pixels = variants["no_boundary"].read_masks(slice(None))
+    assert (eroded_pixels == IGNORE).sum() > (test.read_masks(slice(None)) == IGNORE).sum()
+    assert not (full.prepared_dir / "train_masks_no_boundary.npy").exists()
+
+    other = make(dataset, tmp_path / "data", patch_size=16, labels="no_boundary")
+    manifest = other.prepare(tmp_path / "raw", progress=lambda m: None)
+    assert other.prepared_dir.name == "patch16_stride16_labels-no_boundary"
+    assert manifest["label_variants"] == {"full": "test_masks_full.npy"}
+    swapped = other.test_label_variants()
+    assert np.array_equal(swapped["full"].read_masks(slice(None)), test.read_masks(slice(None)))
+
+
+def test_a_label_variant_some_test_tiles_lack_is_not_kept(tmp_path):
+    write_potsdam(tmp_path / "raw", no_boundary=True)
+    (tmp_path / "raw/5_Labels_all_noBoundary/top_potsdam_7_13_label_noBoundary.tif").unlink()
+    messages = []
+    dataset = make("potsdam", tmp_path / "data", patch_size=32)
+    manifest = dataset.prepare(tmp_path / "raw", progress=messages.append)
+    assert manifest["label_variants"] == {}
+    assert list(dataset.test_label_variants()) == ["full"]
+    assert any("label variant no_boundary is not kept: test tiles 7_13" in m for m in messages)
 
 
 def test_vaihingen_tiles_of_varying_size_and_irrg_bands(tmp_path):
