@@ -314,6 +314,7 @@ FRAME_COLUMNS = (
     "status",
     "preset",
     "preset_caption",
+    "convention",  # set on records re-scored under a scoring convention (bench.conventions)
     *METRIC_LABELS,
     "per_class_iou",
     "class_names",
