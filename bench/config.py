@@ -214,9 +214,31 @@ class PretrainConfig(Settings):
     # choices and not part of the id (the record keeps the world size).
     gpus: int | None = setting(None, ge=1, identity=False)
     nodes: int | None = setting(None, ge=1, identity=False)
+    # The health pass at each epoch's end (bench.health): images of its fixed batch (0: no
+    # pass); an epoch is collapsed when embedding_std x sqrt(d) < collapse_std (SimSiam's
+    # std in units of 1/sqrt(d): ~1 for embeddings spread over the sphere, 0 for one point;
+    # a randomly initialised ResNet-18 gives ~0.1 on the synthetic data, SimCLR ~0.6 after
+    # an epoch, a loss without negatives < 0.02 within epochs: BENCHMARKS.md);
+    # fail_fast_epochs = N stops a run collapsed N epochs in a row as failed (0: never).
+    # Monitoring choices that leave a finished run's weights as they are: not in the id.
+    health_images: int = setting(64, ge=0, identity=False)
+    collapse_std: float = setting(0.05, gt=0, identity=False)
+    fail_fast_epochs: int = setting(0, ge=0, identity=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.health_images == 1:
+            raise ValueError("health_images=1 leaves no pair to compare; use 0 (no pass) or >= 2")
+        if self.fail_fast_epochs and not self.health_images:
+            raise ValueError(
+                f"fail_fast_epochs={self.fail_fast_epochs} needs the health pass; set "
+                "health_images >= 2 or fail_fast_epochs=0"
+            )
 
     def unused_fields(self) -> set[str]:
         unused = set()
+        if not self.health_images:
+            unused |= {"collapse_std", "fail_fast_epochs"}
         if self.optimizer != "lars":
             unused |= {"lars_trust", "lars_adapt"}
         if self.optimizer not in ("sgd", "lars"):
@@ -346,7 +368,7 @@ PRESETS: Registry[Preset] = Registry.of(
             description="CPU study: ~10 min pretraining per method, 600 fine-tuning steps, 2 seeds",
             caption=("cpu preset: small CPU budgets; expect small, noisy gaps between methods"),
             values={
-                "pretrain": {"epochs": 40},
+                "pretrain": {"epochs": 40, "fail_fast_epochs": 3},
                 "finetune": {"steps": 600, "batch_size": 16},
                 "synthetic": {"n_train": 2048, "n_test": 512},
             },
@@ -423,6 +445,7 @@ PRESETS: Registry[Preset] = Registry.of(
                     "warmup_fraction": 0.05,  # 10 of 200 epochs
                     "warmup_start_factor": 0.0,
                     "final_lr_factor": 0.001,
+                    "fail_fast_epochs": 5,  # of 200: a collapsed run stops within 3%
                 },
                 "finetune": {"protocol": "glcnet"},
                 "synthetic": {"patch_size": 256, "n_train": 13824, "n_test": 2048},
