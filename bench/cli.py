@@ -19,6 +19,7 @@ from bench.execution.cluster import Profile, load_profile, parse_cluster_overrid
 from bench.execution.executors import EXECUTORS
 from bench.execution.status import job_statuses
 from bench.execution.sweeps import rerun_failed, run_sweep, submit_sweep, sweep_status
+from bench.health import health_note
 from bench.methods import METHODS
 from bench.plugins import load_plugins
 from bench.preemption import Preempted
@@ -46,6 +47,7 @@ from bench.store import (
     check_output_dir,
     check_output_file,
     describe_storage_fault,
+    read_log,
     storage_fault,
 )
 from bench.sweep import (
@@ -449,7 +451,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     statuses = job_statuses(store, store.run_ids())
     for job_id, status in statuses.items():
         line = f"{status.state!s:<8} {job_id:<58} {status.scheduler_job_id or '-':<10}"
-        print((f"{line} {status.detail}" if status.detail else line).rstrip())
+        health = health_note(read_log(store.run_dir(job_id)))  # pretrainings' last pass
+        detail = "; ".join(text for text in (status.detail, health) if text)
+        print(f"{line} {detail}".rstrip())
     print(f"\n{summary(statuses.values())}")
     if args.rerun_failed:
         report, unknown = rerun_failed(args.results, _profile(args))
@@ -630,7 +634,8 @@ COMMANDS = {
         cmd_report,
     ),
     "status": (
-        "state of every job in a results folder (planned, queued, running, ...)",
+        "state of every job in a results folder (planned, queued, running, ...) and the "
+        "health of each pretraining (embedding std, rank, alignment, uniformity, k-NN)",
         _status_arguments,
         cmd_status,
     ),

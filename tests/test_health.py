@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import SweepSpec, plan, run_sweep
+from bench.cli import main
 from bench.config import ConfigError
 from bench.health import (
     HealthBatch,
@@ -32,7 +33,8 @@ from bench.jobs import PretrainJob
 from bench.methods import create_method, register_method
 from bench.methods.simclr import SimCLR
 from bench.pretrain import run_pretraining
-from bench.store import read_log
+from bench.report.html import build_report
+from bench.store import RunStore, read_log
 from tests.conftest import TINY
 
 
@@ -125,20 +127,13 @@ def test_the_pass_is_repeatable_and_leaves_train_mode_and_random_state():
 
 class NoNegatives(SimCLR):
     """A loss that ignores the negatives: only the two views' backbone embeddings pulled
-    together, which a high learning rate collapses to one point within an epoch."""
+    together, which its high learning rate collapses to one point within an epoch."""
+
+    preset_pretrain = {"quick": {"lr": 0.05}}
 
     def training_step(self, images, ctx):
         z1, z2 = (F.normalize(self.embed(self.normalize(self.views(images))), dim=1) for _ in "12")
         return (z1 - z2).pow(2).sum(dim=1).mean(), {}
-
-
-COLLAPSING = (*TINY, "pretrain.lr=0.05", "pretrain.epochs=3")  # 3 steps an epoch
-
-
-@pytest.fixture
-def no_negatives(registries):
-    register_method("no-negatives")(NoNegatives)
-    return "no-negatives"
 
 
 def pretrain_job(method: str, *overrides: str) -> PretrainJob:
@@ -146,19 +141,32 @@ def pretrain_job(method: str, *overrides: str) -> PretrainJob:
     return next(j for j in plan(spec) if isinstance(j, PretrainJob))
 
 
-def test_a_collapsing_method_is_flagged_each_epoch_and_fail_fast_stops_it(no_negatives, dirs):
-    """Flagged at the end of its first epoch; with fail_fast_epochs=2 it fails after its
-    second, naming the signal and the epochs, and its fine-tuning never starts."""
-    results, data = dirs
+@pytest.fixture(scope="module")
+def health_sweep(tmp_path_factory):
+    """One tiny sweep (3 epochs of 3 steps, fail-fast after 2 collapsed epochs) of the
+    collapsing method and of SimCLR, in one results folder."""
+    from bench.methods import METHODS
+
+    register_method("no-negatives")(NoNegatives)
+    root = tmp_path_factory.mktemp("health")
     spec = SweepSpec(
-        methods=(no_negatives,),
+        methods=("no-negatives", "simclr"),
         fractions=(0.5,),
         seeds=(0,),
-        overrides=(*COLLAPSING, "pretrain.fail_fast_epochs=2"),
+        overrides=(*TINY, "pretrain.epochs=3", "pretrain.fail_fast_epochs=2"),
     )
-    result = run_sweep(spec, results, data)
+    try:
+        yield root / "results", run_sweep(spec, root / "results", root / "data")
+    finally:
+        METHODS.unregister("no-negatives")
+
+
+def test_a_collapsing_method_is_flagged_each_epoch_and_fail_fast_stops_it(health_sweep):
+    """Flagged at the end of its first epoch; with fail_fast_epochs=2 it fails after its
+    second, naming the signal and the epochs, and its fine-tuning never starts."""
+    results, result = health_sweep
     (failed,) = result.by_status("failed")
-    assert failed["kind"] == "pretrain"
+    assert failed["kind"] == "pretrain" and failed["method"] == "no-negatives"
     assert re.fullmatch(
         r"CollapseError: embedding collapse: embedding_std x sqrt\(d\) = 0\.0\d\d\d < "
         r"pretrain\.collapse_std=0\.05 at epochs 1-2 \(2 consecutive, "
@@ -166,7 +174,8 @@ def test_a_collapsing_method_is_flagged_each_epoch_and_fail_fast_stops_it(no_neg
         failed["error"],
     ), failed["error"]
     (skipped,) = result.by_status("skipped")
-    assert skipped["kind"] == "finetune" and not (results / skipped["job_id"]).exists()
+    assert skipped["method"] == "no-negatives" and skipped["kind"] == "finetune"
+    assert not (results / skipped["job_id"]).exists()
     entries = read_log(results / failed["job_id"])
     passes = [e for e in entries if e["kind"] == "health"]
     assert [(p["epoch"], p["collapsed"]) for p in passes] == [(1, True), (2, True)]
@@ -175,19 +184,36 @@ def test_a_collapsing_method_is_flagged_each_epoch_and_fail_fast_stops_it(no_neg
     assert health_note(entries).startswith("COLLAPSED (epochs 1, 2); health @ epoch 2: ")
 
 
-def test_a_healthy_method_is_not_flagged_on_tiny_data(dirs):
-    results, data = dirs
-    job = pretrain_job("simclr", *TINY, "pretrain.fail_fast_epochs=1")
-    run_dir = results / job.job_id
-    run_dir.mkdir(parents=True)
-    record = run_pretraining(job, run_dir, data, device=torch.device("cpu"))
-    assert record["collapsed_epochs"] == [] and not record["health"]["collapsed"]
-    std = record["health"]["embedding_std"] * math.sqrt(record["health"]["embedding_dim"])
-    assert std > 0.2  # four times the threshold at least
+def test_a_healthy_method_is_not_flagged_on_tiny_data(health_sweep):
+    _, result = health_sweep
+    pretrain, finetune = result.by_status("ok")  # SimCLR's, in the planned order
+    assert pretrain["kind"] == "pretrain" and finetune["pretrain_id"] == pretrain["job_id"]
+    assert pretrain["collapsed_epochs"] == [] and not pretrain["health"]["collapsed"]
+    health = pretrain["health"]
+    assert health["embedding_std"] * math.sqrt(health["embedding_dim"]) > 0.2  # 4x threshold
+    assert health["effective_rank"] > 10 and 0 < health["alignment"] < 2
+
+
+def test_status_and_report_show_the_health_and_mark_the_collapsed_run(health_sweep, capsys):
+    results, result = health_sweep
+    assert main(["status", "--results", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    failed = next(line for line in lines if line.startswith("failed") and "pretrain-" in line)
+    assert "CollapseError: embedding collapse" in failed and "; COLLAPSED (epochs 1, 2)" in failed
+    healthy = next(line for line in lines if line.startswith("done") and "pretrain-simclr" in line)
+    assert "health @ epoch 3: embedding_std x sqrt(d) = 0." in healthy
+    assert "COLLAPSED" not in healthy and "rank " in healthy and "kNN " in healthy
+    page, _ = build_report(RunStore(results))
+    rows = re.findall(r'<tr class="([^"]*)">(.*?)</tr>', page)
+    marked = [cells for classes, cells in rows if "collapsed" in classes.split()]
+    assert len(marked) == 1 and "pretrain-no-negatives" in marked[0]
+    section = page[page.index('<section id="health">') :]
+    assert "red cross marks a collapsed epoch" in section and "data:image/png;base64" in section
 
 
 @pytest.mark.slow
 def test_a_healthy_method_is_not_flagged_in_the_quick_preset(dirs):
+    """The quick preset as it is: 3 epochs of 16 steps of 64 images."""
     results, data = dirs
     job = pretrain_job("simclr")
     run_dir = results / job.job_id

@@ -3,8 +3,9 @@
 ``bench report --results R`` writes it (``write_report``). Everything is inside the file:
 the comparison tables of every metric (:func:`bench.report.table.build_table`, rendered by
 :func:`bench.report.formats.render`, with Δ, † and what the seeds can resolve), the per-class
-IoU of every dataset and fraction, the metric-vs-fraction plots and the pretraining loss
-curves (:mod:`bench.report.plots`, embedded as base64 PNG), the state of every job
+IoU of every dataset and fraction, the metric-vs-fraction plots, the pretraining loss
+curves and health curves (:mod:`bench.report.plots`, embedded as base64 PNG; a collapsed run
+marked, :mod:`bench.health`), the state of every job
 (:func:`bench.execution.status.job_statuses`; failed ones with their error and traceback), and the
 settings (spec.json) and environment (versions, host, git commit, device) each run recorded.
 No scripts, no external styles or images, no links out of the page: it opens offline.
@@ -21,8 +22,9 @@ from typing import Any
 
 from bench.config import ConfigError
 from bench.execution.status import job_statuses
+from bench.health import health_note
 from bench.report.formats import render
-from bench.report.plots import figure_bytes, fraction_figure, loss_figure
+from bench.report.plots import figure_bytes, fraction_figure, health_figure, loss_figure
 from bench.report.table import AUTO, METRIC_LABELS, build_table, method_order, per_class_table
 from bench.states import JobState, JobStatus, summary
 from bench.store import (
@@ -52,6 +54,7 @@ table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
 th:first-child, td.text { text-align: left; }
 tr.failed td, tr.corrupt td { background: #fde8e8; }
+tr.collapsed td { background: #fff1d6; font-weight: bold; }
 .table-block { overflow-x: auto; margin-bottom: 1.5em; }
 .table-block p, .note { font-size: 0.85em; color: #444; margin: 0.2em 0; }
 pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; font-size: 0.8em; }
@@ -84,12 +87,14 @@ def build_report(store: RunStore) -> tuple[str, list[UnreadableRecord]]:
     unreadable += [spec for spec in specs.values() if isinstance(spec, UnreadableRecord)]
     specs = {job_id: s if isinstance(s, dict) else None for job_id, s in specs.items()}
     metrics = reported_metrics(records)
+    logs = {job_id: read_log(store.run_dir(job_id)) for job_id in run_ids}
     sections = [
-        ("status", "Jobs", status_section(statuses, unreadable)),
+        ("status", "Jobs", status_section(statuses, unreadable, logs)),
         ("tables", "Comparison tables", tables_section(records, metrics)),
         ("per-class", "Per-class IoU", per_class_section(records)),
         ("plots", "Metrics vs label fraction", plots_section(records, metrics)),
         ("losses", "Pretraining loss", loss_section(store, specs)),
+        ("health", "Pretraining health", health_section(specs, logs)),
         ("environment", "Environment", environment_section(records)),
         ("settings", "Settings of every run", settings_section(specs)),
     ]
@@ -132,18 +137,26 @@ def _block(table_html: str) -> str:
 # ----------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------
-STATUS_COLUMNS = ("job", "state", "method", "dataset", "fraction", "seed", "detail")
+STATUS_COLUMNS = ("job", "state", "method", "dataset", "fraction", "seed", "detail", "health")
 
 
-def status_section(statuses: dict[str, JobStatus], unreadable: list[UnreadableRecord]) -> str:
-    """Every job's state (as ``bench status``), failed ones with error and traceback."""
+def status_section(
+    statuses: dict[str, JobStatus],
+    unreadable: list[UnreadableRecord],
+    logs: dict[str, list[dict[str, Any]]],
+) -> str:
+    """Every job's state (as ``bench status``), failed ones with error and traceback; a
+    pretraining's health (:func:`bench.health.health_note` of its log.jsonl ``logs``), a
+    collapsed one's row marked."""
     rows = []
     for job_id, status in statuses.items():
         record = status.record or {}
+        health = health_note(logs.get(job_id, []))
         cells = [job_id, status.state, record.get("method", ""), record.get("dataset", "")]
-        cells += [_fraction(record.get("fraction")), record.get("seed", ""), status.detail]
+        cells += [_fraction(record.get("fraction")), record.get("seed", ""), status.detail, health]
         text = "".join(f'<td class="text">{_e(c)}</td>' for c in cells)
-        rows.append(f'<tr class="{status.state.value}">{text}</tr>')
+        marks = status.state.value + (" collapsed" if health.startswith("COLLAPSED") else "")
+        rows.append(f'<tr class="{marks}">{text}</tr>')
     header = "".join(f"<th>{name}</th>" for name in STATUS_COLUMNS)
     table = f"<table>\n<thead><tr>{header}</tr></thead>\n<tbody>\n"
     parts = [_block(table + "\n".join(rows) + "\n</tbody>\n</table>")]
@@ -238,6 +251,25 @@ def loss_section(store: RunStore, specs: dict[str, dict | None]) -> str:
         f"{_e(store.root)}</code>.</p>"
     )
     return note + "\n" + _image(figure_bytes(loss_figure(curves), "png", dpi=100), "loss curves")
+
+
+def health_section(specs: dict[str, dict | None], logs: dict[str, list[dict[str, Any]]]) -> str:
+    """The health curves of every pretraining (:mod:`bench.health`), collapsed runs marked."""
+    runs = {}
+    for job_id, spec in specs.items():
+        passes = [e for e in logs.get(job_id, []) if e.get("kind") == "health"]
+        if (spec or {}).get("kind") == "pretrain" and passes:
+            runs[f"{spec.get('method')} {spec.get('dataset')} seed {spec.get('seed')}"] = passes
+    if not runs:
+        return '<p class="note">no health pass has run yet</p>'
+    note = (
+        '<p class="note">Signals of a fixed batch of pretraining images at each epoch\'s end '
+        "(log.jsonl): the embeddings' std in units of 1/sqrt(d) (0: collapsed to one point), "
+        "their effective rank, the two views' alignment, uniformity, and a k-NN probe of each "
+        "image's main class. A red cross marks a collapsed epoch (std below "
+        "<code>pretrain.collapse_std</code>); a collapsed run's line is dashed.</p>"
+    )
+    return note + "\n" + _image(figure_bytes(health_figure(runs), "png", dpi=100), "health")
 
 
 def environment_section(records: list[dict[str, Any]]) -> str:

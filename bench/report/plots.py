@@ -95,6 +95,59 @@ def loss_figure(curves: dict[str, dict[str, list[tuple[int, float]]]]):
     return figure
 
 
+# The health panels (bench.health): the log.jsonl key and the panel's title
+HEALTH_PANELS = (
+    ("embedding_std", "embedding std x sqrt(d)"),
+    ("effective_rank", "effective rank"),
+    ("alignment", "alignment (lower: closer views)"),
+    ("uniformity", "uniformity (lower: more spread)"),
+    ("knn_accuracy", "k-NN accuracy"),
+)
+
+
+def health_figure(runs: dict[str, list[dict[str, Any]]]):
+    """The health curves of pretraining runs (``runs``: label -> the health lines of its
+    log.jsonl), one panel per signal, one line per run; the std in units of 1/sqrt(d) (the
+    collapse threshold's), collapsed epochs marked with a red cross and a collapsed run's
+    line dashed, with "collapsed" in its label."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(3.4 * len(HEALTH_PANELS), 3.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(HEALTH_PANELS), squeeze=False)[0]
+    for index, (label, passes) in enumerate(runs.items()):
+        ever = any(p.get("collapsed") for p in passes)
+        for axis, (key, _) in zip(axes, HEALTH_PANELS, strict=True):
+            points = [
+                (p["epoch"], _panel_value(p, key), p.get("collapsed")) for p in passes if key in p
+            ]
+            if not points:
+                continue
+            epochs, values, _ = zip(*points, strict=True)
+            name = f"{label} (collapsed)" if ever else label
+            style = "--" if ever else "-"
+            axis.plot(
+                epochs, values, style, marker="o", markersize=3, color=f"C{index}", label=name
+            )
+            bad = [(e, v) for e, v, flagged in points if flagged]
+            if bad:
+                axis.plot(*zip(*bad, strict=True), "x", color="red", markersize=8)
+    for axis, (_, title) in zip(axes, HEALTH_PANELS, strict=True):
+        axis.set_title(title, fontsize="medium")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize="small", frameon=False)
+    return figure
+
+
+def _panel_value(health: dict[str, Any], key: str) -> float:
+    value = float(health[key])
+    return value * health["embedding_dim"] ** 0.5 if key == "embedding_std" else value
+
+
 def _figure(table):
     """One panel per dataset of ``table`` (one metric), one legend for every method."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
