@@ -82,8 +82,8 @@ def test_report_holds_tables_plots_losses_jobs_and_settings(results, tmp_path):
         assert render(build_table(records, (metric,)), "html") in text
     assert render(per_class_table(records, "synthetic", 0.5), "html") in text
     assert "MDD, synthetic 50% mIoU: simclr" in text  # two shared seeds: an MDD per column
-    # one figure per metric and the loss curves, each a PNG inside the page
-    assert len(page.images) == len(metrics) + 1
+    # one figure per metric, the loss curves and the health curves, each a PNG in the page
+    assert len(page.images) == len(metrics) + 2
     for src in page.images:
         assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:4] == b"\x89PNG"
     statuses = job_statuses(store, store.run_ids())
