@@ -265,7 +265,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(
             f"fine-tuning protocol {cfg.protocol}"
             + (f", overridden: {overrides}" if overrides else "")
-            + f"; DeepLabV3+ head: {cfg.head}; scored on test {cfg.evaluation}"
+            + f"; head: {'DeepLabV3+ ' if cfg.decoder == 'deeplabv3plus' else ''}{cfg.head}"
+            + f"; scored on test {cfg.evaluation}"
         )
     if args.preset in COMPARED_PRESETS:
         print_preset_differences(spec, COMPARED_PRESETS[args.preset])

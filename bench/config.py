@@ -262,11 +262,12 @@ class PretrainConfig(Settings):
 
 @dataclass(frozen=True)
 class FinetuneConfig(Settings):
-    """Downstream protocol: smp DeepLabV3+ fine-tuned on the labelled subset.
+    """Downstream protocol: smp DeepLabV3+ (or a linear probe) trained on the labelled subset.
 
     ``protocol`` names a complete set of these values (``bench.protocols``: ``harness``,
-    ``glcnet``, ``false``); a preset or ``--set`` may override single fields on top, and the
-    record and the table caption name every field that differs from the protocol."""
+    ``glcnet``, ``false``, ``linear``); a preset or ``--set`` may override single fields on
+    top, and the record and the table caption name every field that differs from the
+    protocol."""
 
     protocol: str = "harness"  # a name of bench.protocols.PROTOCOLS
     # backbone: the encoder is not trained and its BN layers stay in eval mode
@@ -292,6 +293,11 @@ class FinetuneConfig(Settings):
     poly_power: float = setting(0.9, gt=0)
     min_lr: float = setting(0.0, ge=0)
     lr_decay: float = setting(0.98, gt=0, le=1)
+    # what is trained on the encoder: DeepLabV3+ (the head below), or a per-pixel linear
+    # classifier on its features (bench.models.LinearHead: the stages of linear_features,
+    # "multiscale" = strides 4-32 concatenated, "last" = stride 32; the linear protocol)
+    decoder: Literal["deeplabv3plus", "linear"] = setting("deeplabv3plus", identity="if_set")
+    linear_features: Literal["last", "multiscale"] = setting("multiscale", identity="if_set")
     # the DeepLabV3+ head (bench.models.DeepLabHead): rates 6/12/18 at stride 16, 12/24/36
     # at stride 8; ordinary or depthwise-separable ASPP convolutions; ASPP/decoder width
     output_stride: Literal[8, 16] = 16
@@ -329,11 +335,24 @@ class FinetuneConfig(Settings):
                 "freeze=backbone trains a fresh decoder on a fixed backbone; load=all would "
                 "load a pretrained decoder too: use load=backbone or load=backbone+aspp"
             )
+        if self.decoder == "linear" and self.load != "backbone":
+            raise ValueError(
+                f"decoder=linear has no ASPP or decoder to load (load={self.load}): use "
+                "load=backbone"
+            )
+
+    def unused_fields(self) -> set[str]:
+        if self.decoder == "linear":
+            return {"output_stride", "aspp_separable", "decoder_channels"}
+        return {"linear_features"}
 
     @property
     def head(self):
-        from bench.models import DeepLabHead
+        """The head trained on the encoder (:mod:`bench.models`)."""
+        from bench.models import DeepLabHead, LinearHead
 
+        if self.decoder == "linear":
+            return LinearHead(self.linear_features)
         return DeepLabHead(self.output_stride, self.aspp_separable, self.decoder_channels)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY
 
 from bench import SweepSpec, plan, run_sweep
 from bench.cli import main
@@ -35,7 +36,6 @@ from bench.methods.simclr import SimCLR
 from bench.pretrain import run_pretraining
 from bench.report.html import build_report
 from bench.store import RunStore, read_log
-from tests.conftest import TINY
 
 
 def unit_rows(n: int, d: int, seed: int = 0) -> np.ndarray:
