@@ -149,14 +149,17 @@ def collapsed(health: dict[str, Any], threshold: float) -> bool:
 # ----------------------------------------------------------------------------------------
 # The pass at each epoch's end
 # ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class HealthBatch:
     """The fixed images (uint8 ``[n, C, H, W]``) of a run's health pass, their labels for
-    the k-NN probe (None: the data has no masks) and the seed of the pass's views."""
+    the k-NN probe (None: the data has no masks), the seed of the pass's views, and the
+    views once drawn (they depend on the seed and the method's augmentation only, not on
+    the weights, so the first pass draws them and the later ones reuse them)."""
 
     images: torch.Tensor
     labels: torch.Tensor | None
     seed: int
+    views: torch.Tensor | None = None  # [2n, C, h, w]: the first views, then the second
 
     @classmethod
     def draw(cls, train, count: int, seed: int, num_classes: int, ignore_index: int):
@@ -171,7 +174,8 @@ class HealthBatch:
 def health_pass(method, batch: HealthBatch, device: torch.device) -> dict[str, Any]:
     """The signals of ``method``'s embeddings of ``batch`` (module docstring), with the
     pass's ``seconds``: no gradient, eval mode (train mode restored), the same views every
-    epoch, and torch's random state as it was before."""
+    epoch, and torch's random state as it was before. Both views go through the network in
+    one batch (eval-mode BN treats each image alone, so this changes no number)."""
     started = time.perf_counter()
     was_training = method.training
     forked = [device] if device.type == "cuda" else []
@@ -180,13 +184,13 @@ def health_pass(method, batch: HealthBatch, device: torch.device) -> dict[str, A
         method.eval()
         try:
             images = batch.images.to(device).float().div_(255.0)
-            view1, view2 = method.health_views(images)
-            plain, e1, e2 = (
-                method.embed(method.normalize(x)).cpu() for x in (images, view1, view2)
-            )
+            if batch.views is None:
+                batch.views = torch.cat(method.health_views(images))
+            plain = method.embed(method.normalize(images)).cpu()
+            view1, view2 = method.embed(method.normalize(batch.views)).cpu().chunk(2)
         finally:
             method.train(was_training)
-    return {**signals(plain, e1, e2, batch.labels), "seconds": time.perf_counter() - started}
+    return {**signals(plain, view1, view2, batch.labels), "seconds": time.perf_counter() - started}
 
 
 # ----------------------------------------------------------------------------------------
