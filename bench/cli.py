@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.collapse import health_note
 from bench.config import COMPARED_PRESETS, PRESETS, ConfigError, shown
 from bench.conventions import CONVENTIONS, default_convention
 from bench.cost import estimate_cost, format_estimate, throughput_table
@@ -49,6 +50,7 @@ from bench.store import (
     check_output_dir,
     check_output_file,
     describe_storage_fault,
+    read_log,
     storage_fault,
 )
 from bench.sweep import SweepSpec
@@ -288,7 +290,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(
             f"fine-tuning protocol {cfg.protocol}"
             + (f", overridden: {overrides}" if overrides else "")
-            + f"; DeepLabV3+ head: {cfg.head}; scored on test {cfg.evaluation}"
+            + f"; head: {'DeepLabV3+ ' if cfg.decoder == 'deeplabv3plus' else ''}{cfg.head}"
+            + f"; scored on test {cfg.evaluation}"
         )
     print()
     print(format_estimate(estimate_cost(jobs, data_root, rates)))
@@ -511,7 +514,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     statuses = job_statuses(store, store.run_ids())
     for job_id, status in statuses.items():
         line = f"{status.state!s:<8} {job_id:<58} {status.scheduler_job_id or '-':<10}"
-        print((f"{line} {status.detail}" if status.detail else line).rstrip())
+        health = health_note(read_log(store.run_dir(job_id)))  # pretrainings' last pass
+        detail = "; ".join(text for text in (status.detail, health) if text)
+        print(f"{line} {detail}".rstrip())
     print(f"\n{summary(statuses.values())}")
     if args.rerun_failed:
         from bench.execution.sweeps import rerun_failed
@@ -719,7 +724,8 @@ COMMANDS = {
         cmd_report,
     ),
     "status": (
-        "state of every job in a results folder (planned, queued, running, ...)",
+        "state of every job in a results folder (planned, queued, running, ...) and the "
+        "health of each pretraining (embedding std, rank, alignment, uniformity, k-NN)",
         _status_arguments,
         cmd_status,
     ),

@@ -214,9 +214,31 @@ class PretrainConfig(Settings):
     # choices and not part of the id (the record keeps the world size).
     gpus: int | None = setting(None, ge=1, identity=False)
     nodes: int | None = setting(None, ge=1, identity=False)
+    # The health pass at each epoch's end (bench.health): images of its fixed batch (0: no
+    # pass); an epoch is collapsed when embedding_std x sqrt(d) < collapse_std (SimSiam's
+    # std in units of 1/sqrt(d): ~1 for embeddings spread over the sphere, 0 for one point;
+    # a randomly initialised ResNet-18 gives ~0.1 on the synthetic data, SimCLR ~0.6 after
+    # an epoch, a loss without negatives < 0.02 within epochs: BENCHMARKS.md);
+    # fail_fast_epochs = N stops a run collapsed N epochs in a row as failed (0: never).
+    # Monitoring choices that leave a finished run's weights as they are: not in the id.
+    health_images: int = setting(64, ge=0, identity=False)
+    collapse_std: float = setting(0.05, gt=0, identity=False)
+    fail_fast_epochs: int = setting(0, ge=0, identity=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.health_images == 1:
+            raise ValueError("health_images=1 leaves no pair to compare; use 0 (no pass) or >= 2")
+        if self.fail_fast_epochs and not self.health_images:
+            raise ValueError(
+                f"fail_fast_epochs={self.fail_fast_epochs} needs the health pass; set "
+                "health_images >= 2 or fail_fast_epochs=0"
+            )
 
     def unused_fields(self) -> set[str]:
         unused = set()
+        if not self.health_images:
+            unused |= {"collapse_std", "fail_fast_epochs"}
         if self.optimizer != "lars":
             unused |= {"lars_trust", "lars_adapt"}
         if self.optimizer not in ("sgd", "lars"):
@@ -240,11 +262,12 @@ class PretrainConfig(Settings):
 
 @dataclass(frozen=True)
 class FinetuneConfig(Settings):
-    """Downstream protocol: smp DeepLabV3+ fine-tuned on the labelled subset.
+    """Downstream protocol: smp DeepLabV3+ (or a linear probe) trained on the labelled subset.
 
     ``protocol`` names a complete set of these values (``bench.protocols``: ``harness``,
-    ``glcnet``, ``false``); a preset or ``--set`` may override single fields on top, and the
-    record and the table caption name every field that differs from the protocol."""
+    ``glcnet``, ``false``, ``linear``); a preset or ``--set`` may override single fields on
+    top, and the record and the table caption name every field that differs from the
+    protocol."""
 
     protocol: str = "harness"  # a name of bench.protocols.PROTOCOLS
     # backbone: the encoder is not trained and its BN layers stay in eval mode
@@ -270,6 +293,11 @@ class FinetuneConfig(Settings):
     poly_power: float = setting(0.9, gt=0)
     min_lr: float = setting(0.0, ge=0)
     lr_decay: float = setting(0.98, gt=0, le=1)
+    # what is trained on the encoder: DeepLabV3+ (the head below), or a per-pixel linear
+    # classifier on its features (bench.models.LinearHead: the stages of linear_features,
+    # "multiscale" = strides 4-32 concatenated, "last" = stride 32; the linear protocol)
+    decoder: Literal["deeplabv3plus", "linear"] = setting("deeplabv3plus", identity="if_set")
+    linear_features: Literal["last", "multiscale"] = setting("multiscale", identity="if_set")
     # the DeepLabV3+ head (bench.models.DeepLabHead): rates 6/12/18 at stride 16, 12/24/36
     # at stride 8; ordinary or depthwise-separable ASPP convolutions; ASPP/decoder width
     output_stride: Literal[8, 16] = 16
@@ -307,11 +335,24 @@ class FinetuneConfig(Settings):
                 "freeze=backbone trains a fresh decoder on a fixed backbone; load=all would "
                 "load a pretrained decoder too: use load=backbone or load=backbone+aspp"
             )
+        if self.decoder == "linear" and self.load != "backbone":
+            raise ValueError(
+                f"decoder=linear has no ASPP or decoder to load (load={self.load}): use "
+                "load=backbone"
+            )
+
+    def unused_fields(self) -> set[str]:
+        if self.decoder == "linear":
+            return {"output_stride", "aspp_separable", "decoder_channels"}
+        return {"linear_features"}
 
     @property
     def head(self):
-        from bench.models import DeepLabHead
+        """The head trained on the encoder (:mod:`bench.models`)."""
+        from bench.models import DeepLabHead, LinearHead
 
+        if self.decoder == "linear":
+            return LinearHead(self.linear_features)
         return DeepLabHead(self.output_stride, self.aspp_separable, self.decoder_channels)
 
 
@@ -346,7 +387,7 @@ PRESETS: Registry[Preset] = Registry.of(
             description="CPU study: ~10 min pretraining per method, 600 fine-tuning steps, 2 seeds",
             caption=("cpu preset: small CPU budgets; expect small, noisy gaps between methods"),
             values={
-                "pretrain": {"epochs": 40},
+                "pretrain": {"epochs": 40, "fail_fast_epochs": 3},
                 "finetune": {"steps": 600, "batch_size": 16},
                 "synthetic": {"n_train": 2048, "n_test": 512},
             },
@@ -423,6 +464,7 @@ PRESETS: Registry[Preset] = Registry.of(
                     "warmup_fraction": 0.05,  # 10 of 200 epochs
                     "warmup_start_factor": 0.0,
                     "final_lr_factor": 0.001,
+                    "fail_fast_epochs": 5,  # of 200: a collapsed run stops within 3%
                 },
                 "finetune": {"protocol": "glcnet"},
                 "synthetic": {"patch_size": 256, "n_train": 13824, "n_test": 2048},

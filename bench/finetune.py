@@ -1,4 +1,5 @@
-"""Fine-tuning of smp DeepLabV3+ on a labelled fraction, and evaluation on the test split.
+"""Fine-tuning of smp DeepLabV3+ (or a linear probe) on a labelled fraction, and evaluation
+on the test split.
 
 The encoder starts from the method's backbone (loaded strictly) or, for baselines, from what
 the baseline says. ``finetune.load`` says how much more of a pretrained DeepLabV3+ to start
@@ -7,7 +8,9 @@ protocol, the default) or ``all`` (the whole decoder); a method that pretrains o
 loads only that, and the record says what was loaded. The class head always starts fresh.
 
 What is trained and how comes from ``finetune.protocol`` (:mod:`bench.protocols`) and
-its overrides: the head (:class:`bench.models.DeepLabHead`), a frozen or trained encoder, the
+its overrides: the head (:class:`bench.models.DeepLabHead`, or with ``finetune.decoder=
+linear`` a 1x1 convolution on the frozen encoder's features, :class:`bench.models.
+LinearHead`: the ``linear`` protocol), a frozen or trained encoder, the
 optimiser and schedule, a number of steps or of epochs, which patches are labelled
 (:mod:`bench.datasets.subsets`) and how the test split is scored (:mod:`bench.evaluation`).
 Batches are drawn from seeded permutations of the labelled patches, with random flips and
@@ -197,9 +200,9 @@ class Normalizer:
 
 
 def finetuning_model(job, dataset, pretrained_dir: Path | None, device) -> tuple:
-    """DeepLabV3+ for ``job``, seeded from the job's seed, starting from the method's
-    weights (the encoder frozen with ``freeze=backbone``), on ``device``; with where the
-    encoder came from and what was loaded."""
+    """DeepLabV3+ (or the linear probe) for ``job``, seeded from the job's seed, starting
+    from the method's weights (the encoder frozen with ``freeze=backbone``), on ``device``;
+    with where the encoder came from and what was loaded."""
     cfg: FinetuneConfig = job.finetune
     torch.manual_seed(seed_for(job.seed, 0xF7))
     model = build_segmentation_model(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 BACKBONE_WIDTH = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
@@ -64,11 +65,84 @@ class DeepLabHead:
         }
 
 
+# The encoder stages a linear probe reads, as indices of smp's ResNet feature maps (0 is the
+# input; 1-5 are strides 2, 4, 8, 16, 32): "last", the last stage (DINOv2's "linear"
+# segmentation probe, Oquab et al. 2023, semantic segmentation: the last layer, upsampled);
+# "multiscale", the four residual stages (conv2_x-conv5_x), concatenated as DINOv2's "+ms"
+# probe concatenates its last four layers, since a CNN's stride-32 map alone (2 x 2 on a
+# 64 px patch) cannot place a boundary.
+LINEAR_STAGES = {"last": (5,), "multiscale": (2, 3, 4, 5)}
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """A per-pixel linear classifier on the frozen encoder's features (``finetune.decoder=
+    linear``): the stages of ``features`` (:data:`LINEAR_STAGES`), each normalised by a
+    BatchNorm without affine parameters (MAE's linear probe, He et al., CVPR 2022,
+    appendix A.2: it puts features of different scales on one footing and is still linear
+    at evaluation), bilinearly upsampled to the input and concatenated, then one 1x1
+    convolution to the classes."""
+
+    features: str = "multiscale"
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return LINEAR_STAGES[self.features]
+
+    def __str__(self) -> str:
+        strides = "/".join(str(2**s) for s in self.stages)
+        return f"linear probe (1x1 conv) on encoder stages at stride {strides}"
+
+    def describe(self) -> dict:
+        """What a record says about the head."""
+        return {
+            "kind": "linear",
+            "features": self.features,
+            "stages": list(self.stages),
+            "strides": [2**s for s in self.stages],
+        }
+
+
+class LinearProbe(nn.Module):
+    """``encoder`` (smp's ResNet, its keys unchanged) with a :class:`LinearHead`.
+
+    The 1x1 convolution over the concatenated upsampled features is computed as one 1x1
+    convolution per stage at the stage's own resolution, upsampled and summed: bilinear
+    upsampling is linear with weights summing to 1, so this is the same function (one bias,
+    on the first stage's part) at a fraction of the memory and time."""
+
+    def __init__(self, encoder: nn.Module, head: LinearHead, num_classes: int) -> None:
+        super().__init__()
+        self.encoder, self.stages = encoder, head.stages
+        widths = [encoder.out_channels[s] for s in self.stages]
+        self.norms = nn.ModuleList(nn.BatchNorm2d(w, affine=False) for w in widths)
+        self.classifiers = nn.ModuleList(
+            nn.Conv2d(w, num_classes, 1, bias=i == 0) for i, w in enumerate(widths)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(images)
+        logits = None
+        for stage, norm, classify in zip(self.stages, self.norms, self.classifiers, strict=True):
+            part = F.interpolate(
+                classify(norm(features[stage])), images.shape[-2:], mode="bilinear"
+            )
+            logits = part if logits is None else logits + part
+        return logits
+
+
 def build_segmentation_model(
-    backbone: str, in_channels: int, num_classes: int, head: DeepLabHead | None = None
-) -> smp.DeepLabV3Plus:
+    backbone: str,
+    in_channels: int,
+    num_classes: int,
+    head: DeepLabHead | LinearHead | None = None,
+) -> nn.Module:
     """smp DeepLabV3+ with a randomly initialised encoder (weights are loaded separately)
-    and the ``head`` asked for (by default: stride 16, rates 6/12/18, ordinary convolutions)."""
+    and the ``head`` asked for (by default: stride 16, rates 6/12/18, ordinary convolutions),
+    or a :class:`LinearProbe` for a :class:`LinearHead`; either has the encoder as
+    ``.encoder``."""
+    if isinstance(head, LinearHead):
+        return LinearProbe(build_backbone(backbone, in_channels), head, num_classes)
     head = head or DeepLabHead()
     return smp.DeepLabV3Plus(
         encoder_name=backbone,

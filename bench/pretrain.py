@@ -27,9 +27,11 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from bench import distributed
+from bench.collapse import CollapseError, collapsed, fail_fast_reason
 from bench.config import ConfigError, PretrainConfig
 from bench.datasets import create_dataset
 from bench.engine import (
+    NonFiniteLossError,
     StepOutcome,
     Trainer,
     build_optimizer,
@@ -38,6 +40,7 @@ from bench.engine import (
     resolve_device,
     seed_for,
 )
+from bench.health import HealthBatch, health_pass
 from bench.methods import PretrainingMethod, StepContext, create_method
 from bench.preemption import StopSignals
 from bench.store import (
@@ -328,6 +331,7 @@ class PretrainLog:
         self.started = time.perf_counter()
         self.images_seen = 0
         self.last_loss = math.nan
+        self.last_health: dict[str, Any] | None = None
         self.tracker = open_tracker(run_dir, job, job.pretrain, first_step)
 
     def close(self) -> None:
@@ -378,6 +382,18 @@ class PretrainLog:
         )
         scalars = {"loss": loss, "lr": lr, "seconds": seconds, **means}
         self.tracker.scalars({f"epoch/{k}": v for k, v in scalars.items()}, step)
+        self.tracker.flush()
+
+    def health(self, epoch: int, health: dict[str, Any]) -> None:
+        """The epoch's health pass (:mod:`bench.health`): a log.jsonl line and ``health/*``
+        curves at the epoch's last step."""
+        self.last_health = health
+        if not self.main:
+            return
+        step = (epoch + 1) * self.steps_per_epoch
+        append_log(self.run_dir, {"kind": "health", "epoch": epoch + 1, "step": step, **health})
+        numbers = {k: float(v) for k, v in health.items() if isinstance(v, (int, float))}
+        self.tracker.scalars({f"health/{k}": v for k, v in numbers.items()}, step)
         self.tracker.flush()
 
 
@@ -457,11 +473,12 @@ def run_pretraining(
         )
     first_step = start[0] * steps_per_epoch + start[1] + 1
     progress = PretrainLog(job, run_dir, total_steps, steps_per_epoch, first_step)
+    watch = HealthWatch.of(job, setup, resumed.get("collapsed_epochs", []))
     try:
         with trainer.stop:
             for epoch in range(start[0], cfg.epochs):
                 resume = resumed if epoch == start[0] and start[1] else None
-                train_epoch(job, trainer, train, epoch, progress, resume)
+                train_epoch(job, trainer, train, epoch, progress, resume, watch)
     finally:
         progress.close()
     train_seconds = time.perf_counter() - progress.started
@@ -470,12 +487,47 @@ def run_pretraining(
         if decoder is not None:  # before backbone.pt, whose presence marks the weights done
             save_weights(run_dir / DECODER, decoder)
         save_weights(run_dir / BACKBONE, method.backbone_state_dict())
-    return pretrain_record(job, progress, start, method, train_seconds, device)
+    record = pretrain_record(job, progress, start, method, train_seconds, device)
+    return {**record, "health": progress.last_health, "collapsed_epochs": watch.collapsed_epochs}
 
 
-def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume) -> None:
+@dataclass
+class HealthWatch:
+    """A run's health pass (:mod:`bench.health`): its fixed batch (None: no pass) and the
+    epochs (1-based) found collapsed so far, kept in checkpoints so a resumed run counts
+    on."""
+
+    batch: HealthBatch | None
+    collapsed_epochs: list[int]
+
+    @classmethod
+    def of(cls, job, setup: PretrainSetup, collapsed_epochs) -> HealthWatch:
+        count = job.pretrain.health_images
+        dataset = setup.dataset
+        batch = None
+        if count:
+            batch = HealthBatch.draw(
+                setup.train, count, job.seed, dataset.num_classes, dataset.ignore_index
+            )
+        return cls(batch, list(collapsed_epochs))
+
+    def after_epoch(self, job, method, device, epoch: int, progress: PretrainLog) -> str | None:
+        """The pass at the end of ``epoch`` (0-based), logged; why the run must stop under
+        ``pretrain.fail_fast_epochs``, or None."""
+        if self.batch is None:
+            return None
+        health = health_pass(method, self.batch, device)
+        health["collapsed"] = collapsed(health, job.pretrain.collapse_std)
+        if health["collapsed"]:
+            self.collapsed_epochs.append(epoch + 1)
+        progress.health(epoch, health)
+        return fail_fast_reason(health, self.collapsed_epochs, epoch + 1, job.pretrain)
+
+
+def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume, watch) -> None:
     """One epoch (from ``resume``'s batch, with its random state and totals, after a
-    mid-epoch stop), then its log line and checkpoint; a stop signal ends it early."""
+    mid-epoch stop), then its log line, health pass (:class:`HealthWatch`, which may stop a
+    collapsed run) and checkpoint; a stop signal ends it early."""
     cfg, method, place = job.pretrain, trainer.model, trainer.place
     steps_per_epoch, total_steps = progress.steps_per_epoch, progress.total_steps
     method.train()
@@ -491,7 +543,10 @@ def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume) -> N
 
     def train_step(images: torch.Tensor, step: int) -> StepOutcome:
         ctx = StepContext(step=step, total_steps=total_steps, epoch=epoch)
-        outcome = method_step(trainer, method, images, ctx)
+        try:
+            outcome = method_step(trainer, method, images, ctx)
+        except NonFiniteLossError as error:  # the engine's guard; say the epoch too
+            raise NonFiniteLossError(f"{error} (epoch {epoch + 1} of {cfg.epochs})") from None
         totals.add(outcome)
         progress.images_seen += images.shape[0] * place.world_size
         progress.step(epoch, step, outcome, totals)
@@ -500,6 +555,7 @@ def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume) -> N
     def position(step: int) -> tuple[dict[str, Any], str]:
         batch = step - epoch * steps_per_epoch + 1
         fields = {"epoch": epoch, "batch": batch, "totals": totals.as_dict()}
+        fields["collapsed_epochs"] = list(watch.collapsed_epochs)
         return fields, f"at epoch {epoch + 1}, step {step + 1}"
 
     batches = (
@@ -511,8 +567,12 @@ def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume) -> N
     stopping = trainer.stop_everywhere()
     lr = float(trainer.schedule[(epoch + 1) * steps_per_epoch - 1])
     progress.epoch(epoch, totals, lr, time.perf_counter() - epoch_start)
+    reason = watch.after_epoch(job, method, trainer.device, epoch, progress)
+    if reason is not None:
+        raise CollapseError(reason)
     if epoch + 1 < cfg.epochs or stopping:  # after the last epoch the weights follow
-        trainer.save({"epoch": epoch + 1, "batch": 0, "totals": {}})
+        done = {"epoch": epoch + 1, "batch": 0, "totals": {}}
+        trainer.save({**done, "collapsed_epochs": list(watch.collapsed_epochs)})
     if stopping:
         trainer.preempted(f"after epoch {epoch + 1}")
 

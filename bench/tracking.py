@@ -20,7 +20,10 @@ no device synchronisation. Only rank 0 tracks (:func:`bench.distributed.topology
 
 Nothing is sent anywhere by default. Tags: ``train/loss``, ``train/lr`` and each method scalar
 (``train/fnsd_pairs``, ``train/gs_crop_area``) per step; ``epoch/loss``, ``epoch/lr``,
-``epoch/seconds`` and the epoch means of the method scalars at each epoch's last step;
+``epoch/seconds`` and the epoch means of the method scalars at each epoch's last step, with
+the health pass's ``health/embedding_std``, ``health/effective_rank``, ``health/alignment``,
+``health/uniformity``, ``health/knn_accuracy``, ``health/collapsed`` (1 or 0) ... there
+(:mod:`bench.health`);
 ``test/miou``, ``test/kappa``, ``test/oa``, ``test/mean_f1``, ``test/image_miou`` and
 ``test_iou/<class>`` at a fine-tuning's last step. Steps count from 1, as in log.jsonl.
 """

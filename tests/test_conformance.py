@@ -37,12 +37,16 @@ def test_byol_passes_every_contract_and_declares_its_target():
         "seeded",
         "frozen",
         "resume",
+        "no-collapse",
         "backbone-load",
         "step-cost",
     ]
     assert all(status == "PASS" for status, _ in results.values()), results
     assert "target_backbone, target_projector: not trainable" in results["frozen"][1]
     assert "bit-identical" in results["resume"][1]
+    assert (
+        "a fixed batch of 16 images after each of 2 epochs (8 steps)" in results["no-collapse"][1]
+    )
     assert "SimCLR's step time" in results["step-cost"][1]
 
 
@@ -105,6 +109,13 @@ class CountedTemperature(SimCLR):
         return loss * (1.0 + 0.01 * self.calls), logs
 
 
+class ConstantEmbedding(SimCLR):
+    """Embeddings multiplied by 0 plus a constant: every image maps to one point."""
+
+    def embed(self, images):
+        return super().embed(images) * 0 + 1
+
+
 class MissingHook(SimCLR):
     """A method that left one of its hooks to the base class."""
 
@@ -119,6 +130,7 @@ BROKEN = {
     "prefixed-keys": PrefixedKeys,
     "detached": DetachedFeatures,
     "counted": CountedTemperature,
+    "constant": ConstantEmbedding,
 }
 
 
@@ -140,6 +152,8 @@ def broken(registries):
         ("undeclared-target", "frozen", "are frozen but not declared (e.g. target_backbone."),
         ("detached", "step", "60 of 60 backbone tensors get no gradient"),
         ("missing-hook", "step", "hook PretrainingMethod.training_step is not implemented"),
+        ("constant", "no-collapse", "after 4 steps (epoch 1) the embeddings of a fixed batch"),
+        ("constant", "no-collapse", "embedding_std x sqrt(d) = 0.0000 < pretrain.collapse_std"),
     ],
 )
 def test_broken_methods_fail_with_what_to_fix(broken, name, contract, message):

@@ -88,8 +88,8 @@ def test_report_holds_tables_plots_losses_jobs_and_settings(results, tmp_path):
     # what cells, marks and the test mean: once per section of tables, not once per table
     assert text.count("Rows: methods, baselines first") == 3
     assert text.count("Bold</b>: best mean in its column") == 3
-    # one figure per metric and the loss curves, each an SVG image inside the page
-    assert len(page.images) == len(metrics) + 1
+    # one figure per metric, the loss curves and the health curves, each an SVG image
+    assert len(page.images) == len(metrics) + 2
     for src in page.images:
         svg = base64.b64decode(src.removeprefix("data:image/svg+xml;base64,"))
         assert svg.startswith(b"<svg xmlns=") and svg.endswith(b"</svg>")

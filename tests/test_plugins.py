@@ -235,7 +235,7 @@ def test_installed_example_runs_plan_run_table_and_check_method(installed_exampl
     assert done.returncode == 0 and "| dcl" in done.stdout and "| simclr" in done.stdout
     done = _run(["-m", "bench", "check-method", "dcl"], [installed_example])
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    assert "7 of 7 contracts pass" in done.stdout
+    assert "8 of 8 contracts pass" in done.stdout
 
 
 @pytest.mark.slow

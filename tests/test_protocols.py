@@ -1,11 +1,13 @@
 """Downstream protocols: the DeepLabV3+ head as published, each named protocol's optimiser,
 schedule and frozen/loaded parts against a transcription of its paper's release (written
-here, not imported from bench.protocols), resolution with presets and --set, and job ids."""
+here, not imported from bench.protocols), the linear probe against its textbook form,
+resolution with presets and --set, and job ids."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
 from bench import SweepSpec
@@ -13,8 +15,9 @@ from bench.config import ConfigError, FinetuneConfig
 from bench.datasets import create_dataset
 from bench.finetune import TrainingLength, finetuning_model, finetuning_trainer
 from bench.jobs import FinetuneJob
-from bench.models import DeepLabHead, build_segmentation_model
+from bench.models import DeepLabHead, LinearHead, LinearProbe, build_segmentation_model
 from bench.protocols import finetune_settings, protocol_overrides
+from bench.store import RunStore
 from bench.sweep import plan
 
 # Transcribed from the releases (see the protocol docstrings for file and line).
@@ -184,7 +187,9 @@ def test_overrides_are_named_and_change_the_job_id():
 
 
 def test_protocol_settings_that_cannot_work_are_refused():
-    with pytest.raises(ConfigError, match="unknown protocol 'mmseg'.*harness, glcnet, false"):
+    with pytest.raises(
+        ConfigError, match="unknown protocol 'mmseg'.*harness, glcnet, false, linear"
+    ):
         finetune_settings(None, {"protocol": "mmseg"})
     with pytest.raises(ConfigError, match="finetune.steps has no effect: protocol glcnet"):
         finetune_settings({"protocol": "glcnet"}, {"steps": "50"})
@@ -204,3 +209,102 @@ def test_glcnet_pretrained_aspp_must_fit_the_fine_tuning_head():
     assert job.finetune.head.separable
     # the false protocol loads only the backbone: any head goes
     assert job_for("finetune.protocol=false", method="glcnet").finetune.load == "backbone"
+
+
+def test_linear_protocol_trains_only_a_1x1_convolution_on_the_frozen_encoder():
+    job = job_for("finetune.protocol=linear", "synthetic.patch_size=32")
+    model, trainer, length = built(job, labelled=64)
+    assert isinstance(model, LinearProbe) and job.finetune.head == LinearHead("multiscale")
+    optimizer = trainer.optimizer
+    assert type(optimizer) is torch.optim.Adam and length.steps == 100
+    assert all(g["weight_decay"] == 0 and g["lr"] == 1e-3 for g in optimizer.param_groups)
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    convs = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m not in set(model.encoder.modules())
+    ]
+    assert [c.kernel_size for c in convs] == [(1, 1)] * 4  # strides 4, 8, 16, 32
+    assert trained == {id(p) for c in convs for p in c.parameters()}  # nothing else learns
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert sum(c.bias is not None for c in convs) == 1  # one classifier: one bias
+    assert job.finetune.load == "backbone" and protocol_overrides(job.finetune) == {}
+    # BN in eval: a step leaves the encoder's weights and running statistics as they were
+    from bench.finetune import segmentation_loss
+
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    images, masks = torch.randn(2, 3, 32, 32), torch.randint(0, 6, (2, 32, 32))
+    trainer.step(0, lambda: segmentation_loss(model, images, masks, job.finetune, 255))
+    assert all(torch.equal(before[k], v) for k, v in model.encoder.state_dict().items())
+
+
+@pytest.mark.parametrize("features", ["multiscale", "last"])
+def test_linear_probe_is_one_1x1_conv_over_concatenated_upsampled_features(features):
+    """Per-stage convolutions summed after upsampling = the textbook probe: BN-normalised
+    stages upsampled to the input, concatenated, one 1x1 convolution."""
+    torch.manual_seed(0)
+    head = LinearHead(features)
+    model = build_segmentation_model("resnet18", 3, 5, head).eval()
+    for norm in model.norms:  # statistics as after training, so BN does something
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        stages = model.encoder(images)
+        upsampled = [
+            nn.functional.interpolate(
+                (stages[s] - n.running_mean[:, None, None])
+                / torch.sqrt(n.running_var[:, None, None] + n.eps),
+                size=(64, 64),
+                mode="bilinear",
+            )
+            for s, n in zip(head.stages, model.norms, strict=True)
+        ]
+        weight = torch.cat([c.weight for c in model.classifiers], dim=1)
+        expected = nn.functional.conv2d(torch.cat(upsampled, 1), weight, model.classifiers[0].bias)
+        assert torch.allclose(model(images), expected, atol=1e-5)
+    assert weight.shape[1] == (960 if features == "multiscale" else 512)
+
+
+def test_linear_protocol_follows_the_protocol_rules_in_ids_and_settings():
+    linear, harness = job_for("finetune.protocol=linear"), job_for()
+    assert linear.job_id != harness.job_id
+    assert job_for("finetune.protocol=linear", "finetune.linear_features=last").job_id not in (
+        linear.job_id,
+        harness.job_id,
+    )
+    tuned = job_for("finetune.protocol=linear", "finetune.lr=0.01").finetune
+    assert protocol_overrides(tuned) == {"lr": 0.01}
+    assert linear.finetune.head.describe() == {
+        "kind": "linear",
+        "features": "multiscale",
+        "stages": [2, 3, 4, 5],
+        "strides": [4, 8, 16, 32],
+    }
+    with pytest.raises(ConfigError, match="decoder=linear has no ASPP or decoder to load"):
+        job_for("finetune.protocol=linear", "finetune.load=backbone+aspp")
+    # GLCNet's pretrained ASPP has nowhere to go: the probe loads its backbone only
+    assert job_for("finetune.protocol=linear", method="glcnet").finetune.load == "backbone"
+
+
+def test_a_linear_probe_run_is_recorded_and_captioned_as_every_protocol(dirs, capsys):
+    from bench import run_sweep
+    from bench.cli import main
+    from bench.report.table import build_table
+
+    results, data = dirs
+    spec = SweepSpec(
+        methods=("random",), fractions=(0.5,), overrides=(*TINY, "finetune.protocol=linear")
+    )
+    result = run_sweep(spec, results, data)
+    (record,) = result.finetune_records()
+    assert record["protocol"] == "linear" and record["freeze"] == "backbone"
+    assert record["protocol_overrides"] == {"steps": 3, "batch_size": 4}  # TINY's
+    assert record["protocol_settings"]["decoder"] == "linear" and record["head"]["kind"] == "linear"
+    assert record["loaded"] == "none" and 0 <= record["miou"] <= 1
+    (caption,) = build_table(RunStore(results).records(), ("miou",)).protocols
+    assert caption.startswith("fine-tuned under protocol linear (this harness: the frozen-encoder")
+    assert caption.endswith(", overridden: steps=3, batch_size=4; scored on the test patches")
+    assert main(["list"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  linear "))
+    assert "cheaper per step" in line and "than harness" in line

@@ -1,6 +1,7 @@
-"""Live curves: TensorBoard event files of real tiny runs, read back with tensorboard's own
-reader; a resumed run read once per step; W&B (offline) and MLflow (file store) when
-installed; settings that change no job id; a logger asked for and not installed."""
+"""Live curves: TensorBoard event files of real tiny runs (health passes included), read back
+with tensorboard's own reader; a resumed run read once per step; W&B (offline) and MLflow
+(file store) when installed; settings that change no job id; a logger asked for and not
+installed."""
 
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ def test_pretraining_events_hold_every_step_and_epoch_scalar(sweep):
         assert tags[tag] == [(s, pytest.approx(v, rel=1e-6)) for s, v in logged]
     lrs = dict(tags["train/lr"])
     assert lrs[STEPS_PER_EPOCH] == pytest.approx(epochs[0]["lr"], rel=1e-6)
+    passes = [line for line in lines if line["kind"] == "health"]  # one per epoch's end
+    for name in ("embedding_std", "effective_rank", "alignment", "uniformity", "knn_accuracy"):
+        logged = [(line["step"], line[name]) for line in passes]
+        assert tags[f"health/{name}"] == [(s, pytest.approx(v, rel=1e-6)) for s, v in logged]
+        assert [s for s, _ in logged] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
 
 
 def test_finetuning_events_hold_the_loss_and_the_final_scores(sweep):

@@ -9,6 +9,10 @@ the tiny synthetic data on the CPU in about a minute.
   get no gradient; every other parameter is trainable and gets one;
 - ``resume``: a run stopped mid-epoch and resumed writes the same backbone.pt (and
   decoder.pt), bit for bit, as an uninterrupted run (the real ``run_pretraining``);
+- ``no-collapse``: the health pass of that uninterrupted run (:mod:`bench.health`, at each
+  epoch's end) never finds the embeddings of its fixed batch collapsed (std below
+  ``pretrain.collapse_std`` in units of 1/sqrt(d)); read from the run's log.jsonl, so it
+  costs only the passes themselves;
 - ``backbone-load``: backbone.pt loads strictly into smp's DeepLabV3+ encoder, and
   decoder.pt into its ASPP/decoder where ``transfers`` claims them (the fine-tuning's own
   loading);
@@ -26,10 +30,12 @@ from pathlib import Path
 
 import torch
 
+from bench.collapse import describe_std
 from bench.config import ConfigError
 from bench.conformance.contracts import (
     Contract,
     Shared,
+    Unavailable,
     failed,
     one_cpu_thread,
     passed,
@@ -51,14 +57,23 @@ from bench.pretrain import (
     pretraining_model,
     run_pretraining,
 )
-from bench.store import BACKBONE, DECODER
+from bench.store import BACKBONE, DECODER, read_log
 from bench.sweep import SweepSpec, check_data, plan
 
 CHECK_DATASET = "synthetic"  # at its check_settings: 16 images of 32 px
 # Four steps of four images per epoch, two epochs, so that a resume crosses an epoch's end
 # (methods fit their own settings to it with their check_settings).
 CHECK_PRETRAIN = {"batch_size": 4, "view_size": 32, "epochs": 2, "log_every": 10**6}
-CONTRACTS = ("setup", "step", "seeded", "frozen", "resume", "backbone-load", "step-cost")
+CONTRACTS = (
+    "setup",
+    "step",
+    "seeded",
+    "frozen",
+    "resume",
+    "no-collapse",
+    "backbone-load",
+    "step-cost",
+)
 BASELINE_CONTRACTS = ("setup", "backbone-load")
 CPU = torch.device("cpu")
 
@@ -278,6 +293,33 @@ class MethodCheck:
             "resume",
             f"stopped at step {stop_at} ({where}) and resumed: {' and '.join(files)} "
             "bit-identical to an uninterrupted run",
+        )
+
+    def no_collapse(self) -> Contract:
+        passes = [e for e in read_log(self.reference_run()) if e.get("kind") == "health"]
+        if not passes:
+            raise Unavailable("the run made no health pass (pretrain.health_images=0)")
+        threshold, images = (
+            self.job.pretrain.collapse_std,
+            min(self.job.pretrain.health_images, self.job.dataset_params.n_train),
+        )
+        bad = next((p for p in passes if p.get("collapsed")), None)
+        if bad is not None:
+            return failed(
+                "no-collapse",
+                f"after {bad['step']} steps (epoch {bad['epoch']}) the embeddings of a fixed "
+                f"batch of {images} images collapsed: {describe_std(bad)} < "
+                f"pretrain.collapse_std={threshold:g}, effective rank "
+                f"{bad.get('effective_rank', float('nan')):.2f}: the loss must keep different "
+                "images apart (negatives, a predictor with a stop-gradient, a variance term), "
+                "and embed() must return the backbone's pooled features",
+            )
+        last = passes[-1]
+        return passed(
+            "no-collapse",
+            f"a fixed batch of {images} images after each of {len(passes)} epochs "
+            f"({last['step']} steps): {describe_std(last)} at the end (collapse: < "
+            f"{threshold:g}), effective rank {last['effective_rank']:.1f}",
         )
 
     def backbone_load(self) -> Contract:

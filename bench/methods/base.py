@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bench.augment import ViewAugmentation, ViewRecipe
 from bench.config import NoSettings, PretrainConfig
 from bench.models import DeepLabHead, build_backbone
 from bench.plugins import INSTALLED
@@ -120,6 +121,15 @@ class PretrainingMethod(Method, nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Globally average-pooled last-stage features of normalised images."""
         return self.backbone(images)[-1].mean(dim=(2, 3))
+
+    def health_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two views of a batch of [0, 1] images for the health pass's alignment
+        (:mod:`bench.health`): methods with a view augmentation of their own return theirs;
+        this default is two draws of SimCLR's augmentation (Chen et al. 2020, appendix A)
+        with crops of 20-100% of the image (MoCo v2's scale, kept by the quick preset for
+        small patches) at ``pretrain.view_size``."""
+        augment = ViewAugmentation(ViewRecipe(size=self.config.view_size, crop_scale=(0.2, 1.0)))
+        return augment(images), augment(images)
 
     def training_step(
         self, images: torch.Tensor, ctx: StepContext

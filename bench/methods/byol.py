@@ -107,6 +107,9 @@ class BYOL(PretrainingMethod):
             for blur, solarize in zip(params.blur_probs, params.solarize_probs, strict=True)
         )
 
+    def health_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.views[0](images), self.views[1](images)
+
     def training_step(self, images: torch.Tensor, ctx: StepContext):
         views = [self.normalize(augment(images)) for augment in self.views]
         # Each view is its own forward pass (own BN batch), as in the BYOL release.

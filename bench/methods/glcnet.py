@@ -248,6 +248,10 @@ class GLCNet(PretrainingMethod):
         z = torch.cat([first, second])
         return nt_xent(z, self.params.temperature, self.params.positive_in_denominator)
 
+    def health_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        view1, view2, _, _ = self.views(images)
+        return view1, view2
+
     def training_step(self, images: torch.Tensor, ctx: StepContext):
         p: GLCNetParams = self.params
         view1, view2, boxes1, boxes2 = self.views(images)

@@ -119,6 +119,9 @@ class MoCo(PretrainingMethod):
     def resolved_settings(self) -> dict:
         return {"queue_size": self.queue_size}
 
+    def health_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.views(images), self.views(images)
+
     def training_step(self, images: torch.Tensor, ctx: StepContext):
         query_views = self.normalize(self.views(images))
         key_views = self.normalize(self.views(images))

@@ -80,6 +80,9 @@ class SimCLR(PretrainingMethod):
         with torch.autocast(features.device.type, enabled=False):
             return distributed.gather_views(self.projector(features.float()))
 
+    def health_views(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.views(images), self.views(images)
+
     def training_step(self, images: torch.Tensor, ctx: StepContext):
         loss = nt_xent(self.two_view_embeddings(images), self.params.temperature)
         return loss, {}

@@ -4,9 +4,10 @@
 headline (datasets, methods, seeds, presets and protocols, how many jobs finished), the
 metric-vs-fraction figure and the comparison table of the main metric (the first the
 records have: mIoU). Then the other metrics (table and figure each), the per-class IoU of
-every dataset and fraction, the pretraining loss curves, the environment (versions, host,
-git commit, device) and the settings (spec.json) of every run, and last, folded, the state
-of every job (:func:`bench.execution.status.job_statuses`; failed ones with error and traceback).
+every dataset and fraction, the pretraining loss and health curves (a collapsed run marked,
+:mod:`bench.health`), the environment (versions, host, git commit, device) and the settings
+(spec.json) of every run, and last, folded, the state of every job
+(:func:`bench.execution.status.job_statuses`; failed ones with error and traceback).
 Tables are :func:`bench.report.table.build_table`'s (one table of every metric, shown a
 metric at a time) rendered by :func:`bench.report.formats.render`; what cells, marks and
 tests mean is said once per section, each table keeps its own MDD and footer lines. Figures
@@ -24,12 +25,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench.collapse import health_note
 from bench.config import ConfigError
 from bench.conventions import check_conventions, rescore_records
 from bench.execution.status import job_statuses
 from bench.report.formats import DETAILS, HTML, LEGEND, caption_lines, to_html
 from bench.report.records import ScannedStore, scan_results
-from bench.report.svg import fraction_svg, loss_svg
+from bench.report.svg import fraction_svg, health_svg, loss_svg
 from bench.report.table import (
     AUTO,
     METRIC_LABELS,
@@ -66,6 +68,7 @@ table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
 th:first-child, td.text { text-align: left; }
 tr.failed td, tr.corrupt td { background: #fde8e8; }
+tr.collapsed td { background: #fff1d6; font-weight: bold; }
 .table-block { overflow-x: auto; margin-bottom: 1.5em; }
 .table-block p, .note, .legend p { font-size: 0.85em; color: #444; margin: 0.2em 0; }
 .headline { font-size: 1.05em; margin: 0.3em 0 0.8em; }
@@ -114,14 +117,16 @@ def build_report(
     frame = records_frame(records)
     metrics = reported_metrics(records)
     table = build_table(frame, metrics, AUTO) if metrics else None
+    logs = pretraining_logs(store, specs)
     sections = [
         ("results", "Results", _notes(notes) + results_section(table)),
         ("metrics", "Other metrics", metrics_section(table)),
         ("per-class", "Per-class IoU", per_class_section(frame)),
-        ("losses", "Pretraining loss", loss_section(store, specs)),
+        ("losses", "Pretraining loss", loss_section(store, specs, logs)),
+        ("health", "Pretraining health", health_section(specs, logs)),
         ("environment", "Environment", environment_section(records)),
         ("settings", "Settings of every run", settings_section(run_ids, scan.spec_texts)),
-        ("jobs", "Jobs", status_section(statuses, unreadable)),
+        ("jobs", "Jobs", status_section(statuses, unreadable, logs)),
     ]
     contents = "".join(f'<li><a href="#{key}">{title}</a></li>' for key, title, _ in sections)
     body = "\n".join(
@@ -196,19 +201,27 @@ def _block(table_html: str) -> str:
 # ----------------------------------------------------------------------------------------
 # Sections
 # ----------------------------------------------------------------------------------------
-STATUS_COLUMNS = ("job", "state", "method", "dataset", "fraction", "seed", "detail")
+STATUS_COLUMNS = ("job", "state", "method", "dataset", "fraction", "seed", "detail", "health")
 
 
-def status_section(statuses: dict[str, JobStatus], unreadable: list[UnreadableRecord]) -> str:
+def status_section(
+    statuses: dict[str, JobStatus],
+    unreadable: list[UnreadableRecord],
+    logs: dict[str, list[dict[str, Any]]],
+) -> str:
     """Every job's state (as ``bench status``), folded under the count of each state;
-    failed ones with error and traceback; the files left out as not valid records."""
+    failed ones with error and traceback; a
+    pretraining's health (:func:`bench.collapse.health_note` of its log.jsonl ``logs``), a
+    collapsed one's row marked."""
     rows = []
     for job_id, status in statuses.items():
         record = status.record or {}
+        health = health_note(logs.get(job_id, []))
         cells = [job_id, status.state, record.get("method", ""), record.get("dataset", "")]
-        cells += [_fraction(record.get("fraction")), record.get("seed", ""), status.detail]
+        cells += [_fraction(record.get("fraction")), record.get("seed", ""), status.detail, health]
         text = "".join(f'<td class="text">{_e(c)}</td>' for c in cells)
-        rows.append(f'<tr class="{status.state.value}">{text}</tr>')
+        marks = status.state.value + (" collapsed" if health.startswith("COLLAPSED") else "")
+        rows.append(f'<tr class="{marks}">{text}</tr>')
     header = "".join(f"<th>{name}</th>" for name in STATUS_COLUMNS)
     table = f"<table>\n<thead><tr>{header}</tr></thead>\n<tbody>\n"
     folded = _block(table + "\n".join(rows) + "\n</tbody>\n</table>")
@@ -285,20 +298,30 @@ def per_class_section(frame) -> str:
     return "\n".join(parts) + "\n" + _legend(table)
 
 
-def loss_curves(
+def pretraining_logs(
     store: RunStore, specs: dict[str, dict | None]
+) -> dict[str, list[dict[str, Any]]]:
+    """Job id -> the log.jsonl lines of each pretraining (``specs``: job id -> its spec.json),
+    read once for the loss curves, the health curves and the job list."""
+    return {
+        job_id: read_log(store.run_dir(job_id))
+        for job_id, spec in specs.items()
+        if (spec or {}).get("kind") == "pretrain"
+    }
+
+
+def loss_curves(
+    specs: dict[str, dict | None], logs: dict[str, list[dict[str, Any]]]
 ) -> dict[str, dict[str, list[list[tuple[int, float]]]]]:
     """method -> dataset -> the (epoch, mean loss) points of each of its pretraining runs
     (``specs``: job id -> its spec.json), from the epoch lines of its log.jsonl (a running
     one: the epochs so far)."""
     curves: dict[str, dict[str, list]] = {}
-    for job_id, spec in specs.items():
-        spec = spec or {}
-        if spec.get("kind") != "pretrain":
-            continue
+    for job_id, lines in logs.items():
+        spec = specs.get(job_id) or {}
         points = [
             (entry["epoch"], entry["loss"])
-            for entry in read_log(store.run_dir(job_id))
+            for entry in lines
             if entry.get("kind") == "epoch" and isinstance(entry.get("loss"), (int, float))
         ]
         if points:
@@ -307,8 +330,10 @@ def loss_curves(
     return curves
 
 
-def loss_section(store: RunStore, specs: dict[str, dict | None]) -> str:
-    curves = loss_curves(store, specs)
+def loss_section(
+    store: RunStore, specs: dict[str, dict | None], logs: dict[str, list[dict[str, Any]]]
+) -> str:
+    curves = loss_curves(specs, logs)
     curves = {method: curves[method] for method in method_order(curves)}  # as in the tables
     if not curves:
         return '<p class="note">no pretraining epoch has finished yet</p>'
@@ -319,6 +344,25 @@ def loss_section(store: RunStore, specs: dict[str, dict | None]) -> str:
         f"{_e(store.root)}</code>.</p>"
     )
     return note + "\n" + _image(loss_svg(curves), "loss curves")
+
+
+def health_section(specs: dict[str, dict | None], logs: dict[str, list[dict[str, Any]]]) -> str:
+    """The health curves of every pretraining (:mod:`bench.health`), collapsed runs marked."""
+    runs = {}
+    for job_id, spec in specs.items():
+        passes = [e for e in logs.get(job_id, []) if e.get("kind") == "health"]
+        if (spec or {}).get("kind") == "pretrain" and passes:
+            runs[f"{spec.get('method')} {spec.get('dataset')} seed {spec.get('seed')}"] = passes
+    if not runs:
+        return '<p class="note">no health pass has run yet</p>'
+    note = (
+        '<p class="note">Signals of a fixed batch of pretraining images at each epoch\'s end '
+        "(log.jsonl): the embeddings' std in units of 1/sqrt(d) (0: collapsed to one point), "
+        "their effective rank, the two views' alignment, uniformity, and a k-NN probe of each "
+        "image's main class. A red cross marks a collapsed epoch (std below "
+        "<code>pretrain.collapse_std</code>); a collapsed run's line is dashed.</p>"
+    )
+    return note + "\n" + _image(health_svg(runs), "health")
 
 
 def environment_section(records: list[dict[str, Any]]) -> str:

@@ -6,14 +6,17 @@ files) from the same data (:func:`bench.report.plots.fraction_series`,
 :func:`~bench.report.plots.spread_over_runs`) and rules (:func:`~bench.report.plots.log_axis`):
 a panel per dataset of a metric vs the label fraction, a line per method with std bars;
 and a panel per method of the pretraining loss per epoch, a line per dataset with the
-spread over its runs shaded. Only lines, markers, text and a legend: no interaction.
+spread over its runs shaded; and a panel per health signal of the pretrainings
+(:mod:`bench.health`), a line per run, a collapsed run dashed and its collapsed epochs
+crossed in red. Only lines, markers, text and a legend: no interaction.
 """
 
 from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from bench.report.plots import X_LABEL, fraction_series, log_axis, spread_over_runs
 
@@ -37,6 +40,8 @@ class Series:
     colour: int
     points: list[tuple[float, float, float, float]]
     band: bool = False
+    dashed: bool = False
+    crossed: list[tuple[float, float]] = field(default_factory=list)  # red crosses at (x, y)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,43 @@ def loss_svg(curves: dict[str, dict[str, list[list[tuple[int, float]]]]]) -> str
             series.append(Series(label, index, points, band=True))
         panels.append(Panel(method, series, "epoch", "mean loss"))
     return figure(panels, legend_per_panel=True)
+
+
+# The health panels: the log.jsonl key of each signal and the panel's title
+HEALTH_PANELS = (
+    ("embedding_std", "embedding std x sqrt(d)"),
+    ("effective_rank", "effective rank"),
+    ("alignment", "alignment (lower: closer views)"),
+    ("uniformity", "uniformity (lower: more spread)"),
+    ("knn_accuracy", "k-NN accuracy"),
+)
+
+
+def health_svg(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """The health curves of pretraining runs (``runs``: label -> the health lines of its
+    log.jsonl), a panel per signal, a line per run; the std in units of 1/sqrt(d) (the
+    collapse threshold's); a collapsed run's line dashed with "(collapsed)" in its label,
+    its collapsed epochs crossed in red."""
+    panels = []
+    for key, title in HEALTH_PANELS:
+        series = []
+        for index, (label, passes) in enumerate(runs.items()):
+            ever = any(p.get("collapsed") for p in passes)
+            points = [(p["epoch"], _health_value(p, key), p.get("collapsed")) for p in passes
+                      if key in p]  # fmt: skip
+            if points:
+                name = f"{label} (collapsed)" if ever else label
+                line = [(e, v, v, v) for e, v, _ in points]
+                crossed = [(e, v) for e, v, flagged in points if flagged]
+                series.append(Series(name, index, line, band=True, dashed=ever, crossed=crossed))
+        if series:
+            panels.append(Panel(title, series, "epoch", ""))
+    return figure(panels)
+
+
+def _health_value(health: dict[str, Any], key: str) -> float:
+    value = float(health[key])
+    return value * health["embedding_dim"] ** 0.5 if key == "embedding_std" else value
 
 
 def figure(panels: list[Panel], legend_per_panel: bool = False) -> str:
@@ -150,8 +192,14 @@ def _series(series: Series, fx, fy) -> str:
             out.append(_line(x, low, x, high, colour))
             out += [_line(x - 3, y, x + 3, y, colour) for y in (low, high)]
     line = " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in points)
-    out.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+    dash = ' stroke-dasharray="5,3"' if series.dashed else ""
+    out.append(
+        f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>'
+    )
     out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}"/>' for x, y, _, _ in points]
+    for x, y in ((fx(x), fy(y)) for x, y in series.crossed):
+        out.append(_line(x - 4, y - 4, x + 4, y + 4, "red", 2))
+        out.append(_line(x - 4, y + 4, x + 4, y - 4, "red", 2))
     return "\n".join(out)
 
 
