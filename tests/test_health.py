@@ -4,6 +4,7 @@ fail-fast, a healthy one is not flagged, and the settings leave job ids alone.""
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 
@@ -206,7 +207,13 @@ def test_status_and_report_show_the_health_and_mark_the_collapsed_run(health_swe
     marked = [cells for classes, cells in rows if "collapsed" in classes.split()]
     assert len(marked) == 1 and "pretrain-no-negatives" in marked[0]
     section = page[page.index('<section id="health">') :]
-    assert "red cross marks a collapsed epoch" in section and "data:image/png;base64" in section
+    assert "red cross marks a collapsed epoch" in section
+    image = re.search(r'src="data:image/svg\+xml;base64,([^"]+)"', section).group(1)
+    svg = base64.b64decode(image).decode()
+    # the collapsed run: labelled so, its line dashed, a red cross at each collapsed epoch
+    assert "no-negatives synthetic seed 0 (collapsed)" in svg and "stroke-dasharray" in svg
+    crosses = svg.count('stroke="red"') // 2 // 5  # two strokes a cross, five panels
+    assert crosses == 2  # epochs 1 and 2; the run stopped after its second
 
 
 @pytest.mark.slow
