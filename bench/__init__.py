@@ -13,7 +13,7 @@ __all__ = ["SweepResult", "SweepSpec", "__version__", "plan", "run_sweep"]
 
 # name -> the module that defines it (planning, or running sweeps)
 _ENTRY_POINTS = {
-    "SweepSpec": "bench.sweep",
+    "SweepSpec": "bench.sweep_spec",
     "plan": "bench.sweep",
     "SweepResult": "bench.execution.sweeps",
     "run_sweep": "bench.execution.sweeps",

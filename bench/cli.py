@@ -16,7 +16,6 @@ from pathlib import Path
 from bench.collapse import health_note
 from bench.config import COMPARED_PRESETS, PRESETS, ConfigError, shown
 from bench.conventions import CONVENTIONS, default_convention
-from bench.cost import estimate_cost, format_estimate, throughput_table
 from bench.execution.executors import EXECUTORS
 from bench.experiment import (
     LATEST,
@@ -53,7 +52,7 @@ from bench.store import (
     read_log,
     storage_fault,
 )
-from bench.sweep import SweepSpec
+from bench.sweep_spec import SweepSpec
 
 log = logging.getLogger("bench")
 
@@ -273,6 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from bench.cost import estimate_cost, format_estimate, throughput_table
     from bench.execution.sweeps import sweep_status
     from bench.sweep import data_problems, plan
 

@@ -33,10 +33,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from bench.config import ConfigError, check_unique
-from bench.metrics import image_metrics, image_summary, metrics_from_confusion, without_targets
 from bench.plugins import INSTALLED
 from bench.registry import Registry
 from bench.store import read_scores
@@ -214,6 +212,10 @@ def convention_scores(
     """The score fields of ``record`` under ``convention`` (:data:`SCORE_FIELDS`), from its
     stored matrices; the per-image ones (None without ``per_image``, the arrays of its
     ``scores.npz``) only where ``per_image`` holds the variant's matrices."""
+    import torch  # here, not at the top: `table` and `report` without --convention skip it
+
+    from bench.metrics import metrics_from_confusion, without_targets
+
     names = list(record["class_names"])
     variant = scored_labels(record, convention)
     ignored = [names.index(c) for c in convention.ignored]
@@ -233,6 +235,8 @@ def image_scores(record, variant: str, ignored: list[int], averaged, per_image) 
     """The per-image scores of ``variant``: from the per-class per-image IoU the record
     keeps when no class is ignored, else from the per-image matrices in ``per_image``
     (the arrays of its scores.npz); None where neither is there."""
+    from bench.metrics import image_metrics, image_summary, without_targets
+
     kept = (record.get("image_iou") or {}).get(variant)
     if not ignored and kept is not None:
         return image_summary(kept, record["images_scored"], averaged)

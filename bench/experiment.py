@@ -15,7 +15,7 @@ table's options (metric, baseline)::
     results: results/glcnet
     table: {metric: [miou, kappa], baseline: random}
 
-It is read into the same typed :class:`bench.sweep.SweepSpec` the command line builds, so
+It is read into the same typed :class:`bench.sweep_spec.SweepSpec` the command line builds, so
 every name and value is checked by the same code with the same message; the file's own
 problems (YAML syntax, a duplicate or unknown key, a value of the wrong type) are one line
 that names the file. Flags given beside a file override its values (``--set`` and
@@ -41,10 +41,9 @@ import yaml
 from bench.config import ConfigError, parse_overrides
 from bench.execution.cluster import Profile, check_settings, load_profile, parse_cluster_overrides
 from bench.execution.executors import EXECUTORS, get_executor
-from bench.jobs import Job
 from bench.report import AUTO, check_baseline, check_metrics
 from bench.store import RunStore, atomic_write_bytes
-from bench.sweep import SweepSpec, check_data, check_spec, plan, sweep_settings
+from bench.sweep_spec import SweepSpec
 
 LATEST = "experiment.yaml"  # in a results folder: the experiment `run` ran last
 BY_HASH = "experiments"  # in a results folder: every experiment run there, by content
@@ -357,6 +356,8 @@ def load_experiment(path: Path | str | None, given: dict[str, Any] | None = None
 def check_experiment(experiment: Experiment) -> None:
     """Every name and setting of the sweep and the table's options, as a command checks
     them (ConfigError with the same message)."""
+    from bench.sweep import check_spec, sweep_settings  # registries, torch: when checked
+
     sweep_settings(experiment.sweep)  # every section built: names, ranges, types
     check_metrics(experiment.metric)
     check_baseline(experiment.baseline, check_spec(experiment.sweep).methods)
@@ -366,9 +367,11 @@ def check_experiment(experiment: Experiment) -> None:
 # ----------------------------------------------------------------------------------------
 # The resolved experiment, written into the results folder
 # ----------------------------------------------------------------------------------------
-def resolved_values(experiment: Experiment, jobs: list[Job]) -> dict[str, Any]:
+def resolved_values(experiment: Experiment, jobs: list) -> dict[str, Any]:
     """The file's keys with every list explicit: the methods the plan has, the seeds it runs
     (the preset's when none were given), the settings as one mapping by section."""
+    from bench.sweep import check_spec  # registries, torch: when checked
+
     sweep, checked = experiment.sweep, check_spec(experiment.sweep)
     settings = {
         section: {key: _readable(text) for key, text in values.items()}
@@ -410,7 +413,7 @@ HEADER = """\
 """
 
 
-def experiment_text(experiment: Experiment, jobs: list[Job]) -> str:
+def experiment_text(experiment: Experiment, jobs: list) -> str:
     values = resolved_values(experiment, jobs)
     body = yaml.safe_dump(values, sort_keys=False, width=88, default_flow_style=None)
     return HEADER + body
@@ -421,6 +424,8 @@ def record_experiment(experiment: Experiment) -> Experiment:
     ``experiments/<hash>.yaml``) once the sweep passed every check ``run_sweep`` makes before
     its first job, so a refused sweep writes nothing. Returns the experiment whose sweep
     names the hashed file, so that each job's spec.json points at it."""
+    from bench.sweep import check_data, plan  # registries, torch: when checked
+
     jobs = plan(experiment.sweep)
     check_data(jobs, experiment.data_root)
     get_executor(experiment.executor, experiment.profile()).check_layouts(jobs)

@@ -9,7 +9,7 @@ seeds cost M*D*S pretrainings and M*D*F*S fine-tunings; baselines need no pretra
 from __future__ import annotations
 
 import logging
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,30 +33,12 @@ from bench.jobs import FinetuneJob, Job, PretrainJob
 from bench.methods import METHODS
 from bench.plugins import load_plugins
 from bench.protocols import finetune_settings
+from bench.sweep_spec import SweepSpec
 from bench.tracking import check_logger_packages
 
 log = logging.getLogger(__name__)
 
 GENERIC_SECTIONS = ("data", "pretrain", "finetune")
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """What to run. ``methods=None`` means every registered method that can run here;
-    ``seeds=None`` means the preset's seeds; ``overrides`` are ``section.field=value``
-    strings (``--set``); ``plugins`` are modules to import first (``--plugin``,
-    :mod:`bench.plugins`). An explicitly empty list is an error. ``experiment``: the
-    experiment file that planned the sweep, relative to the results folder
-    (:mod:`bench.experiment`); each job's spec.json names it; not part of any job id."""
-
-    methods: tuple[str, ...] | None = None
-    datasets: tuple[str, ...] = ("synthetic",)
-    fractions: tuple[float, ...] = (0.01, 0.1)
-    seeds: tuple[int, ...] | None = None
-    preset: str = "quick"
-    overrides: tuple[str, ...] = field(default_factory=tuple)
-    plugins: tuple[str, ...] = field(default_factory=tuple)
-    experiment: str | None = None
 
 
 @dataclass(frozen=True)

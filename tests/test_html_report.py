@@ -108,7 +108,9 @@ def test_report_holds_tables_plots_losses_jobs_and_settings(results, tmp_path):
     assert "<script" not in text and not re.search(r"(src|href)=\"(https?:|//)", text)
 
 
-SECTIONS = ["results", "metrics", "per-class", "losses", "environment", "settings", "jobs"]
+SECTIONS = [
+    "results", "metrics", "per-class", "losses", "health", "environment", "settings", "jobs"
+]  # fmt: skip
 
 
 def test_report_leads_with_the_answer(results, tmp_path):
@@ -225,7 +227,7 @@ def test_a_real_browser_shows_the_tables_and_images_without_errors(results, tmp_
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])"
         )
-        assert len(images) == 6 and all(done and width > 100 for done, width in images)
+        assert len(images) == 7 and all(done and width > 100 for done, width in images)
         # what a reader sees first: the headline, then the main figure, then its table
         top = "return document.querySelector(arguments[0]).getBoundingClientRect().top"
         tops = [driver.execute_script(top, f"#{key}") for key in SECTIONS]
