@@ -106,7 +106,8 @@ def attempt_state(attempt: dict[str, Any]) -> tuple[JobState, str]:
 def record_status(store: RunStore, job_id: str) -> JobStatus:
     """The status from the record and attempt marker (no scheduler): planned, running, done,
     failed or corrupt."""
-    return derive_status(store.read(job_id), attempt=store.read_attempt(job_id))
+    record = store.read(job_id)  # the attempt marker counts only for a job without one
+    return derive_status(record, attempt=store.read_attempt(job_id) if record is None else None)
 
 
 def is_done(store: RunStore, job_id: str) -> bool:

@@ -263,11 +263,7 @@ class RunStore:
         _remove_quietly(self.run_dir(job_id) / ATTEMPT)
 
     def read_attempt(self, job_id: str) -> dict[str, Any] | None:
-        try:
-            marker = json.loads((self.run_dir(job_id) / ATTEMPT).read_bytes())
-        except (OSError, ValueError):
-            return None
-        return marker if isinstance(marker, dict) else None
+        return json_object_or_none(os.path.join(self.root, job_id, ATTEMPT))
 
     def read(self, job_id: str) -> dict[str, Any] | UnreadableRecord | None:
         """The record of ``job_id``; None when there is none; :class:`UnreadableRecord` when
@@ -525,7 +521,16 @@ def write_submission(
 
 
 def read_submission(store: RunStore, job_id: str) -> dict[str, Any] | None:
+    return json_object_or_none(os.path.join(store.root, job_id, SUBMISSION))
+
+
+def json_object_or_none(path: str) -> dict[str, Any] | None:
+    """The JSON object in the file ``path``; None when it is missing, unreadable or not a
+    JSON object (a marker or submission file is optional; without pathlib: ``status`` and
+    ``report`` read two of them per run folder, 20,000 at 10,000 runs)."""
     try:
-        return json.loads((store.run_dir(job_id) / SUBMISSION).read_text())
-    except (OSError, json.JSONDecodeError):
+        with open(path, "rb") as handle:
+            value = json.loads(handle.read())
+    except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None

@@ -4,7 +4,7 @@ A real multi-dataset study is thousands of records: 5 datasets x 7 methods x 7 l
 fractions x 10 seeds is 2,800 fine-tuning runs. This script plans such a sweep with the
 harness's own planner (``bench.sweep.plan``; 5 datasets, 7 methods, fractions 1-100%, as
 many seeds as N needs), writes the first N jobs' spec.json, result.json and, for
-pretraining, log.jsonl with the run store's writers (``RunStore.prepare_run``,
+pretraining, log.jsonl (epoch and health lines) with the run store's writers (``RunStore.prepare_run``,
 ``write_record``, ``failed_record``, ``append_log``), so every record is one the harness
 accepts; 1% of the runs fail. Metrics are drawn from a fixed random generator.
 
@@ -116,7 +116,19 @@ def write_results(root: Path, records: int) -> None:
         if job.kind == "pretrain":
             for epoch in range(1, EPOCHS + 1):
                 append_log(run_dir, {"kind": "epoch", "epoch": epoch, "loss": 5.0 / epoch})
+                append_log(run_dir, health_line(epoch, rng))
         store.write_record(job.job_id, record_of(job, rng))
+
+
+def health_line(epoch: int, rng: random.Random) -> dict:
+    """A health pass's log.jsonl line (bench.health's fields), healthy."""
+    return {
+        "kind": "health", "epoch": epoch, "embedding_dim": 512,
+        "embedding_std": rng.uniform(0.01, 0.03), "effective_rank": rng.uniform(20, 60),
+        "alignment": rng.uniform(0.2, 0.8), "uniformity": rng.uniform(-3.5, -2.0),
+        "knn_accuracy": rng.uniform(0.3, 0.7), "knn_chance": 0.3, "collapsed": False,
+        "seconds": 0.5,
+    }  # fmt: skip
 
 
 def measure(args: list[str]) -> dict:
@@ -149,8 +161,10 @@ def main() -> None:
     for records in options.records:
         with tempfile.TemporaryDirectory() as scratch:
             root = (options.keep or Path(scratch)) / f"results-{records}"
-            if not (root / "bench-store.json").exists():
-                write_results(root, records)
+            if not (root / "bench-store.json").exists():  # in a child: a parent that
+                # imported torch passes its peak RSS on to the measured children's ru_maxrss
+                write = f"import table_scale as t; t.write_results(t.Path({str(root)!r}), {records})"
+                subprocess.run([sys.executable, "-c", write], check=True, cwd=Path(__file__).parent)
             for name, command in COMMANDS.items():
                 args = [*command, "--results", str(root)]
                 if name == "report":

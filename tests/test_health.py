@@ -207,7 +207,7 @@ def test_status_and_report_show_the_health_and_mark_the_collapsed_run(health_swe
     marked = [cells for classes, cells in rows if "collapsed" in classes.split()]
     assert len(marked) == 1 and "pretrain-no-negatives" in marked[0]
     section = page[page.index('<section id="health">') :]
-    assert "red cross marks a collapsed epoch" in section
+    assert "a red cross at each collapsed epoch" in section
     image = re.search(r'src="data:image/svg\+xml;base64,([^"]+)"', section).group(1)
     svg = base64.b64decode(image).decode()
     # the collapsed run: labelled so, its line dashed, a red cross at each collapsed epoch

@@ -28,6 +28,7 @@ def job_statuses(
     for job_id, submission in submissions.items():
         scheduler_id = submission.get("scheduler_job_id") if submission else None
         scheduler_state = slurm.get(scheduler_id, "") if scheduler_id else ""
-        attempt = store.read_attempt(job_id)
-        statuses[job_id] = derive_status(store.read(job_id), submission, scheduler_state, attempt)
+        record = store.read(job_id)  # the attempt marker counts only for a job without one
+        attempt = store.read_attempt(job_id) if record is None else None
+        statuses[job_id] = derive_status(record, submission, scheduler_state, attempt)
     return statuses

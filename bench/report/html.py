@@ -30,7 +30,7 @@ from bench.config import ConfigError
 from bench.conventions import check_conventions, rescore_records
 from bench.execution.status import job_statuses
 from bench.report.formats import DETAILS, HTML, LEGEND, caption_lines, to_html
-from bench.report.records import ScannedStore, scan_results
+from bench.report.records import Scan, ScannedStore, scan_results
 from bench.report.svg import fraction_svg, health_svg, loss_svg
 from bench.report.table import (
     AUTO,
@@ -125,7 +125,7 @@ def build_report(
         ("losses", "Pretraining loss", loss_section(store, specs, logs)),
         ("health", "Pretraining health", health_section(specs, logs)),
         ("environment", "Environment", environment_section(records)),
-        ("settings", "Settings of every run", settings_section(run_ids, scan.spec_texts)),
+        ("settings", "Settings", settings_section(scan)),
         ("jobs", "Jobs", status_section(statuses, unreadable, logs)),
     ]
     contents = "".join(f'<li><a href="#{key}">{title}</a></li>' for key, title, _ in sections)
@@ -347,22 +347,29 @@ def loss_section(
 
 
 def health_section(specs: dict[str, dict | None], logs: dict[str, list[dict[str, Any]]]) -> str:
-    """The health curves of every pretraining (:mod:`bench.health`), collapsed runs marked."""
-    runs = {}
+    """The health curves of every pretraining (:mod:`bench.health`): a line per method and
+    dataset over its runs, and each collapsed run on its own, marked."""
+    groups: dict[str, list[list[dict[str, Any]]]] = {}
     for job_id, spec in specs.items():
         passes = [e for e in logs.get(job_id, []) if e.get("kind") == "health"]
-        if (spec or {}).get("kind") == "pretrain" and passes:
-            runs[f"{spec.get('method')} {spec.get('dataset')} seed {spec.get('seed')}"] = passes
-    if not runs:
+        if not passes or (spec or {}).get("kind") != "pretrain":
+            continue
+        label = f"{spec.get('method')} {spec.get('dataset')}"
+        if any(p.get("collapsed") for p in passes):
+            label = f"{label} seed {spec.get('seed')} (collapsed)"
+        groups.setdefault(label, []).append(passes)
+    if not groups:
         return '<p class="note">no health pass has run yet</p>'
     note = (
         '<p class="note">Signals of a fixed batch of pretraining images at each epoch\'s end '
         "(log.jsonl): the embeddings' std in units of 1/sqrt(d) (0: collapsed to one point), "
         "their effective rank, the two views' alignment, uniformity, and a k-NN probe of each "
-        "image's main class. A red cross marks a collapsed epoch (std below "
-        "<code>pretrain.collapse_std</code>); a collapsed run's line is dashed.</p>"
+        "image's main class. A line per method and dataset: the mean over its runs (seeds), "
+        "shaded from the lowest to the highest; a run that collapsed is drawn on its own, "
+        "dashed, a red cross at each collapsed epoch (std below "
+        "<code>pretrain.collapse_std</code>).</p>"
     )
-    return note + "\n" + _image(health_svg(runs), "health")
+    return note + "\n" + _image(health_svg(groups), "health")
 
 
 def environment_section(records: list[dict[str, Any]]) -> str:
@@ -381,10 +388,15 @@ def environment_section(records: list[dict[str, Any]]) -> str:
     return _block(f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def settings_section(run_ids: list[str], texts: dict[str, str]) -> str:
-    """Each run's spec.json (every setting of its job) as the file has it, folded."""
-    parts = []
-    for job_id in run_ids:
-        text = texts.get(job_id, "no readable spec.json")
-        parts.append(f"<details><summary>{_e(job_id)}</summary><pre>{_e(text)}</pre></details>")
-    return "\n".join(parts)
+def settings_section(scan: Scan) -> str:
+    """Per kind and method, the settings its runs share and what varies between them
+    (:mod:`bench.report.settings`); in a small folder, also each run's spec.json, folded."""
+    summary = scan.settings.html() or '<p class="note">no readable spec.json</p>'
+    if not scan.spec_texts:
+        note = "Each run's full settings are in its folder's spec.json."
+        return f'<p class="note">{note}</p>\n{summary}'
+    every = "\n".join(
+        f"<details><summary>{_e(job_id)}</summary><pre>{_e(text)}</pre></details>"
+        for job_id, text in scan.spec_texts.items()
+    )
+    return f"{summary}\n<h3>Each run's spec.json</h3>\n{every}"

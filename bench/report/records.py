@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.report.settings import SettingsSummary
 from bench.store import (
     RECORD,
     SPEC,
@@ -29,19 +30,23 @@ from bench.store import (
 )
 
 Record = dict[str, Any]
-# what the report reads of a spec.json besides its text (the loss curves' labels); a scan
+# what the report reads of a spec.json besides its summary (the curves' labels); a scan
 # keeps only these of each parsed spec: 10,000 parsed specs would take ~100 MB
 SPEC_FIELDS = ("kind", "method", "dataset", "seed")
+SPEC_TEXTS_KEPT = 200  # up to this many run folders, the report also shows each spec.json
 
 
 @dataclass
 class Scan:
     """What a results folder holds: per run folder (job id, sorted) its record (None when
-    it has none yet) and, when asked for, its spec.json's text and its ``SPEC_FIELDS``."""
+    it has none yet) and, when asked for, its spec.json's ``SPEC_FIELDS``, the summary of
+    every spec (:class:`bench.report.settings.SettingsSummary`) and, in a folder of at most
+    ``SPEC_TEXTS_KEPT`` runs, each spec.json's text."""
 
     records: dict[str, Record | UnreadableRecord | None] = field(default_factory=dict)
     specs: dict[str, Record | UnreadableRecord | None] = field(default_factory=dict)
     spec_texts: dict[str, str] = field(default_factory=dict)
+    settings: SettingsSummary = field(default_factory=SettingsSummary)
 
     @property
     def valid(self) -> list[Record]:
@@ -69,13 +74,18 @@ def scan_results(store: RunStore, specs: bool = False) -> Scan:
         names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     except FileNotFoundError:
         return scan
+    keep_texts = len(names) <= SPEC_TEXTS_KEPT
     for name in names:
         folder = os.path.join(root, name)
         scan.records[name] = _record(folder, name)
         if specs:
-            scan.specs[name], text = _spec(folder)
-            if text is not None:
-                scan.spec_texts[name] = text
+            spec, text = _spec(folder)
+            if isinstance(spec, dict):
+                scan.settings.add(spec)
+                spec = {key: spec[key] for key in SPEC_FIELDS if key in spec}
+                if keep_texts:
+                    scan.spec_texts[name] = text
+            scan.specs[name] = spec
     return scan
 
 
@@ -94,8 +104,8 @@ def _record(folder: str, job_id: str) -> Record | UnreadableRecord | None:
 
 
 def _spec(folder: str) -> tuple[Record | UnreadableRecord | None, str | None]:
-    """The ``SPEC_FIELDS`` of the folder's spec.json and its text; (None, None) without
-    one; why it is unreadable (the store's reason) and None."""
+    """The folder's spec.json and its text; (None, None) without one; why it is unreadable
+    (the store's reason) and None."""
     try:
         with open(os.path.join(folder, SPEC), encoding="utf-8") as handle:
             text = handle.read()
@@ -106,7 +116,7 @@ def _spec(folder: str) -> tuple[Record | UnreadableRecord | None, str | None]:
         return read_spec(Path(folder)), None
     if not isinstance(spec, dict):
         return read_spec(Path(folder)), None
-    return {name: spec[name] for name in SPEC_FIELDS if name in spec}, text
+    return spec, text
 
 
 class ScannedStore(RunStore):

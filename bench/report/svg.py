@@ -94,23 +94,24 @@ HEALTH_PANELS = (
 )
 
 
-def health_svg(runs: dict[str, list[dict[str, Any]]]) -> str:
-    """The health curves of pretraining runs (``runs``: label -> the health lines of its
-    log.jsonl), a panel per signal, a line per run; the std in units of 1/sqrt(d) (the
-    collapse threshold's); a collapsed run's line dashed with "(collapsed)" in its label,
-    its collapsed epochs crossed in red."""
+def health_svg(groups: dict[str, list[list[dict[str, Any]]]]) -> str:
+    """The health curves of pretraining runs (``groups``: label -> the health lines of the
+    log.jsonl of each of its runs), a panel per signal, a line per group: the mean over its
+    runs, shaded from the lowest to the highest; the std in units of 1/sqrt(d) (the collapse
+    threshold's). A group whose runs collapsed (its label says so) is dashed, its collapsed
+    epochs crossed in red."""
     panels = []
     for key, title in HEALTH_PANELS:
         series = []
-        for index, (label, passes) in enumerate(runs.items()):
-            ever = any(p.get("collapsed") for p in passes)
-            points = [(p["epoch"], _health_value(p, key), p.get("collapsed")) for p in passes
-                      if key in p]  # fmt: skip
-            if points:
-                name = f"{label} (collapsed)" if ever else label
-                line = [(e, v, v, v) for e, v, _ in points]
-                crossed = [(e, v) for e, v, flagged in points if flagged]
-                series.append(Series(name, index, line, band=True, dashed=ever, crossed=crossed))
+        for index, (label, runs) in enumerate(groups.items()):
+            curves = [[(p["epoch"], _health_value(p, key)) for p in r if key in p] for r in runs]
+            if not any(curves):
+                continue
+            epochs, mean, low, high = spread_over_runs([c for c in curves if c])
+            points = list(zip(epochs, mean, low, high, strict=True))
+            flagged = {p["epoch"] for run in runs for p in run if p.get("collapsed")}
+            crossed = [(e, m) for e, m, _, _ in points if e in flagged]
+            series.append(Series(label, index, points, True, bool(flagged), crossed))
         if series:
             panels.append(Panel(title, series, "epoch", ""))
     return figure(panels)
