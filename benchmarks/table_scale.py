@@ -4,9 +4,10 @@ A real multi-dataset study is thousands of records: 5 datasets x 7 methods x 7 l
 fractions x 10 seeds is 2,800 fine-tuning runs. This script plans such a sweep with the
 harness's own planner (``bench.sweep.plan``; 5 datasets, 7 methods, fractions 1-100%, as
 many seeds as N needs), writes the first N jobs' spec.json, result.json and, for
-pretraining, log.jsonl (epoch and health lines) with the run store's writers (``RunStore.prepare_run``,
-``write_record``, ``failed_record``, ``append_log``), so every record is one the harness
-accepts; 1% of the runs fail. Metrics are drawn from a fixed random generator.
+pretraining, log.jsonl (epoch and health lines) with the run store's writers
+(``RunStore.prepare_run``, ``write_record``, ``failed_record``, ``append_log``), so every
+record is one the harness accepts; 1% of the runs fail. Metrics are drawn from a fixed
+random generator.
 
 Each command then runs in a fresh child Python process (``bench.cli.main``, output thrown
 away), which reports, from ``resource.getrusage``, its peak resident memory after the
@@ -163,8 +164,11 @@ def main() -> None:
             root = (options.keep or Path(scratch)) / f"results-{records}"
             if not (root / "bench-store.json").exists():  # in a child: a parent that
                 # imported torch passes its peak RSS on to the measured children's ru_maxrss
-                write = f"import table_scale as t; t.write_results(t.Path({str(root)!r}), {records})"
-                subprocess.run([sys.executable, "-c", write], check=True, cwd=Path(__file__).parent)
+                write = (
+                    f"import table_scale as t; t.write_results(t.Path({str(root)!r}), {records})"
+                )
+                here = Path(__file__).parent
+                subprocess.run([sys.executable, "-c", write], check=True, cwd=here)
             for name, command in COMMANDS.items():
                 args = [*command, "--results", str(root)]
                 if name == "report":
