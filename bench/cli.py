@@ -450,8 +450,9 @@ def cmd_perf(args: argparse.Namespace) -> int:
 
     settings = PerfSettings(
         methods=args.methods or pretraining_methods(),
-        pretrain_steps=args.steps,
-        finetune_steps=args.finetune_steps,
+        short=args.warmup_steps,
+        steady=args.steps,
+        rounds=args.rounds,
         repeats=args.repeats,
     )
     report = run_perf(settings)
@@ -627,12 +628,17 @@ def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _perf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", type=_names, default=None, help="pretraining methods")
-    parser.add_argument("--steps", type=_positive, default=6, help="pretraining steps per run")
     parser.add_argument(
-        "--finetune-steps", type=_positive, default=20, help="fine-tuning steps per run"
+        "--steps", type=_positive, default=50, help="steady-state steps (after the warm-up)"
     )
     parser.add_argument(
-        "--repeats", type=_positive, default=2, help="runs per measurement (best kept)"
+        "--warmup-steps", type=_positive, default=5, help="steps of the short run (warm-up)"
+    )
+    parser.add_argument(
+        "--rounds", type=_positive, default=3, help="interleaved harness/bare rounds (median)"
+    )
+    parser.add_argument(
+        "--repeats", type=_positive, default=2, help="metric and loader runs (best kept)"
     )
     parser.add_argument("--output", type=Path, default=Path("perf.json"), help="JSON report")
 
