@@ -97,7 +97,22 @@ def record_of(job, rng: random.Random) -> dict:
     pretrain = job.pretrain_job.job_id if job.pretrain_job is not None else None
     record |= {"pretrain_id": pretrain, "preset": job.preset, "protocol": "harness"}
     record |= {"class_names": classes, "ignore_index": 255, "pixels": 10**7}
-    return record | finetune_metrics(rng, job, len(classes))
+    return record | finetune_metrics(rng, job, len(classes)) | rescoring_fields(job, rng)
+
+
+def rescoring_fields(job, rng: random.Random) -> dict:
+    """What a record keeps for re-scoring (bench.evaluation.kept_scores): per label variant
+    (ISPRS: the full and the eroded labels) a 6 x 6 confusion matrix and the per-class
+    per-image IoU; about 1.6 KiB of the 4 KiB of a real record."""
+    variants = ("full", "noBoundary") if job.dataset in ("potsdam", "vaihingen") else ("full",)
+    matrix = [[rng.randrange(10**7) for _ in range(6)] for _ in range(6)]
+    return {
+        "label_variant": "full",
+        "confusion": {name: matrix for name in variants},
+        "image_iou": {name: [rng.random() for _ in range(6)] for name in variants},
+        "images_scored": 8064,
+        "scores_file": "scores.npz",
+    }
 
 
 def write_results(root: Path, records: int) -> None:
