@@ -100,10 +100,13 @@ def _pretrain_job(method: str, settings: PerfSettings) -> PretrainJob:
     return next(j for j in plan(spec) if isinstance(j, PretrainJob))
 
 
-def harness_pretraining(job: PretrainJob, data_root: Path) -> tuple[float, float]:
-    """images/s and final loss of the real job, in a fresh results folder."""
+def harness_pretraining(
+    job: PretrainJob, data_root: Path, device: torch.device | None = None
+) -> tuple[float, float]:
+    """images/s and final loss of the real job, in a fresh results folder, on ``device``
+    (default: the GPU when there is one)."""
     with tempfile.TemporaryDirectory() as results:
-        record = execute(job, results, data_root)
+        record = execute(job, results, data_root, device=device)
     if record["status"] != "ok":
         raise RuntimeError(f"perf pretraining of {job.method} failed: {record.get('error')}")
     return record["images_per_second"], record["final_loss"]
@@ -145,9 +148,12 @@ def _finetune_job(settings: PerfSettings) -> FinetuneJob:
     return next(j for j in plan(spec) if isinstance(j, FinetuneJob))
 
 
-def harness_finetuning(job: FinetuneJob, data_root: Path) -> float:
+def harness_finetuning(
+    job: FinetuneJob, data_root: Path, device: torch.device | None = None
+) -> float:
+    """Patches/s of the real job's training steps (its ``train_seconds``), on ``device``."""
     with tempfile.TemporaryDirectory() as results:
-        record = execute(job, results, data_root)
+        record = execute(job, results, data_root, device=device)
     if record["status"] != "ok":
         raise RuntimeError(f"perf fine-tuning failed: {record.get('error')}")
     return job.finetune.steps * job.finetune.batch_size / record["train_seconds"]
