@@ -454,6 +454,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
         steady=args.steps,
         rounds=args.rounds,
         repeats=args.repeats,
+        overrides=tuple(args.overrides),
     )
     report = run_perf(settings)
     print(format_report(report))
@@ -640,6 +641,8 @@ def _perf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=_positive, default=2, help="metric and loader runs (best kept)"
     )
+    _add_set_option(parser, "a setting of the measured jobs (quick preset), e.g. "
+                    "pretrain.batch_size=8; repeatable")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("perf.json"), help="JSON report")
 
 
