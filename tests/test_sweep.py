@@ -82,7 +82,13 @@ def test_tiny_sweep_writes_records_and_table_then_skips(dirs, tiny_overrides, mo
     pretrain = result.jobs[0]
     assert (store.run_dir(pretrain.job_id) / BACKBONE).exists()
     assert (store.run_dir(pretrain.job_id) / CHECKPOINT).exists()
-    assert len((store.run_dir(pretrain.job_id) / LOG).read_text().splitlines()) == 2  # epochs
+    lines = [json.loads(line) for line in (store.run_dir(pretrain.job_id) / LOG).open()]
+    assert [(e["kind"], e["epoch"]) for e in lines] == [  # each epoch, then its health pass
+        ("epoch", 1),
+        ("health", 1),
+        ("epoch", 2),
+        ("health", 2),
+    ]
 
     records = result.finetune_records()
     assert len(records) == 4
