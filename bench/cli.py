@@ -516,7 +516,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     statuses = job_statuses(store, store.run_ids())
     for job_id, status in statuses.items():
         line = f"{status.state!s:<8} {job_id:<58} {status.scheduler_job_id or '-':<10}"
-        health = health_note(read_log(store.run_dir(job_id)))  # pretrainings' last pass
+        # a pretraining's last health pass; a finished fine-tuning's log has none to read
+        finetuned = (status.record or {}).get("kind") == "finetune"
+        health = "" if finetuned else health_note(read_log(store.run_dir(job_id)))
         detail = "; ".join(text for text in (status.detail, health) if text)
         print(f"{line} {detail}".rstrip())
     print(f"\n{summary(statuses.values())}")
