@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -156,6 +157,9 @@ class StepOutcome:
     extras: dict[str, float]
     lr: float
     stop: bool  # a stop signal reached some process: every process stops after this step
+    # some process's checkpoint interval (Trainer.checkpoint_seconds) has passed: every
+    # process writes the checkpoint after this step
+    checkpoint_due: bool = False
 
 
 @dataclass
@@ -164,7 +168,9 @@ class Trainer:
 
     ``schedule[step]`` is the learning rate of each step; ``what`` names the training in
     messages ("pretraining", "fine-tuning"); ``clip_norm`` clips the global gradient norm
-    (None: no clipping, as in every recipe so far)."""
+    (None: no clipping, as in every recipe so far); ``checkpoint_seconds`` > 0 makes
+    :meth:`run` write a checkpoint after the first step that ends that long after the last
+    checkpoint (or the start), on every process at the same step."""
 
     job_id: str
     model: torch.nn.Module
@@ -176,8 +182,10 @@ class Trainer:
     what: str = "training"
     clip_norm: float | None = None
     stop: StopSignals = field(default_factory=StopSignals)
+    checkpoint_seconds: float = 0.0
 
     def __post_init__(self) -> None:
+        self.last_checkpoint = time.monotonic()
         fp16 = self.device.type == "cuda" and self.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.place = distributed.topology()
@@ -194,9 +202,9 @@ class Trainer:
         with autocast_for(self.device, self.amp):
             loss, extras = forward()
         # one all-reduce: the loss and scalars over all processes, and whether any process
-        # was told to stop (all must stop at the same step)
+        # was told to stop or is due a checkpoint (all must act at the same step)
         names = sorted(extras)
-        local = [float(loss.detach()), float(bool(self.stop.poll()))]
+        local = [float(loss.detach()), float(bool(self.stop.poll())), float(self._due())]
         means = distributed.mean_over_processes(local + [extras[k] for k in names], self.device)
         if not math.isfinite(means[0]):
             raise NonFiniteLossError(
@@ -211,7 +219,13 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return StepOutcome(means[0], dict(zip(names, means[2:], strict=True)), lr, means[1] > 0)
+        extras = dict(zip(names, means[3:], strict=True))
+        return StepOutcome(means[0], extras, lr, means[1] > 0, means[2] > 0)
+
+    def _due(self) -> bool:
+        """Whether ``checkpoint_seconds`` have passed since the last checkpoint (or start)."""
+        elapsed = time.monotonic() - self.last_checkpoint
+        return self.checkpoint_seconds > 0 and elapsed >= self.checkpoint_seconds
 
     # ------------------------------------------------------------------ the loop
     def run(
@@ -227,12 +241,14 @@ class Trainer:
         where the loop stands after ``step``: the checkpoint's fields (position, counters)
         and where that is, in words.
 
-        A checkpoint is written every ``checkpoint_every`` steps (0: never) and when a stop
-        signal arrived, after which every process raises :class:`Preempted`; not after
+        A checkpoint is written every ``checkpoint_every`` steps (0: never), when
+        ``checkpoint_seconds`` have passed since the last one, and when a stop signal
+        arrived, after which every process raises :class:`Preempted`; not after
         ``last_checkpoint`` (the run is about to finish and write its result anyway)."""
         for step, batch in batches:
             outcome = train_step(batch, step)
             periodic = checkpoint_every and (step + 1) % checkpoint_every == 0
+            periodic = periodic or outcome.checkpoint_due
             due = last_checkpoint is None or step < last_checkpoint
             if (outcome.stop or periodic) and due:
                 fields, where = position(step)
@@ -272,6 +288,7 @@ class Trainer:
                 state["rng_ranks"] = rng_ranks
             checkpoint.save(self.checkpoint_path, state)
         distributed.barrier()  # nobody stops (or is killed) before the checkpoint is written
+        self.last_checkpoint = time.monotonic()
 
     def load(self) -> dict[str, Any] | None:
         """Load the newest usable checkpoint of this job into the networks, optimiser and

@@ -230,6 +230,7 @@ def finetuning_trainer(job, model, device, run_dir: Path | None, length: Trainin
         amp=cfg.amp,
         checkpoint_path=run_dir / CHECKPOINT if run_dir is not None else None,
         what="fine-tuning",
+        checkpoint_seconds=60 * cfg.checkpoint_minutes,
     )
 
 

@@ -200,6 +200,8 @@ COLUMNS = {  # section -> (heading, key) of its table; a missing value is left b
         ("patches/s, all steps", "images_per_s"),
         ("patches/s, after warm-up", "steady_images_per_s"),
         ("peak MiB", "peak_memory_mib"),
+        ("checkpoint s", "checkpoint_s"),
+        ("checkpoint MB", "checkpoint_mb"),
         ("wall s", "wall_s"),
         ("note", "note"),
     ],

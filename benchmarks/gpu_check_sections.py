@@ -68,7 +68,7 @@ from bench.pretrain import (
     pretraining_trainer,
     run_pretraining,
 )
-from bench.store import BACKBONE, DECODER
+from bench.store import BACKBONE, CHECKPOINT, DECODER
 
 
 # ----------------------------------------------------------------------------------------
@@ -479,7 +479,20 @@ def bare_finetuning(s: Session, job) -> dict[str, Any]:
     rates = clock.rates(data.length.steps, s.sizes.warmup, cfg.batch_size)
     size = job.dataset_params.patch_size
     note = f"{job.backbone} DeepLabV3+ ({cfg.protocol}), batch {cfg.batch_size}, {size} px"
-    return {**rates, "peak_memory_mib": peak_mib(s.device), "note": note}
+    peak = peak_mib(s.device)
+    return {**rates, **checkpoint_cost(trainer), "peak_memory_mib": peak, "note": note}
+
+
+def checkpoint_cost(trainer) -> dict[str, Any]:
+    """Seconds and MB of one checkpoint of ``trainer`` (weights, optimiser state, random
+    states: what a periodic checkpoint writes) from the device into a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer.checkpoint_path = Path(tmp) / CHECKPOINT
+        started = time.perf_counter()
+        trainer.save({"step": 0})
+        seconds = time.perf_counter() - started
+        size = trainer.checkpoint_path.stat().st_size
+    return {"checkpoint_s": round(seconds, 3), "checkpoint_mb": round(size / 1e6, 1)}
 
 
 def harness_finetuning_row(s: Session, job) -> dict[str, Any]:

@@ -3,6 +3,8 @@ state that saves and loads itself so that a resumed run equals an uninterrupted 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,36 @@ def test_run_checkpoints_periodically_and_not_after_the_last_step(tmp_path):
         last_checkpoint=3,
     )
     assert saved == [2]  # after step 2; the one after step 4 is not written (run ends)
+
+
+def test_run_checkpoints_by_time_on_every_process_at_the_same_step(tmp_path):
+    def saves(seconds: float) -> list[int]:
+        trainer = make_trainer(tmp_path)
+        trainer.checkpoint_seconds = seconds
+        saved = []
+
+        def save(fields):
+            saved.append(fields["step"])
+            trainer.last_checkpoint = time.monotonic()  # as the real save does
+
+        trainer.save = save  # type: ignore[method-assign]
+        trainer.run(
+            ((step, None) for step in range(4)),
+            lambda batch, step: trainer.step(step, loss_of(trainer, step)),
+            lambda step: ({"step": step + 1}, f"at step {step + 1}"),
+            last_checkpoint=3,
+        )
+        return saved
+
+    assert saves(1e-9) == [1, 2, 3]  # due after every step; none after the last
+    assert saves(3600.0) == []  # an hour has not passed
+    assert saves(0.0) == []  # off
+
+
+def test_a_checkpoint_restarts_the_interval(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.checkpoint_seconds = 3600.0
+    trainer.last_checkpoint -= 3600.0  # an hour since the start
+    assert trainer.step(0, loss_of(trainer, 0)).checkpoint_due
+    trainer.save({"step": 1})
+    assert not trainer.step(1, loss_of(trainer, 1)).checkpoint_due

@@ -1,7 +1,22 @@
 """`bench perf` measures the harness against bare loops doing the same computation."""
 
+import time
+
+import pytest
+
 from bench.cli import main
-from bench.perf import PerfSettings, Run, Steady, metric_rates, run_perf
+from bench.perf import (
+    PerfSettings,
+    Run,
+    Steady,
+    _finetune_job,
+    bare_run,
+    harness_run,
+    metric_rates,
+    run_perf,
+    steady_row,
+    step_clock,
+)
 
 TINY_PERF = ("synthetic.patch_size=32", "pretrain.view_size=32", "pretrain.batch_size=8")
 
@@ -19,6 +34,9 @@ def test_bare_loops_compute_what_the_harness_computes(tmp_path):
         # the median of the rounds' ratios (two rounds: their mean), within their spread
         assert len(row["rounds"]) == 2 and row["spread"] == [min(row["rounds"]), max(row["rounds"])]
         assert abs(row["ratio"] - sum(row["rounds"]) / 2) < 1e-12
+        assert row["ratio"] == pytest.approx(row["harness"] / row["reference"], rel=0.5)
+        assert len(row["slope_rounds"]) == 2 and row["slope_ratio"] > 0
+        assert row["between_ms"]["harness"] > 0 and row["inside_ms"]["bare"] > 0
         assert row["fixed_seconds"]["harness"] > 0 and row["cpu_per_wall"]["bare"] > 0
     assert rows["step cost simclr / simclr"]["ratio"] == 1.0
     assert rows["fine-tuning DeepLabV3+ (patches/s)"]["ratio"] > 0
@@ -32,6 +50,42 @@ def test_steady_state_is_the_slope_and_fixed_cost_the_intercept():
     steady = Steady.of(short, long, short_steps=5, steady_steps=50, batch=8)
     assert abs(steady.rate - 80.0) < 1e-9 and abs(steady.fixed - 2.0) < 1e-9
     assert abs(steady.cpu_per_wall - 2.0) < 1e-9  # two cores busy during the steps
+
+
+def test_step_times_are_medians_inside_and_between_steps_after_the_warm_up():
+    # a warm-up step of 1 s, then steps of 0.1 s 0.01 s apart, one of them stalled 2 s
+    steps = ((0.0, 1.0), (1.01, 1.11), (1.12, 1.22), (1.23, 3.33), (3.34, 3.44), (3.45, 3.55))
+    run = Run(4.0, 4.0, None, steps)
+    inside, between = run.step_times(skip=1)
+    assert inside == pytest.approx(0.1) and between == pytest.approx(0.01)  # not the stall
+    assert Run(1.0, 1.0, None, ((0.0, 1.0), (1.0, 2.0))).step_times(skip=1) is None
+    steady = Steady.of(Run(2.5, 5.0, None), run, short_steps=1, steady_steps=5, batch=8)
+    assert steady.period == pytest.approx(0.11) and steady.step_rate == pytest.approx(8 / 0.11)
+
+
+def test_the_ratio_is_the_harness_step_with_the_bare_work_between_steps():
+    def steady(inside: float, between: float) -> Steady:
+        return Steady(rate=1.0, fixed=1.0, cpu_per_wall=1.0, inside=inside, between=between)
+
+    # the machine was 20% slower during the harness run: its step took 0.12 s, not 0.1 s;
+    # the harness adds 2 ms between steps to the bare loop's 1 ms
+    line = steady_row("m", {"harness": [steady(0.12, 0.003)], "bare": [steady(0.1, 0.001)]}, "")
+    assert line["ratio"] == pytest.approx(0.121 / 0.123)  # the harness's own work only
+    assert line["period_ratio"] == pytest.approx(0.101 / 0.123)  # the drift in it
+    assert line["between_ms"] == pytest.approx({"harness": 3.0, "bare": 1.0})
+
+
+def test_step_clock_times_the_engine_steps_of_harness_and_bare_runs(tmp_path):
+    job = _finetune_job(PerfSettings(overrides=TINY_PERF), steps=3)
+    harness, bare = harness_run(job, tmp_path), bare_run(job, tmp_path)
+    for run in (harness, bare):
+        assert len(run.steps) == 3
+        assert all(start < end for start, end in run.steps)
+        assert all(run.steps[k][1] <= run.steps[k + 1][0] for k in range(2))
+    with step_clock() as steps:
+        time.sleep(0)
+    assert steps == []  # the clock is off outside the runs: nothing stepped
+    assert len(harness_run(job, tmp_path).steps) == 3  # each run its own clock
 
 
 def test_metric_rates_check_the_matrices_agree():
