@@ -41,6 +41,7 @@ from bench.report import (
     table_format,
     write_report,
 )
+from bench.report.index import paused_gc
 from bench.states import JobState, summary
 from bench.store import (
     RunStore,
@@ -468,15 +469,16 @@ def cmd_table(args: argparse.Namespace) -> int:
         check_output_file(args.output)
     fmt = table_format(args.format, args.output)
     experiment = _experiment(args)
-    table, unreadable = results_table(
-        experiment.results,
-        experiment.metric,
-        experiment.baseline,
-        args.per_class,
-        args.dataset,
-        args.fraction,
-        args.convention,
-    )
+    with paused_gc():  # a short command over up to millions of JSON objects (no cycles)
+        table, unreadable = results_table(
+            experiment.results,
+            experiment.metric,
+            experiment.baseline,
+            args.per_class,
+            args.dataset,
+            args.fraction,
+            args.convention,
+        )
     code = _warn_unreadable(unreadable)
     ansi = args.output is None and ansi_for(sys.stdout)
     text = NO_RESULTS if table is None else render(table, fmt, args.wide, ansi)
@@ -501,7 +503,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path, unreadable = write_report(_experiment(args).results, args.output, args.convention)
+    experiment = _experiment(args)
+    with paused_gc():  # as in cmd_table
+        path, unreadable = write_report(experiment.results, args.output, args.convention)
     code = _warn_unreadable(unreadable)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return code

@@ -40,6 +40,9 @@ from bench.registry import Registry
 from bench.store import read_scores
 
 NOT_RESCORABLE = "not re-scorable"  # the status of a record a convention cannot score
+# what re-scoring reads of a record and nothing else does (the results index keeps records
+# without them: bench.report.index)
+RESCORING_INPUTS = ("confusion", "image_iou")
 SCORE_FIELDS = (
     "miou", "kappa", "oa", "mean_f1", "per_class_iou", "per_class_f1", "pixels",
     "image_miou", "per_class_image_iou", "images_scored",

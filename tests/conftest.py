@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.report.index import INDEX
+
 # Settings that make a whole sweep take seconds: 32 px patches, a few dozen of them.
 TINY = (
     "synthetic.n_train=48",
@@ -34,10 +36,12 @@ def dirs(tmp_path, monkeypatch):
 
 def file_tree(root: Path) -> dict[str, tuple[int, int]]:
     """Every path under ``root`` with its size and modification time (to show that a command
-    wrote or changed nothing)."""
+    wrote or changed nothing), less a results folder's index: a cache that any reading of
+    the folder may bring up to date (bench.report.index)."""
     return {
         str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in sorted(Path(root).rglob("*"))
+        if p.name != INDEX
     }
 
 

@@ -51,12 +51,15 @@ from bench.store import RunStore, UnreadableRecord
 NO_RESULTS = "no fine-tuning results yet"
 
 
-def read_results(results: Path | str) -> tuple[list[dict[str, Any]], list[UnreadableRecord]]:
+def read_results(
+    results: Path | str, rescoring: bool = False
+) -> tuple[list[dict[str, Any]], list[UnreadableRecord]]:
     """The valid records of a results folder, and the unreadable ones (with why), each file
-    read once (:func:`bench.report.records.scan_results`, the same as ``RunStore.scan``)."""
+    read once (:func:`bench.report.records.scan_results`, the same as ``RunStore.scan``);
+    with what re-scoring reads only when ``rescoring``."""
     store = RunStore(results)
     store.check_exists()
-    scan = scan_results(store)
+    scan = scan_results(store, rescoring=rescoring)
     return scan.valid, scan.unreadable
 
 
@@ -83,7 +86,7 @@ def results_table(
         raise ConfigError("--dataset and --fraction choose the --per-class table; add it")
     if per_class and len(conventions) > 1:
         raise ConfigError("a --per-class table takes one --convention")
-    records, unreadable = read_results(results)
+    records, unreadable = read_results(results, rescoring=bool(conventions))
     records, notes = convention_records(records, conventions, results, metrics)
     if per_class:
         table = per_class_table(records, dataset, fraction, baseline, unreadable=len(unreadable))

@@ -47,7 +47,6 @@ from bench.store import (
     UnreadableRecord,
     atomic_write_bytes,
     check_output_file,
-    read_log,
 )
 
 NO_FINISHED_RUNS = '<p class="note">no finished fine-tuning runs yet</p>'
@@ -103,7 +102,7 @@ def build_report(
     store: RunStore, conventions: tuple[str, ...] = ()
 ) -> tuple[str, list[UnreadableRecord]]:
     """The page's HTML, and the records it had to leave out."""
-    scan = scan_results(store, specs=True)
+    scan = scan_results(store, specs=True, rescoring=bool(conventions))
     run_ids = scan.run_ids
     if not run_ids:
         raise ConfigError(f"results folder {store.root} has no runs (no spec.json or result.json)")
@@ -117,7 +116,7 @@ def build_report(
     frame = records_frame(records)
     metrics = reported_metrics(records)
     table = build_table(frame, metrics, AUTO) if metrics else None
-    logs = pretraining_logs(store, specs)
+    logs = scan.logs
     sections = [
         ("results", "Results", _notes(notes) + results_section(table)),
         ("metrics", "Other metrics", metrics_section(table)),
@@ -290,24 +289,14 @@ def per_class_section(frame) -> str:
     pairs = sorted(set(zip(finished["dataset"], finished["fraction"], strict=True)))
     if not pairs:
         return NO_FINISHED_RUNS
+    groups = frame.groupby(["dataset", "fraction"], sort=False).indices  # one pass
     parts, table = [], None
     for dataset, fraction in pairs:
-        table = per_class_table(frame, dataset, fraction, AUTO)
+        rows = frame.iloc[groups[(dataset, fraction)]]
+        table = per_class_table(rows, dataset, fraction, AUTO)
         heading = f"{dataset}, {100 * fraction:g}% of the labels"
         parts.append(f"<h3>{_e(heading)}</h3>\n{_block(to_html(table, parts=(DETAILS,)))}")
     return "\n".join(parts) + "\n" + _legend(table)
-
-
-def pretraining_logs(
-    store: RunStore, specs: dict[str, dict | None]
-) -> dict[str, list[dict[str, Any]]]:
-    """Job id -> the log.jsonl lines of each pretraining (``specs``: job id -> its spec.json),
-    read once for the loss curves, the health curves and the job list."""
-    return {
-        job_id: read_log(store.run_dir(job_id))
-        for job_id, spec in specs.items()
-        if (spec or {}).get("kind") == "pretrain"
-    }
 
 
 def loss_curves(

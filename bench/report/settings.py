@@ -4,9 +4,12 @@ what varies between runs (the report's settings section).
 A run's spec.json holds every setting of its job (3 KB); a study of 10,000 runs embedding
 each would make a page of 30 MB that nobody reads. Runs of one method differ in a few keys
 (seed, fraction, job id, the pretraining they load), so :class:`SettingsSummary` keeps, per
-(kind, method), the first run's spec and, for each top-level key whose value differs in a
-later run, the values it takes (for a mapping, the differing entries one level down). Each
-run's spec.json stays in its folder.
+(kind, method), one run's spec (the reference) and, for each top-level key whose value
+differs in another run, the values it takes (for a mapping, the differing entries one level
+down). Which run is the reference changes nothing shown: a key varies when the runs' values
+differ, and the shared settings are equal in every run. The results index
+(:mod:`bench.report.index`) keeps each run's differences and each group's reference, so a
+later scan need not read the specs again. Each run's spec.json stays in its folder.
 """
 
 from __future__ import annotations
@@ -19,28 +22,60 @@ from typing import Any
 SHOWN_VALUES = 12  # distinct values listed for a varying key; more are counted
 
 
+# one way a spec differs from its group's reference: [section, entry, value] for an entry
+# of a mapping section, [section, None, value] for a whole value (None: the key is absent)
+Difference = list
+GroupKey = tuple[str, str]
+
+
+def differences(reference: dict[str, Any], spec: dict[str, Any]) -> list[Difference]:
+    """How ``spec`` differs from ``reference``: per top-level key, or for mappings in both,
+    per entry one level down (JSON-ready, so a scan can keep it in the results index)."""
+    found = []
+    for key in reference.keys() | spec.keys():
+        value, ref = spec.get(key), reference.get(key)
+        if value == ref:
+            continue
+        if isinstance(value, dict) and isinstance(ref, dict):
+            found += [
+                [key, entry, value.get(entry)]
+                for entry in value.keys() | ref.keys()
+                if value.get(entry) != ref.get(entry)
+            ]
+        else:
+            found.append([key, None, value])
+    return found
+
+
 @dataclass
 class Group:
-    """The runs of one (kind, method): how many, the first one's spec, and for each varying
-    key (``section`` or ``section.entry``) the distinct values seen (lists and mappings as
-    their JSON text, so they can be kept in a set)."""
+    """The runs of one (kind, method): how many, one run's spec (``first``, the reference)
+    and for each key that differs from it (``section`` or ``section.entry``) the distinct
+    values seen (lists and mappings as their JSON text, so they can be kept in a set);
+    ``reference`` names the run ``first`` came from ([job id, spec.json signature]) when
+    known."""
 
     runs: int
     first: dict[str, Any]
     varying: dict[str, set] = field(default_factory=dict)
+    reference: list | None = None
 
-    def add(self, spec: dict[str, Any]) -> None:
+    def add(self, spec: dict[str, Any]) -> list[Difference]:
+        """Count ``spec``; return how it differs from the reference."""
+        found = differences(self.first, spec)
+        self.add_differences(found)
+        return found
+
+    def add_differences(self, found: list[Difference]) -> None:
+        """Count a run that differs from the reference by ``found``."""
         self.runs += 1
-        for key in self.first.keys() | spec.keys():
-            value, reference = spec.get(key), self.first.get(key)
-            if value == reference:
-                continue
-            if isinstance(value, dict) and isinstance(reference, dict):
-                for entry in value.keys() | reference.keys():
-                    if value.get(entry) != reference.get(entry):
-                        self._seen(f"{key}.{entry}", reference.get(entry), value.get(entry))
+        for section, entry, value in found:
+            if entry is None:
+                self._seen(section, self.first.get(section), value)
             else:
-                self._seen(key, reference, value)
+                reference = self.first.get(section)
+                reference = reference.get(entry) if isinstance(reference, dict) else None
+                self._seen(f"{section}.{entry}", reference, value)
 
     def _seen(self, key: str, reference: Any, value: Any) -> None:
         values = self.varying.get(key)
@@ -51,16 +86,38 @@ class Group:
 
 @dataclass
 class SettingsSummary:
-    """Runs' specs grouped by (kind, method), in the order first seen."""
+    """Runs' specs grouped by (kind, method), in the order first seen. ``known``: reference
+    specs a results index kept, still valid (group -> (spec, [job id, signature])); a group
+    uses its known reference, so the differences the index kept of its runs still apply."""
 
-    groups: dict[tuple[str, str], Group] = field(default_factory=dict)
+    groups: dict[GroupKey, Group] = field(default_factory=dict)
+    known: dict[GroupKey, tuple[dict[str, Any], list]] = field(default_factory=dict)
 
-    def add(self, spec: dict[str, Any]) -> None:
+    def add(self, spec: dict[str, Any], reference: list | None = None):
+        """Count ``spec`` (of the run ``reference`` names); return its group, how it differs
+        from the group's reference and that reference's name."""
         key = (str(spec.get("kind", "?")), str(spec.get("method", "?")))
-        if key in self.groups:
-            self.groups[key].add(spec)
-        else:
-            self.groups[key] = Group(1, spec)
+        group = self._group(key) or self.groups.setdefault(key, Group(0, spec, reference=reference))
+        return key, group.add(spec), group.reference
+
+    def add_known(self, key: GroupKey, found: list[Difference], reference: list) -> bool:
+        """Count a run by the differences a results index kept (against ``reference``);
+        False (nothing counted) when its group's reference is another."""
+        group = self._group(key)
+        if group is None or group.reference is None or group.reference != reference:
+            return False
+        group.add_differences(found)
+        return True
+
+    def _group(self, key: GroupKey) -> Group | None:
+        if key not in self.groups and key in self.known:
+            spec, reference = self.known[key]
+            self.groups[key] = Group(0, spec, reference=reference)
+        return self.groups.get(key)
+
+    def references(self) -> list[list]:
+        """[kind, method, [job id, signature], spec] of each group with a named reference."""
+        return [[*key, g.reference, g.first] for key, g in self.groups.items() if g.reference]
 
     def html(self) -> str:
         """Per group: its run count, the keys that vary with their values, and the shared

@@ -148,7 +148,15 @@ class Table:
     conventions: tuple[str, ...] = ()  # the scoring conventions of the records, described
 
     def cell(self, method: str, column: Column) -> Cell:
-        return self.cells[self.methods.index(method)][self.columns.index(column)]
+        return self.cells[self._method_rows[method]][self._column_indices[column]]
+
+    @cached_property
+    def _method_rows(self) -> dict[str, int]:
+        return {method: row for row, method in enumerate(self.methods)}
+
+    @cached_property
+    def _column_indices(self) -> dict[Column, int]:
+        return {column: index for index, column in enumerate(self.columns)}
 
     @property
     def datasets(self) -> tuple[str, ...]:
@@ -589,15 +597,19 @@ def _compared(cell: Cell, reference: Cell) -> tuple[Cell, float | None]:
     ours = dict(zip(cell.seeds, cell.values, strict=True))
     theirs = dict(zip(reference.seeds, reference.values, strict=True))
     common = sorted(set(ours) & set(theirs))
-    mine, base = [ours[s] for s in common], [theirs[s] for s in common]
-    p_value = paired_test(mine, base) if len(common) >= MIN_PAIRED_SEEDS else None
-    compared = replace(cell, delta=cell.mean - reference.mean, p_value=p_value, pairs=len(common))
-    if len(common) < 2:
+    differences = np.asarray([ours[s] for s in common], dtype=float) - np.asarray(
+        [theirs[s] for s in common], dtype=float
+    )
+    n = len(common)
+    mean = float(np.mean(differences)) if n else 0.0
+    std = float(np.std(differences, ddof=1)) if n >= 2 else 0.0
+    p_value = _paired_p_value(n, mean, std) if n >= MIN_PAIRED_SEEDS else None
+    compared = replace(cell, delta=cell.mean - reference.mean, p_value=p_value, pairs=n)
+    if n < 2:
         return compared, None
-    differences = np.asarray(mine) - np.asarray(base)
-    gap, spread = float(np.mean(differences)), power.spread(differences)
-    gap = 0.0 if abs(gap) < power.ROUND_OFF else gap  # equal values, up to float round-off
-    mdd = power.minimum_detectable_difference(len(differences), spread, ALPHA, POWER)
+    spread = 0.0 if std < power.ROUND_OFF else std  # power.spread of the differences
+    gap = 0.0 if abs(mean) < power.ROUND_OFF else mean  # equal values, up to float round-off
+    mdd = power.minimum_detectable_difference(n, spread, ALPHA, POWER)
     return replace(compared, gap=gap, mdd=mdd), spread
 
 
@@ -606,8 +618,11 @@ def paired_test(values: list[float], reference: list[float]) -> float | None:
     per-call overhead); None when every difference is zero (nothing to test)."""
     differences = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
     n = len(differences)
-    spread = float(np.std(differences, ddof=1))
-    mean = float(np.mean(differences))
+    return _paired_p_value(n, float(np.mean(differences)), float(np.std(differences, ddof=1)))
+
+
+def _paired_p_value(n: int, mean: float, spread: float) -> float | None:
+    """The paired t-test's p-value from ``n`` differences' mean and sample std."""
     if spread == 0:
         return None if mean == 0 else 0.0
     t = mean / (spread / math.sqrt(n))
