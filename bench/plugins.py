@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Iterable
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from bench.config import ConfigError
@@ -53,6 +52,8 @@ class InstalledPlugins:
         if self.state != "not loaded":
             return  # loaded, or loading now (a plugin that looks a name up while it registers)
         self.state = "loading"
+        from importlib.metadata import entry_points  # 20 ms: only when plugins are looked up
+
         try:
             for group in GROUPS:
                 for point in entry_points(group=group):

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.execution.submitit_adapter import export_distributed_environment
 from bench.jobs import Job, execute
 from bench.preemption import Preempted
 
@@ -55,6 +54,8 @@ class JobSubmission:
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         if self.processes > 1 and not all(name in os.environ for name in TORCH_ENVIRONMENT):
+            from bench.execution.submitit_adapter import export_distributed_environment
+
             export_distributed_environment()  # for bench.distributed's env:// start
         try:
             record = execute(self.job, self.results_root, self.data_root, self.processes)

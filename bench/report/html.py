@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,11 @@ def _notes(notes: list[str]) -> str:
 
 
 def _e(text: Any) -> str:
-    return html.escape(str(text))
+    text = str(text)  # most cells (ids, numbers) have nothing to escape: checked first
+    return html.escape(text) if _HTML_SPECIAL.search(text) else text
+
+
+_HTML_SPECIAL = re.compile(r"[&<>\"']")  # the characters html.escape replaces
 
 
 def _finished_range(records: list[dict[str, Any]]) -> str:

@@ -246,7 +246,9 @@ def preset_captions(frame: pd.DataFrame) -> tuple[str, ...]:
     """The caption of each preset among the records, as the records give it
     (``preset_caption``); records written before they carried it take today's caption."""
     captions = []
-    for name, caption in zip(frame["preset"], frame["preset_caption"], strict=True):
+    for name, caption in zip(
+        frame["preset"].tolist(), frame["preset_caption"].tolist(), strict=True
+    ):
         if not isinstance(caption, str) and isinstance(name, str) and name in PRESETS:
             caption = PRESETS.get(name).caption
         if isinstance(caption, str):
@@ -260,7 +262,7 @@ def protocol_captions(frame: pd.DataFrame) -> tuple[str, ...]:
     finished = frame[frame["status"] == "ok"]
     lines = []
     seen = set()
-    for values in zip(*(finished[field] for field in PROTOCOL_FIELDS), strict=True):
+    for values in zip(*(finished[field].tolist() for field in PROTOCOL_FIELDS), strict=True):
         key = repr(values)  # overrides are dicts: the distinct combinations, by their text
         if key not in seen:
             seen.add(key)
@@ -451,7 +453,7 @@ def per_class_table(
     runs: Runs = {}
     fields = ("job_id", "method", "seed", "status", "per_class_iou", "class_names")
     for job_id, method, seed, status, ious, classes in zip(
-        *(frame[f] for f in fields), strict=True
+        *(frame[f].tolist() for f in fields), strict=True
     ):
         ious = ious if status == "ok" else None
         if ious is not None and list(classes) != names:
@@ -572,58 +574,73 @@ def _ranked(column: list[Cell]) -> list[Cell]:
 
 def _compare_with_baseline(grid: list[list[Cell]], baseline: int) -> None:
     """Fill in Δ, the paired test, gap, MDD and seeds needed of every cell of ``grid`` (rows
-    are methods) against the cell of row ``baseline`` in its column. The seeds needed of
-    all cells are solved together (:func:`bench.report.power.seeds_needed_many`)."""
-    spreads = {}  # (row, column) -> std of the paired differences, for >= 2 pairs
+    are methods) against the cell of row ``baseline`` in its column (module docstring). The
+    paired differences of all cells with the same number of pairs are reduced in one numpy
+    call and the seeds needed of all cells solved together
+    (:func:`bench.report.power.seeds_needed_many`): the numbers of one cell at a time, with
+    a few calls per table instead of a few per cell."""
+    reference_row = grid[baseline]
+    by_pairs: dict[int, list[tuple[int, int, list[float]]]] = {}
     for i, row in enumerate(grid):
-        if i == baseline:
-            continue
-        for j, (cell, reference) in enumerate(zip(row, grid[baseline], strict=True)):
-            row[j], spread = _compared(cell, reference)
-            if spread is not None:
-                spreads[(i, j)] = spread
+        for j, (cell, reference) in enumerate(zip(row, reference_row, strict=True)):
+            if i != baseline and cell.mean is not None and reference.mean is not None:
+                differences = _paired_differences(cell, reference)
+                by_pairs.setdefault(len(differences), []).append((i, j, differences))
+    spreads = {}  # (row, column) -> std of the paired differences, for >= 2 pairs
+    for n, group in by_pairs.items():
+        statistics = _paired_statistics(n, [differences for _, _, differences in group])
+        for (i, j, _), (mean, std, p_value) in zip(group, statistics, strict=True):
+            cell = grid[i][j]
+            fields = {"delta": cell.mean - reference_row[j].mean, "p_value": p_value, "pairs": n}
+            if n >= 2:
+                spreads[(i, j)] = spread = 0.0 if std < power.ROUND_OFF else std
+                fields["gap"] = 0.0 if abs(mean) < power.ROUND_OFF else mean  # round-off: 0
+                fields["mdd"] = power.minimum_detectable_difference(n, spread, ALPHA, POWER)
+            grid[i][j] = replace(cell, **fields)
     gaps = [grid[i][j].gap for i, j in spreads]
     needed = power.seeds_needed_many(gaps, list(spreads.values()), ALPHA, POWER, MIN_PAIRED_SEEDS)
     for (i, j), seeds in zip(spreads, needed, strict=True):
         grid[i][j] = replace(grid[i][j], seeds_needed=seeds)
 
 
-def _compared(cell: Cell, reference: Cell) -> tuple[Cell, float | None]:
-    """``cell`` with Δ and the paired test against ``reference``, and with the gap and MDD
-    of their paired differences (module docstring); and those differences' spread (None
-    with fewer than 2 pairs: no MDD, no seeds needed)."""
-    if cell.mean is None or reference.mean is None:
-        return cell, None
-    ours = dict(zip(cell.seeds, cell.values, strict=True))
+def _paired_differences(cell: Cell, reference: Cell) -> list[float]:
+    """``cell``'s values minus ``reference``'s over the seeds both have, in seed order."""
     theirs = dict(zip(reference.seeds, reference.values, strict=True))
-    common = sorted(set(ours) & set(theirs))
-    differences = np.asarray([ours[s] for s in common], dtype=float) - np.asarray(
-        [theirs[s] for s in common], dtype=float
-    )
-    n = len(common)
-    mean = float(np.mean(differences)) if n else 0.0
-    std = float(np.std(differences, ddof=1)) if n >= 2 else 0.0
-    p_value = _paired_p_value(n, mean, std) if n >= MIN_PAIRED_SEEDS else None
-    compared = replace(cell, delta=cell.mean - reference.mean, p_value=p_value, pairs=n)
-    if n < 2:
-        return compared, None
-    spread = 0.0 if std < power.ROUND_OFF else std  # power.spread of the differences
-    gap = 0.0 if abs(mean) < power.ROUND_OFF else mean  # equal values, up to float round-off
-    mdd = power.minimum_detectable_difference(n, spread, ALPHA, POWER)
-    return replace(compared, gap=gap, mdd=mdd), spread
+    return [
+        value - theirs[seed]
+        for seed, value in zip(cell.seeds, cell.values, strict=True)
+        if seed in theirs
+    ]
+
+
+def _paired_statistics(n: int, rows: list[list[float]]) -> list[tuple[float, float, Any]]:
+    """Per row of ``n`` paired differences: their mean, sample std (0 below 2 pairs) and the
+    paired t-test's p-value (None below ``MIN_PAIRED_SEEDS`` pairs, or with nothing to
+    test); the rows reduced together (numpy reduces each row of the array as it would
+    reduce it alone)."""
+    if n == 0:
+        return [(0.0, 0.0, None)] * len(rows)
+    values = np.asarray(rows, dtype=float)
+    means = np.mean(values, axis=1)
+    stds = np.std(values, axis=1, ddof=1) if n >= 2 else np.zeros(len(rows))
+    p_values = _paired_p_values(n, means, stds) if n >= MIN_PAIRED_SEEDS else [None] * len(rows)
+    return list(zip(means.tolist(), stds.tolist(), p_values, strict=True))
 
 
 def paired_test(values: list[float], reference: list[float]) -> float | None:
     """Two-sided paired t-test p-value (what ``scipy.stats.ttest_rel`` computes, without its
     per-call overhead); None when every difference is zero (nothing to test)."""
     differences = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
-    n = len(differences)
-    return _paired_p_value(n, float(np.mean(differences)), float(np.std(differences, ddof=1)))
+    mean, std = np.mean(differences), np.std(differences, ddof=1)
+    return _paired_p_values(len(differences), np.array([mean]), np.array([std]))[0]
 
 
-def _paired_p_value(n: int, mean: float, spread: float) -> float | None:
-    """The paired t-test's p-value from ``n`` differences' mean and sample std."""
-    if spread == 0:
-        return None if mean == 0 else 0.0
-    t = mean / (spread / math.sqrt(n))
-    return float(2 * special.stdtr(n - 1, -abs(t)))
+def _paired_p_values(n: int, means: np.ndarray, stds: np.ndarray) -> list[float | None]:
+    """The paired t-test's p-value of each (mean, sample std) of ``n`` differences: None
+    where every difference is zero, 0 where they are equal and not zero."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_values = 2 * special.stdtr(n - 1, -np.abs(means / (stds / math.sqrt(n))))
+    return [
+        (None if mean == 0 else 0.0) if std == 0 else p_value
+        for mean, std, p_value in zip(means.tolist(), stds.tolist(), p_values.tolist(), strict=True)
+    ]
