@@ -185,7 +185,7 @@ class Trainer:
     checkpoint_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        self.last_checkpoint = time.monotonic()
+        self.last_checkpoint_time = time.monotonic()
         fp16 = self.device.type == "cuda" and self.amp and not torch.cuda.is_bf16_supported()
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.place = distributed.topology()
@@ -224,7 +224,7 @@ class Trainer:
 
     def _due(self) -> bool:
         """Whether ``checkpoint_seconds`` have passed since the last checkpoint (or start)."""
-        elapsed = time.monotonic() - self.last_checkpoint
+        elapsed = time.monotonic() - self.last_checkpoint_time
         return self.checkpoint_seconds > 0 and elapsed >= self.checkpoint_seconds
 
     # ------------------------------------------------------------------ the loop
@@ -288,7 +288,7 @@ class Trainer:
                 state["rng_ranks"] = rng_ranks
             checkpoint.save(self.checkpoint_path, state)
         distributed.barrier()  # nobody stops (or is killed) before the checkpoint is written
-        self.last_checkpoint = time.monotonic()
+        self.last_checkpoint_time = time.monotonic()
 
     def load(self) -> dict[str, Any] | None:
         """Load the newest usable checkpoint of this job into the networks, optimiser and

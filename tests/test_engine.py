@@ -100,7 +100,7 @@ def test_run_checkpoints_by_time_on_every_process_at_the_same_step(tmp_path):
 
         def save(fields):
             saved.append(fields["step"])
-            trainer.last_checkpoint = time.monotonic()  # as the real save does
+            trainer.last_checkpoint_time = time.monotonic()  # as the real save does
 
         trainer.save = save  # type: ignore[method-assign]
         trainer.run(
@@ -119,7 +119,7 @@ def test_run_checkpoints_by_time_on_every_process_at_the_same_step(tmp_path):
 def test_a_checkpoint_restarts_the_interval(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.checkpoint_seconds = 3600.0
-    trainer.last_checkpoint -= 3600.0  # an hour since the start
+    trainer.last_checkpoint_time -= 3600.0  # an hour since the start
     assert trainer.step(0, loss_of(trainer, 0)).checkpoint_due
     trainer.save({"step": 1})
     assert not trainer.step(1, loss_of(trainer, 1)).checkpoint_due

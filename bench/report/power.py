@@ -77,10 +77,10 @@ def detectable_effect(n: int, alpha: float, power: float) -> float:
 EFFECT_TOLERANCE = 1e-12  # detectable_effect's root, in standard deviations
 
 
-def spread(differences: np.ndarray) -> float:
-    """The sample std (ddof=1) of >= 2 paired differences, 0 below ``ROUND_OFF``."""
-    value = float(np.std(np.asarray(differences, dtype=float), ddof=1))
-    return 0.0 if value < ROUND_OFF else value
+def without_round_off(value: float) -> float:
+    """``value`` (a mean or a std of paired differences, in points), 0 when its size is
+    below ``ROUND_OFF``: float round-off of equal values."""
+    return 0.0 if abs(value) < ROUND_OFF else value
 
 
 def minimum_detectable_difference(

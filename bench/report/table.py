@@ -593,8 +593,8 @@ def _compare_with_baseline(grid: list[list[Cell]], baseline: int) -> None:
             cell = grid[i][j]
             fields = {"delta": cell.mean - reference_row[j].mean, "p_value": p_value, "pairs": n}
             if n >= 2:
-                spreads[(i, j)] = spread = 0.0 if std < power.ROUND_OFF else std
-                fields["gap"] = 0.0 if abs(mean) < power.ROUND_OFF else mean  # round-off: 0
+                spreads[(i, j)] = spread = power.without_round_off(std)
+                fields["gap"] = power.without_round_off(mean)
                 fields["mdd"] = power.minimum_detectable_difference(n, spread, ALPHA, POWER)
             grid[i][j] = replace(cell, **fields)
     gaps = [grid[i][j].gap for i, j in spreads]
