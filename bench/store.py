@@ -354,15 +354,15 @@ def record_problem(record: Any, job_id: str | None = None) -> str | None:
     """Why ``record`` is not a valid result record (None when it is)."""
     if not isinstance(record, dict):
         return f"holds a JSON {type(record).__name__}, not a record (a JSON object)"
-    wanted = dict(RECORD_FIELDS)
-    if record.get("kind") == "finetune" and record.get("status") == "ok":
-        wanted.update(FINETUNE_FIELDS)
-    for name, kinds in wanted.items():
-        if name not in record:
-            return f"has no field {name!r}"
-        value = record[name]
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            return f"field {name!r} is {value!r}, expected {' or '.join(k.__name__ for k in kinds)}"
+    finished = record.get("kind") == "finetune" and record.get("status") == "ok"
+    for wanted in (RECORD_FIELDS, FINETUNE_FIELDS) if finished else (RECORD_FIELDS,):
+        for name, kinds in wanted.items():
+            if name not in record:
+                return f"has no field {name!r}"
+            value = record[name]
+            if value is True or value is False or not isinstance(value, kinds):
+                expected = " or ".join(k.__name__ for k in kinds)
+                return f"field {name!r} is {value!r}, expected {expected}"
     if record["status"] not in ("ok", "failed") or record["kind"] not in ("pretrain", "finetune"):
         return f"has status {record['status']!r} and kind {record['kind']!r}"
     if job_id is not None and record["job_id"] != job_id:

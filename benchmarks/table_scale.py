@@ -44,7 +44,7 @@ FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 FAILURE_RATE = 0.01
 EPOCHS = 10  # epoch lines in each pretraining log.jsonl
 COMMANDS = {"table": ["table"], "report": ["report"]}
-INDEX = ".bench-index.json"  # bench.report.index.INDEX (not imported: bench stays out of here)
+INDEX = ".bench-index.marshal"  # bench.report.index.INDEX (not imported: bench stays out of here)
 
 # Runs in the child: imports, then the command, each timed; peak RSS from getrusage (KiB on
 # Linux). Writes them as JSON to the file named by $BENCH_TIMING (its output is thrown away).

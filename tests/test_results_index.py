@@ -4,6 +4,7 @@ shows is what reading every file shows."""
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import shutil
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.report.html import build_report
-from bench.report.index import INDEX, RACY_SECONDS, ResultsIndex
+from bench.report.index import INDEX, INDEX_VERSION, RACY_SECONDS, ResultsIndex
 from bench.report.records import scan_results
 from bench.store import LOG, RECORD, SPEC, RunStore, append_log
 
@@ -58,6 +59,11 @@ def page(results: Path) -> str:
     return text
 
 
+def index_data(results: Path) -> dict:
+    """What the folder's index holds."""
+    return marshal.loads((results / INDEX).read_bytes())
+
+
 def reads(monkeypatch) -> list[str]:
     """The names of the run files opened from now on (result, spec and log)."""
     opened: list[str] = []
@@ -75,7 +81,7 @@ def reads(monkeypatch) -> list[str]:
 
 def test_a_report_from_the_index_is_the_report_from_the_files(results, monkeypatch):
     first = page(results)  # reads every file, writes the index
-    index = json.loads((results / INDEX).read_text())
+    index = index_data(results)
     assert len(index["runs"]) == RUNS and index["extra"]["settings"]
     opened = reads(monkeypatch)
     assert page(results) == first
@@ -126,7 +132,7 @@ def test_files_written_just_now_are_not_kept(results, monkeypatch):
 
 def test_when_the_settings_reference_run_changes_its_group_is_summarised_again(results):
     first = page(results)
-    index = json.loads((results / INDEX).read_text())
+    index = index_data(results)
     kind, method, (reference, _), _ = index["extra"]["settings"][0]
     spec_path = results / reference / SPEC
     spec = json.loads(spec_path.read_text())
@@ -141,10 +147,30 @@ def test_when_the_settings_reference_run_changes_its_group_is_summarised_again(r
 
 def test_a_bad_or_foreign_index_is_ignored_and_replaced(results):
     first = page(results)
-    for content in ("{not json", json.dumps({"version": -1, "runs": {}, "extra": {}}), "[]"):
-        (results / INDEX).write_text(content)
+    foreign = marshal.dumps({"version": -1, "runs": {}, "extra": {}})
+    for content in (b"{not marshal", foreign, foreign[:-3], marshal.dumps([]), b""):
+        (results / INDEX).write_bytes(content)
         assert page(results) == first
-        assert json.loads((results / INDEX).read_text())["version"] != -1
+        assert index_data(results)["version"] == INDEX_VERSION
+
+
+def test_the_json_index_of_version_1_is_removed_when_the_index_is_written(results):
+    former = results / ".bench-index.json"
+    former.write_text(json.dumps({"version": 1, "runs": {}, "extra": {}}))
+    scan_results(RunStore(results))
+    assert (results / INDEX).exists() and not former.exists()
+
+
+def test_an_unchanged_folder_does_not_rewrite_its_index_and_a_changed_one_does(results):
+    scan_results(RunStore(results), specs=True)
+    written = (results / INDEX).stat().st_mtime_ns, (results / INDEX).stat().st_ino
+    scan_results(RunStore(results), specs=True)
+    assert ((results / INDEX).stat().st_mtime_ns, (results / INDEX).stat().st_ino) == written
+    gone = next(p for p in sorted(results.iterdir()) if p.name.startswith("finetune-byol"))
+    shutil.rmtree(gone)  # a run folder removed: its entries go
+    scan_results(RunStore(results), specs=True)
+    assert gone.name not in index_data(results)["runs"]
+    assert len(index_data(results)["runs"]) == RUNS - 1
 
 
 def test_a_folder_where_the_index_cannot_be_written_is_read_without_one(results, monkeypatch):

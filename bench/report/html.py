@@ -39,7 +39,7 @@ from bench.report.table import (
     Table,
     build_table,
     method_order,
-    per_class_table,
+    per_class_tables,
     records_frame,
 )
 from bench.states import JobState, JobStatus, summary
@@ -290,18 +290,15 @@ def metrics_section(table: Table | None) -> str:
 def per_class_section(frame) -> str:
     """The per-class IoU table of every (dataset, fraction) with finished runs (the
     legend once, under the last)."""
-    finished = frame[(frame["status"] == "ok")]
-    pairs = sorted(set(zip(finished["dataset"], finished["fraction"], strict=True)))
-    if not pairs:
+    tables = per_class_tables(frame, AUTO)
+    if not tables:
         return NO_FINISHED_RUNS
-    groups = frame.groupby(["dataset", "fraction"], sort=False).indices  # one pass
-    parts, table = [], None
-    for dataset, fraction in pairs:
-        rows = frame.iloc[groups[(dataset, fraction)]]
-        table = per_class_table(rows, dataset, fraction, AUTO)
-        heading = f"{dataset}, {100 * fraction:g}% of the labels"
+    parts = []
+    for table in tables:
+        column = table.columns[0]
+        heading = f"{column.dataset}, {column.fraction_label} of the labels"
         parts.append(f"<h3>{_e(heading)}</h3>\n{_block(to_html(table, parts=(DETAILS,)))}")
-    return "\n".join(parts) + "\n" + _legend(table)
+    return "\n".join(parts) + "\n" + _legend(tables[-1])
 
 
 def loss_curves(

@@ -3,7 +3,7 @@ folder's files, so the next one reads one file instead of 20,000.
 
 A study of 10,000 runs is 10,000 result.json and as many spec.json files; opening and
 parsing each is most of the time of ``bench report`` (1.6 s of 4.5 s at 10,000 runs). The
-index (``.bench-index.json`` in the results folder) keeps, per run folder and file, the
+index (``.bench-index.marshal`` in the results folder) keeps, per run folder and file, the
 file's signature (modification time in ns, size, inode) and what was read from it: the
 record, the parts of the spec the report uses (:mod:`bench.report.records`) and a
 pretraining's log.jsonl lines. A scan stats every file (cheap) and reads again only those
@@ -16,14 +16,22 @@ The index is a cache: it is rebuilt when missing, unreadable or of another
 ``INDEX_VERSION``, and a scan that cannot write it (a read-only or full disk) goes on without
 it, saying so at debug level only. On a network file system a scan may see a file's old
 signature for the attribute-cache time (seconds), and with it the old content.
+
+It is written with :mod:`marshal`, the format of Python's own ``.pyc`` files: plain data
+(dicts, lists, strings, numbers, NaN kept bit for bit), nothing run on reading, and at
+10,000 runs (20 MB as JSON) 2.3x faster to read and 10x faster to write than JSON (0.12 vs
+0.28 s, 0.03 vs 0.39 s). Its documentation warns that it is not made for untrusted data:
+the index is read only from the results folder the user's runs write, and whoever can
+write there can change the results themselves. A Python whose marshal cannot read it
+(another version) rebuilds it, as for any unreadable index.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
+import marshal
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,8 +42,9 @@ from bench.store import atomic_write_bytes, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-INDEX = ".bench-index.json"
-INDEX_VERSION = 1  # bump when what an entry holds changes
+INDEX = ".bench-index.marshal"
+INDEX_VERSION = 2  # bump when what an entry holds changes
+FORMER_INDEXES = (".bench-index.json",)  # the JSON index of version 1, removed on saving
 RACY_SECONDS = 2.0
 
 Signature = list[int]  # [st_mtime_ns, st_size, st_ino]
@@ -83,16 +92,16 @@ class ResultsIndex:
         self.new: dict[str, dict[str, list]] = {}
         self.extra: dict[str, Any] = extra or {}
         self.old_extra = dict(self.extra)
-        self.changed = False
+        self.changed = False  # an entry was read afresh
         self.now_ns = time.time_ns()
 
     @classmethod
     def load(cls, root: str) -> ResultsIndex:
         """The folder's index; an empty one when it has none usable."""
         try:
-            with open(os.path.join(root, INDEX), encoding="utf-8") as handle, paused_gc():
-                data = json.load(handle)
-        except (OSError, ValueError):
+            with open(os.path.join(root, INDEX), "rb") as handle, paused_gc():
+                data = marshal.loads(handle.read())
+        except (OSError, ValueError, EOFError, TypeError):  # marshal's errors for bad data
             return cls(root)
         if not isinstance(data, dict) or data.get("version") != INDEX_VERSION:
             return cls(root)
@@ -104,7 +113,7 @@ class ResultsIndex:
     def read(self, run: str, name: str, read: Callable[[], Any], keep: Callable[[Any], bool]):
         """The value of file ``name`` of run folder ``run``: from the index when the file's
         signature is the one kept, else ``read()`` (kept when ``keep(value)``)."""
-        path = os.path.join(self.root, run, name)
+        path = f"{self.root}{os.sep}{run}{os.sep}{name}"  # os.path.join, 4x faster
         sig = signature(path)  # before reading: a file replaced meanwhile is read next time
         cached = self.lookup(run, name, sig)
         if cached is not MISSING:
@@ -135,18 +144,31 @@ class ResultsIndex:
         files, runs = set(files), list(runs)
         if not runs and not self.old:
             return  # no run folders: nothing to keep
+        if not self.changed and self.extra == self.old_extra and self._confirmed(runs, files):
+            return
         entries = {}
         for run in runs:
             kept = {k: v for k, v in self.old.get(run, {}).items() if k not in files}
             kept.update(self.new.get(run, {}))
             if kept:
                 entries[run] = kept
-        if not self.changed and self.extra == self.old_extra and entries == self.old:
-            return
         data = {"version": INDEX_VERSION, "runs": entries, "extra": self.extra}
         try:
-            text = json.dumps(data, separators=(",", ":"), check_circular=False)
             remove_stale_temporaries(Path(self.root))  # an index a killed reading left half
-            atomic_write_bytes(os.path.join(self.root, INDEX), text.encode())
+            atomic_write_bytes(os.path.join(self.root, INDEX), marshal.dumps(data))
+            for former in FORMER_INDEXES:
+                Path(self.root, former).unlink(missing_ok=True)
         except OSError as error:
             log.debug("the results index was not written: %s", error)
+
+    def _confirmed(self, runs: list[str], files: set[str]) -> bool:
+        """Whether the index to write is the one read: this scan read nothing afresh, every
+        run folder of the old index is among ``runs`` and every old entry of ``files`` was
+        found unchanged (``runs`` the scan's run folders, each once)."""
+        looked_at = kept_runs = 0
+        for run in runs:
+            old = self.old.get(run)
+            if old is not None:
+                kept_runs += 1
+                looked_at += sum(name in files for name in old)
+        return kept_runs == len(self.old) and looked_at == sum(map(len, self.new.values()))

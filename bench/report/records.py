@@ -92,7 +92,7 @@ def scan_results(store: RunStore, specs: bool = False, rescoring: bool = False) 
         scan.settings.known = known_references(index, root, set(names))
     scan.keep_texts = len(names) <= SPEC_TEXTS_KEPT
     for name in names:
-        _scan_folder(index, scan, os.path.join(root, name), name, specs, rescoring)
+        _scan_folder(index, scan, f"{root}{os.sep}{name}", name, specs, rescoring)
     if specs:
         references = [r for r in scan.settings.references() if trusted(r[2][1], index.now_ns)]
         if references or "settings" in index.extra:
@@ -152,7 +152,7 @@ def _indexed_spec(index: ResultsIndex, scan: Scan, folder: str, job_id: str, kee
     """The folder's spec.json ``SPEC_FIELDS`` (or why it is unreadable, or None), counted in
     ``scan.settings``: from the index when its file is unchanged and the differences kept
     are against its group's reference, else read (its text kept when ``keep_text``)."""
-    sig = signature(os.path.join(folder, SPEC))
+    sig = signature(f"{folder}{os.sep}{SPEC}")
     entry = MISSING if keep_text else index.lookup(job_id, SPEC, sig)
     if entry is not MISSING and scan.settings.add_known(
         tuple(entry["group"]), entry["differences"], entry["reference"]

@@ -22,8 +22,9 @@ from typing import Any
 SHOWN_VALUES = 12  # distinct values listed for a varying key; more are counted
 
 
-# one way a spec differs from its group's reference: [section, entry, value] for an entry
-# of a mapping section, [section, None, value] for a whole value (None: the key is absent)
+# one way a spec differs from its group's reference: [key, value], the key "section" or,
+# for an entry of a mapping section, "section.entry" (section names have no dot), the value
+# as a Group keeps it (lists and mappings as their JSON text, :func:`_hashable`)
 Difference = list
 GroupKey = tuple[str, str]
 
@@ -38,13 +39,22 @@ def differences(reference: dict[str, Any], spec: dict[str, Any]) -> list[Differe
             continue
         if isinstance(value, dict) and isinstance(ref, dict):
             found += [
-                [key, entry, value.get(entry)]
+                [f"{key}.{entry}", _hashable(value.get(entry))]
                 for entry in value.keys() | ref.keys()
                 if value.get(entry) != ref.get(entry)
             ]
         else:
-            found.append([key, None, value])
+            found.append([key, _hashable(value)])
     return found
+
+
+def _value_at(spec: dict[str, Any], key: str) -> Any:
+    """The value of ``key`` ("section" or "section.entry") in ``spec``; None without one."""
+    section, _, entry = key.partition(".")
+    value = spec.get(section)
+    if entry:
+        return value.get(entry) if isinstance(value, dict) else None
+    return value
 
 
 @dataclass
@@ -69,19 +79,12 @@ class Group:
     def add_differences(self, found: list[Difference]) -> None:
         """Count a run that differs from the reference by ``found``."""
         self.runs += 1
-        for section, entry, value in found:
-            if entry is None:
-                self._seen(section, self.first.get(section), value)
-            else:
-                reference = self.first.get(section)
-                reference = reference.get(entry) if isinstance(reference, dict) else None
-                self._seen(f"{section}.{entry}", reference, value)
-
-    def _seen(self, key: str, reference: Any, value: Any) -> None:
-        values = self.varying.get(key)
-        if values is None:
-            values = self.varying[key] = {_hashable(reference)}
-        values.add(_hashable(value))
+        varying = self.varying
+        for key, value in found:
+            values = varying.get(key)
+            if values is None:
+                values = varying[key] = {_hashable(_value_at(self.first, key))}
+            values.add(value)
 
 
 @dataclass

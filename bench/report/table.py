@@ -426,7 +426,7 @@ def build_table(
             column = first[(dataset, fraction)] + offset
             value = float(values[metric][row])
             runs.setdefault((method, column), []).append((int(seed), status, value))
-    table = _assemble("comparison", frame, columns, runs, baseline)
+    table = _assemble_many("comparison", [(frame, columns, runs)], baseline)[0]
     return replace(table, unreadable_records=unreadable)
 
 
@@ -444,7 +444,32 @@ def per_class_table(
     dataset = _pick(frame, "dataset", dataset, "--dataset")
     frame = frame[frame["dataset"] == dataset]
     fraction = _pick(frame, "fraction", fraction, "--fraction")
-    frame = frame[frame["fraction"] == fraction]
+    part = _per_class_part(frame[frame["fraction"] == fraction], dataset, fraction)
+    table = _assemble_many("per-class", [part], baseline)[0]
+    return replace(table, unreadable_records=unreadable)
+
+
+def per_class_tables(frame: pd.DataFrame, baseline: str | None = AUTO) -> list[Table]:
+    """The per-class IoU table (:func:`per_class_table`) of every (dataset, fraction) with
+    finished runs, datasets and fractions sorted; the frame split in one grouping and the
+    cells of all tables compared with their baselines together (a report of 35 tables makes
+    the few numpy and scipy calls of one)."""
+    finished = frame[frame["status"] == "ok"]
+    datasets, fractions = finished["dataset"].tolist(), finished["fraction"].tolist()
+    pairs = sorted(set(zip(datasets, fractions, strict=True)))
+    if not pairs:
+        return []
+    groups = frame.groupby(["dataset", "fraction"], sort=False).indices
+    parts = [_per_class_part(frame.iloc[groups[pair]], *pair) for pair in pairs]
+    return _assemble_many("per-class", parts, baseline)
+
+
+Part = tuple[pd.DataFrame, list[Column], "Runs"]  # a table's records, columns and runs
+
+
+def _per_class_part(frame: pd.DataFrame, dataset: str, fraction: float) -> Part:
+    """The columns (one per class) and runs of the per-class table of ``frame``, the
+    records of one dataset at one label fraction."""
     finished = frame[(frame["status"] == "ok") & frame["class_names"].notna()]
     if finished.empty:
         raise ConfigError(f"no finished fine-tuning runs on {dataset} at {fraction:g}")
@@ -462,8 +487,7 @@ def per_class_table(
             value = ious[index] if ious is not None else None
             value = math.nan if value is None else 100 * float(value)
             runs.setdefault((method, index), []).append((int(seed), status, value))
-    table = _assemble("per-class", frame, columns, runs, baseline)
-    return replace(table, unreadable_records=unreadable)
+    return frame, columns, runs
 
 
 def _pick(frame: pd.DataFrame, field: str, wanted: Any, option: str) -> Any:
@@ -504,17 +528,40 @@ def _resolve_baseline(baseline: str | None, methods: list[str]) -> str | None:
     return baseline
 
 
-def _assemble(
-    kind: str, frame: pd.DataFrame, columns: list[Column], runs: Runs, baseline: str | None
+def _assemble_many(kind: str, parts: list[Part], baseline: str | None) -> list[Table]:
+    """The table of each (records, columns, runs) of ``parts``: its cells ranked in each
+    column and compared with its baseline (all tables' comparisons computed together)."""
+    grids, baselines, orders = [], [], []
+    for frame, columns, runs in parts:
+        methods = method_order(frame["method"].unique())
+        chosen = _resolve_baseline(baseline, methods)
+        grids.append([[_cell(runs.get((m, j), [])) for j in range(len(columns))] for m in methods])
+        baselines.append(None if chosen is None else methods.index(chosen))
+        orders.append(methods)
+    updates = _compared_with_baselines(grids, baselines)
+    for g, grid in enumerate(grids):
+        for j, ranks in enumerate(map(_ranks, zip(*grid, strict=True))):
+            for i, rank in ranks.items():
+                updates.setdefault((g, i, j), {})["rank"] = rank
+    for (g, i, j), fields in updates.items():
+        grids[g][i][j] = replace(grids[g][i][j], **fields)
+    tables = zip(parts, orders, grids, baselines, strict=True)
+    return [
+        _table(kind, frame, columns, methods, grid, None if b is None else methods[b])
+        for (frame, columns, _), methods, grid, b in tables
+    ]
+
+
+def _table(
+    kind: str,
+    frame: pd.DataFrame,
+    columns: list[Column],
+    methods: list[str],
+    grid: list[list[Cell]],
+    baseline: str | None,
 ) -> Table:
-    methods = method_order(frame["method"].unique())
-    baseline = _resolve_baseline(baseline, methods)
-    grid = [[_cell(runs.get((m, j), [])) for j in range(len(columns))] for m in methods]
-    for j in range(len(columns)):  # rank within each column
-        for i, cell in enumerate(_ranked([row[j] for row in grid])):
-            grid[i][j] = cell
-    if baseline is not None:
-        _compare_with_baseline(grid, methods.index(baseline))
+    """The table of ``grid`` (rows ``methods``, ``columns``) with what ``frame``, its
+    records, says of the runs (seeds, failures, presets, captions)."""
     return Table(
         kind=kind,
         methods=tuple(methods),
@@ -564,43 +611,53 @@ def shown(value: float) -> float:
     return float(f"{value:.{DECIMALS}f}")
 
 
-def _ranked(column: list[Cell]) -> list[Cell]:
-    means = sorted({shown(c.mean) for c in column if c.mean is not None}, reverse=True)
-    if len(means) < 2:  # one value, or all equal: nothing to tell apart
-        return column
-    ranks = {mean: rank for rank, mean in enumerate(means[:2], start=1)}
-    return [replace(c, rank=ranks.get(shown(c.mean))) if c.mean is not None else c for c in column]
+def _ranks(column: tuple[Cell, ...]) -> dict[int, int]:
+    """Row -> rank (1 or 2) of the cells of ``column`` whose shown mean is the best or the
+    next best; none when the column has fewer than two distinct shown means."""
+    means = [shown(c.mean) if c.mean is not None else None for c in column]
+    distinct = sorted({m for m in means if m is not None}, reverse=True)
+    if len(distinct) < 2:  # one value, or all equal: nothing to tell apart
+        return {}
+    ranks = {mean: rank for rank, mean in enumerate(distinct[:2], start=1)}
+    return {i: ranks[m] for i, m in enumerate(means) if m in ranks}
 
 
-def _compare_with_baseline(grid: list[list[Cell]], baseline: int) -> None:
-    """Fill in Δ, the paired test, gap, MDD and seeds needed of every cell of ``grid`` (rows
-    are methods) against the cell of row ``baseline`` in its column (module docstring). The
-    paired differences of all cells with the same number of pairs are reduced in one numpy
-    call and the seeds needed of all cells solved together
-    (:func:`bench.report.power.seeds_needed_many`): the numbers of one cell at a time, with
-    a few calls per table instead of a few per cell."""
-    reference_row = grid[baseline]
-    by_pairs: dict[int, list[tuple[int, int, list[float]]]] = {}
-    for i, row in enumerate(grid):
-        for j, (cell, reference) in enumerate(zip(row, reference_row, strict=True)):
-            if i != baseline and cell.mean is not None and reference.mean is not None:
-                differences = _paired_differences(cell, reference)
-                by_pairs.setdefault(len(differences), []).append((i, j, differences))
-    spreads = {}  # (row, column) -> std of the paired differences, for >= 2 pairs
+def _compared_with_baselines(
+    grids: list[list[list[Cell]]], baselines: list[int | None]
+) -> dict[tuple[int, int, int], dict[str, Any]]:
+    """(grid, row, column) -> Δ, the paired test, gap, MDD and seeds needed of every cell of
+    each grid (rows are methods) against the cell of its grid's ``baselines`` row in its
+    column (module docstring); grids without a baseline have none. The paired differences
+    of all cells with the same number of pairs are reduced in one numpy call and the seeds
+    needed of all cells solved together (:func:`bench.report.power.seeds_needed_many`): the
+    numbers of one cell at a time, with a few calls in all instead of a few per cell."""
+    by_pairs: dict[int, list[tuple[tuple[int, int, int], list[float]]]] = {}
+    for g, (grid, baseline) in enumerate(zip(grids, baselines, strict=True)):
+        if baseline is None:
+            continue
+        reference_row = grid[baseline]
+        for i, row in enumerate(grid):
+            for j, (cell, reference) in enumerate(zip(row, reference_row, strict=True)):
+                if i != baseline and cell.mean is not None and reference.mean is not None:
+                    differences = _paired_differences(cell, reference)
+                    by_pairs.setdefault(len(differences), []).append(((g, i, j), differences))
+    updates, spreads = {}, {}  # spreads: (grid, row, column) -> std of >= 2 differences
     for n, group in by_pairs.items():
-        statistics = _paired_statistics(n, [differences for _, _, differences in group])
-        for (i, j, _), (mean, std, p_value) in zip(group, statistics, strict=True):
-            cell = grid[i][j]
-            fields = {"delta": cell.mean - reference_row[j].mean, "p_value": p_value, "pairs": n}
+        statistics = _paired_statistics(n, [differences for _, differences in group])
+        for (g, i, j), (mean, std, p_value) in zip(
+            (key for key, _ in group), statistics, strict=True
+        ):
+            delta = grids[g][i][j].mean - grids[g][baselines[g]][j].mean
+            fields = updates[(g, i, j)] = {"delta": delta, "p_value": p_value, "pairs": n}
             if n >= 2:
-                spreads[(i, j)] = spread = power.without_round_off(std)
+                spreads[(g, i, j)] = spread = power.without_round_off(std)
                 fields["gap"] = power.without_round_off(mean)
                 fields["mdd"] = power.minimum_detectable_difference(n, spread, ALPHA, POWER)
-            grid[i][j] = replace(cell, **fields)
-    gaps = [grid[i][j].gap for i, j in spreads]
+    gaps = [updates[key]["gap"] for key in spreads]
     needed = power.seeds_needed_many(gaps, list(spreads.values()), ALPHA, POWER, MIN_PAIRED_SEEDS)
-    for (i, j), seeds in zip(spreads, needed, strict=True):
-        grid[i][j] = replace(grid[i][j], seeds_needed=seeds)
+    for key, seeds in zip(spreads, needed, strict=True):
+        updates[key]["seeds_needed"] = seeds
+    return updates
 
 
 def _paired_differences(cell: Cell, reference: Cell) -> list[float]:
