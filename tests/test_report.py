@@ -40,8 +40,11 @@ from bench.report import (
     paired_test,
     per_class_table,
     plot_fraction_curves,
+    record_columns,
+    records_frame,
     render,
 )
+from bench.report.table import FRAME_COLUMNS
 from bench.store import RunStore, failed_record
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -300,10 +303,25 @@ def test_one_run_per_seed_is_required(results):
     record = json.loads(
         next(results.glob("finetune-simclr-synthetic-f0.01-s0-*/result.json")).read_text()
     )
-    record["job_id"] = record["job_id"].replace("fixture0", "othersettings")
+    original = record["job_id"]
+    record["job_id"] = original.replace("fixture0", "othersettings")
     RunStore(results).write_record(record["job_id"], record)
-    with pytest.raises(ConfigError, match="one run per seed"):
+    with pytest.raises(ConfigError, match="one run per seed") as raised:
         build_table(_records(results))
+    ids = ", ".join(sorted([original, record["job_id"]]))
+    assert str(raised.value).startswith(
+        "2 fine-tuning records repeat a (method, dataset, fraction, seed), e.g. simclr on "
+        f"synthetic at 0.01, seed 0: {ids}; "
+    )
+
+
+def test_records_frame_is_the_pandas_frame_of_the_fields_tables_read(results):
+    records = _records(results)
+    finetunes = [r for r in records if r["kind"] == "finetune"]
+    frame = records_frame(records)
+    expected = pd.DataFrame([{f: r.get(f) for f in FRAME_COLUMNS} for r in finetunes])
+    pd.testing.assert_frame_equal(frame, expected)
+    assert len(record_columns(records)) == len(finetunes) == len(frame)
 
 
 def test_plot_writes_png_and_svg(results, tmp_path):

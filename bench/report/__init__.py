@@ -37,6 +37,7 @@ from bench.report.table import (
     MIN_PAIRED_SEEDS,
     Cell,
     Column,
+    RecordColumns,
     Table,
     build_table,
     check_baseline,
@@ -44,6 +45,7 @@ from bench.report.table import (
     method_order,
     paired_test,
     per_class_table,
+    record_columns,
     records_frame,
 )
 from bench.store import RunStore, UnreadableRecord
@@ -164,6 +166,8 @@ __all__ = [
     "read_results",
     "results_table",
     "table_format",
+    "RecordColumns",
+    "record_columns",
     "records_frame",
     "render",
     "REPORT",

@@ -36,11 +36,12 @@ from bench.report.svg import fraction_svg, health_svg, loss_svg
 from bench.report.table import (
     AUTO,
     METRIC_LABELS,
+    RecordColumns,
     Table,
     build_table,
     method_order,
     per_class_tables,
-    records_frame,
+    record_columns,
 )
 from bench.states import JobState, JobStatus, summary
 from bench.store import (
@@ -114,14 +115,14 @@ def build_report(
     notes: list[str] = []
     if conventions:
         records, notes = rescore_records(records, conventions, store.root, image_level=True)
-    frame = records_frame(records)
+    finetuned = record_columns(records)
     metrics = reported_metrics(records)
-    table = build_table(frame, metrics, AUTO) if metrics else None
+    table = build_table(finetuned, metrics, AUTO) if metrics else None
     logs = scan.logs
     sections = [
         ("results", "Results", _notes(notes) + results_section(table)),
         ("metrics", "Other metrics", metrics_section(table)),
-        ("per-class", "Per-class IoU", per_class_section(frame)),
+        ("per-class", "Per-class IoU", per_class_section(finetuned)),
         ("losses", "Pretraining loss", loss_section(store, specs, logs)),
         ("health", "Pretraining health", health_section(specs, logs)),
         ("environment", "Environment", environment_section(records)),
@@ -139,14 +140,17 @@ def build_report(
         f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f'<link rel="icon" href="data:,">\n<title>{_e(title)}</title>\n<style>{STYLE}</style>\n'
         f"</head>\n<body>\n<h1>{_e(title)}</h1>\n"
-        f"{headline(frame, table, statuses, records)}\n<nav><ul>{contents}</ul></nav>\n"
+        f"{headline(finetuned, table, statuses, records)}\n<nav><ul>{contents}</ul></nav>\n"
         f"{body}\n</body>\n</html>\n"
     )
     return page, unreadable
 
 
 def headline(
-    frame, table: Table | None, statuses: dict[str, JobStatus], records: list[dict[str, Any]]
+    finetuned: RecordColumns,
+    table: Table | None,
+    statuses: dict[str, JobStatus],
+    records: list[dict[str, Any]],
 ) -> str:
     """What the sweep is, in two sentences: its datasets, methods, seeds, presets and
     protocols; how many jobs are in each state and how many records there are."""
@@ -154,10 +158,10 @@ def headline(
     jobs += f"{_e(_finished_range(records))}."
     if table is None:
         return f'<p class="headline">{jobs}</p>'
-    finetuned = frame[frame["status"] == "ok"]
     datasets, methods = list(table.datasets), list(table.methods)
     fractions = sorted({c.fraction_label for c in table.columns}, key=lambda f: float(f[:-1]))
-    protocols = sorted(p for p in finetuned["protocol"].dropna().unique() if isinstance(p, str))
+    finished = zip(finetuned["protocol"], finetuned["status"], strict=True)
+    protocols = sorted({p for p, status in finished if status == "ok" and isinstance(p, str)})
     facts = [
         f"{len(datasets)} dataset{'s' * (len(datasets) != 1)} ({', '.join(datasets)})",
         f"{len(methods)} method{'s' * (len(methods) != 1)} ({', '.join(methods)})",
@@ -287,10 +291,10 @@ def metrics_section(table: Table | None) -> str:
     return "\n".join(_metric_block(table, m) for m in metrics) + "\n" + _legend(table)
 
 
-def per_class_section(frame) -> str:
+def per_class_section(finetuned: RecordColumns) -> str:
     """The per-class IoU table of every (dataset, fraction) with finished runs (the
     legend once, under the last)."""
-    tables = per_class_tables(frame, AUTO)
+    tables = per_class_tables(finetuned, AUTO)
     if not tables:
         return NO_FINISHED_RUNS
     parts = []

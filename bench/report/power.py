@@ -128,12 +128,13 @@ def seeds_needed_many(
     """:func:`seeds_needed` of each (gap, spread) pair, the same numbers with far fewer
     scipy calls (a table has hundreds of cells): the normal approximation with Guenther's
     correction for the t test (n + z_{1-alpha/2}^2 / 2; Guenther 1981, "Sample size formulas
-    for normal theory t tests", The American Statistician 35(4)) guesses each n, the exact
-    power is evaluated for a window of n around every guess in one call, and a
-    window that shows where the power first reaches ``power`` (or that starts at
-    ``minimum``) gives the answer; the rest are solved one by one."""
+    for normal theory t tests", The American Statistician 35(4)) guesses each n; the exact
+    power is evaluated for a window of n around every guess, all in one call, and a window
+    that shows where the power first reaches ``power`` (or that starts at ``minimum``)
+    gives the answer. ``WINDOWS`` are tried in turn on the pairs not yet answered, the
+    narrowest first; the rest are searched one by one."""
     answers: list[int | None] = [None] * len(gaps)
-    windows, owners = [], []
+    guesses = {}  # pair index -> (effect, guessed n)
     z_alpha = special.ndtri(1 - alpha / 2)  # scipy.stats.norm.ppf
     z, correction = z_alpha + special.ndtri(power), z_alpha**2 / 2
     for k, (gap, spread) in enumerate(zip(gaps, spreads, strict=True)):
@@ -141,33 +142,49 @@ def seeds_needed_many(
         guess = (z / effect) ** 2 + correction if effect else 0.0
         if not effect or effect * math.sqrt(minimum) > CERTAIN or guess > MAX_SEEDS / 2:
             answers[k] = seeds_needed(gap, spread, alpha, power, minimum)  # no search
-            continue
-        low = max(minimum, int(guess) - WINDOW_BELOW)
-        windows.append((effect, np.arange(low, int(guess) + WINDOW_ABOVE + 1)))
-        owners.append(k)
-    if not windows:
-        return answers
-    effects = np.concatenate([np.full(len(n), effect) for effect, n in windows])
-    counts = np.concatenate([n for _, n in windows])
+        else:
+            guesses[k] = (effect, int(guess))
+    for below, above in WINDOWS:
+        if not guesses:
+            break
+        found = _answers_in_windows(guesses, below, above, alpha, power, minimum)
+        for k, n in found.items():
+            answers[k] = n
+            del guesses[k]
+    for k in guesses:  # every window missed: the search
+        answers[k] = seeds_needed(gaps[k], spreads[k], alpha, power, minimum)
+    return answers
+
+
+def _answers_in_windows(
+    guesses: dict[int, tuple[float, int]], below: int, above: int, alpha, power, minimum
+) -> dict[int, int]:
+    """Pair index -> the smallest n reaching ``power``, for the pairs whose window of n
+    (``below`` under to ``above`` over its guess, at least ``minimum``) shows it."""
+    windows = {}
+    for k, (_, n) in guesses.items():
+        low = max(minimum, n - below)
+        windows[k] = np.arange(low, max(low, n + above) + 1)
+    effects = np.concatenate([np.full(len(windows[k]), e) for k, (e, _) in guesses.items()])
+    counts = np.concatenate(list(windows.values()))
     powers = np.ones(len(counts))
     uncertain = effects * np.sqrt(counts) <= CERTAIN
     powers[uncertain] = paired_power(effects[uncertain], counts[uncertain], alpha)
-    start = 0
-    for k, (_, n) in zip(owners, windows, strict=True):
+    found, start = {}, 0
+    for k, n in windows.items():
         reached = powers[start : start + len(n)] >= power
         start += len(n)
         first = int(np.argmax(reached))
         if reached.any() and (first > 0 or n[0] == minimum):
-            answers[k] = int(n[first])
-        else:  # the window missed: the search
-            answers[k] = seeds_needed(gaps[k], spreads[k], alpha, power, minimum)
-    return answers
+            found[k] = int(n[first])
+    return found
 
 
-# seeds_needed_many's window around the corrected normal approximation's n (the exact n is
-# 0-2 above the guess's integer part for effects from 0.02 to 3; the window checks where the
-# exact power crosses, a miss is searched)
-WINDOW_BELOW, WINDOW_ABOVE = 1, 4
+# seeds_needed_many's windows around the corrected normal approximation's n, (below,
+# above) its integer part, tried in turn: the exact n is that part + 1 for 9 in 10 effects
+# from 0.02 to 3 and 0-2 above it for the rest; past a million pairs it falls a few below
+# (a window checks where the exact power crosses; a miss is searched)
+WINDOWS = ((0, 1), (3, 4))
 CERTAIN = 1e3  # a noncentrality past this is detected with power 1 at any level we use
 SEARCH_POINTS = 256  # pair counts evaluated per step of the search between two bounds
 

@@ -32,16 +32,18 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from scipy import special
 
 from bench.config import PRESETS, ConfigError, check_unique
 from bench.conventions import CONVENTIONS, NOT_RESCORABLE
 from bench.protocols import PROTOCOLS, describe_overrides
 from bench.report import power
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # image_miou: GLCNet's per-image IoU averaged over the scored images (bench.metrics)
 METRIC_LABELS = {
@@ -242,27 +244,28 @@ PROTOCOL_FIELDS = (
 )
 
 
-def preset_captions(frame: pd.DataFrame) -> tuple[str, ...]:
+def preset_captions(records: RecordColumns) -> tuple[str, ...]:
     """The caption of each preset among the records, as the records give it
     (``preset_caption``); records written before they carried it take today's caption."""
-    captions = []
-    for name, caption in zip(
-        frame["preset"].tolist(), frame["preset_caption"].tolist(), strict=True
-    ):
+    captions = set()
+    pairs = zip(records["preset"], records["preset_caption"], strict=True)
+    for name, caption in set(pairs):
         if not isinstance(caption, str) and isinstance(name, str) and name in PRESETS:
             caption = PRESETS.get(name).caption
         if isinstance(caption, str):
-            captions.append((name, caption))
-    return tuple(caption for _, caption in sorted(set(captions)))
+            captions.add((name, caption))
+    return tuple(caption for _, caption in sorted(captions))
 
 
-def protocol_captions(frame: pd.DataFrame) -> tuple[str, ...]:
+def protocol_captions(records: RecordColumns) -> tuple[str, ...]:
     """One line per (protocol, overrides, evaluation) among the finished records: the
     protocol's name and source, every field overridden, what was scored."""
-    finished = frame[frame["status"] == "ok"]
+    columns = [records[field] for field in ("status", *PROTOCOL_FIELDS)]
     lines = []
     seen = set()
-    for values in zip(*(finished[field].tolist() for field in PROTOCOL_FIELDS), strict=True):
+    for status, *values in zip(*columns, strict=True):
+        if status != "ok":
+            continue
         key = repr(values)  # overrides are dicts: the distinct combinations, by their text
         if key not in seen:
             seen.add(key)
@@ -287,12 +290,12 @@ def _protocol_line(name, overrides, evaluated_on, window, stride, source) -> str
     return line
 
 
-def convention_captions(frame: pd.DataFrame) -> tuple[str, ...]:
+def convention_captions(records: RecordColumns) -> tuple[str, ...]:
     """One line per scoring convention the records were scored under (none when they keep
     the scores of their run)."""
-    if "convention" not in frame:
+    if "convention" not in records:
         return ()
-    names = [n for n in frame["convention"].dropna().unique() if n in CONVENTIONS]
+    names = [n for n in dict.fromkeys(records["convention"]) if n in CONVENTIONS]
     return tuple(CONVENTIONS.get(name).caption for name in names)
 
 
@@ -332,33 +335,84 @@ FRAME_COLUMNS = (
 )
 
 
-def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per fine-tuning record (any status), the fields tables read (``FRAME_COLUMNS``,
+class RecordColumns:
+    """Fine-tuning records as columns: ``self[name][i]`` is record i's field ``name``
+    (``FRAME_COLUMNS``; None where the record has none). Plain lists, not a pandas frame: a
+    report builds 36 tables from one, and pandas (0.2 s to import, ~0.1 ms an operation)
+    was a fifth of ``bench report``'s time at 10,000 runs. :meth:`to_frame` gives the
+    pandas frame, for analysis in a notebook."""
+
+    def __init__(self, columns: dict[str, list]) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns["job_id"])
+
+    def __getitem__(self, name: str) -> list:
+        return self.columns[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+    @property
+    def empty(self) -> bool:
+        return len(self) == 0
+
+    def take(self, rows: Iterable[int]) -> RecordColumns:
+        """The records at ``rows``, in that order."""
+        rows = list(rows)
+        return RecordColumns({name: [v[i] for i in rows] for name, v in self.columns.items()})
+
+    def where(self, field: str, value: Any) -> RecordColumns:
+        """The records whose ``field`` equals ``value``."""
+        return self.take(i for i, v in enumerate(self.columns[field]) if v == value)
+
+    def groups(self, *fields: str) -> dict[tuple, list[int]]:
+        """Each combination of values of ``fields`` -> its rows, in row order."""
+        groups: dict[tuple, list[int]] = {}
+        for row, key in enumerate(zip(*(self.columns[f] for f in fields), strict=True)):
+            groups.setdefault(key, []).append(row)
+        return groups
+
+    def to_frame(self) -> pd.DataFrame:
+        """The records as a pandas frame, a row each (pandas imported here only)."""
+        import pandas
+
+        return pandas.DataFrame(self.columns)
+
+
+def record_columns(records: Iterable[dict[str, Any]]) -> RecordColumns:
+    """Every fine-tuning record (any status), the fields tables read (``FRAME_COLUMNS``,
     None where a record lacks one); checks there is one run per seed."""
     rows = [r for r in records if r.get("kind") == "finetune"]
-    frame = pd.DataFrame({name: [r.get(name) for r in rows] for name in FRAME_COLUMNS})
-    if not frame.empty:
-        _check_one_run_per_seed(frame)
-    return frame
+    columns = RecordColumns({name: [r.get(name) for r in rows] for name in FRAME_COLUMNS})
+    _check_one_run_per_seed(columns)
+    return columns
 
 
-def _frame(records: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
-    """A frame of ``records``; a frame from :func:`records_frame` as it is (a report builds
-    several tables from one)."""
-    return records if isinstance(records, pd.DataFrame) else records_frame(records)
+def records_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """:func:`record_columns` as a pandas frame: one row per fine-tuning record."""
+    return record_columns(records).to_frame()
 
 
-def _check_one_run_per_seed(frame: pd.DataFrame) -> None:
-    key = ["method", "dataset", "fraction", "seed"]
-    repeated = frame[frame.duplicated(key, keep=False)]
-    if repeated.empty:
+def _columns(records: Iterable[dict[str, Any]] | RecordColumns) -> RecordColumns:
+    """The columns of ``records``; columns from :func:`record_columns` as they are (a
+    report builds several tables from them)."""
+    return records if isinstance(records, RecordColumns) else record_columns(records)
+
+
+def _check_one_run_per_seed(records: RecordColumns) -> None:
+    key = ("method", "dataset", "fraction", "seed")
+    repeated = [rows for rows in records.groups(*key).values() if len(rows) > 1]
+    if not repeated:
         return
-    first = repeated.sort_values([*key, "job_id"]).iloc[0]
-    ids = repeated[(repeated[key] == first[key]).all(axis=1)]["job_id"].tolist()
+    ids = records["job_id"]
+    keys = [(*(records[f][rows[0]] for f in key), min(ids[i] for i in rows)) for rows in repeated]
+    (method, dataset, fraction, seed, _), rows = min(zip(keys, repeated, strict=True))
     raise ConfigError(
-        f"{len(repeated)} fine-tuning records repeat a (method, dataset, fraction, seed), e.g. "
-        f"{first['method']} on {first['dataset']} at {first['fraction']:g}, seed "
-        f"{first['seed']}: {', '.join(map(str, sorted(ids)))}; these runs differ in their "
+        f"{sum(map(len, repeated))} fine-tuning records repeat a (method, dataset, fraction, "
+        f"seed), e.g. {method} on {dataset} at {fraction:g}, seed {seed}: "
+        f"{', '.join(sorted(str(ids[i]) for i in rows))}; these runs differ in their "
         "settings and a table needs one run per seed: put sweeps with different settings in "
         "different --results folders"
     )
@@ -377,13 +431,13 @@ def check_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
     return metrics
 
 
-def check_metrics_recorded(frame: pd.DataFrame, metrics: tuple[str, ...]) -> None:
+def check_metrics_recorded(records: RecordColumns, metrics: tuple[str, ...]) -> None:
     """Each of ``metrics`` has a value in some finished record (ConfigError naming the
     metrics the records have otherwise: a table of empty cells says nothing)."""
-    finished = frame[frame["status"] == "ok"]
-    if finished.empty:
+    finished = [i for i, status in enumerate(records["status"]) if status == "ok"]
+    if not finished:
         return
-    has = [m for m in METRIC_LABELS if finished[m].notna().any()]
+    has = [m for m in METRIC_LABELS if any(_present(records[m][i]) for i in finished)]
     absent = [m for m in metrics if m not in has]
     if absent:
         raise ConfigError(
@@ -392,17 +446,29 @@ def check_metrics_recorded(frame: pd.DataFrame, metrics: tuple[str, ...]) -> Non
         )
 
 
+def _present(value: Any) -> bool:
+    """Not None and not NaN (what pandas calls ``notna``)."""
+    return value is not None and value == value
+
+
+def _percent(value: Any) -> float:
+    """A metric's value in percent; NaN where it is not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value) * 100
+
+
 # (method, column index) -> the (seed, status, value in percent) of each of its runs
 Runs = dict[tuple[str, int], list[tuple[int, str, float]]]
 
 
 def build_table(
-    records: Iterable[dict[str, Any]] | pd.DataFrame,
+    records: Iterable[dict[str, Any]] | RecordColumns,
     metrics: Iterable[str] = ("miou", "kappa"),
     baseline: str | None = AUTO,
     unreadable: int = 0,
 ) -> Table | None:
-    """The comparison table of fine-tuning records (or of their :func:`records_frame`);
+    """The comparison table of fine-tuning records (or of their :func:`record_columns`);
     None when there are none.
 
     Columns are the (dataset, fraction) pairs that have records (datasets and fractions
@@ -410,88 +476,97 @@ def build_table(
     counts records left out because they could not be read (said in the footer).
     """
     metrics = check_metrics(metrics)
-    frame = _frame(records)
-    if frame.empty:
+    records = _columns(records)
+    if records.empty:
         return None
-    check_metrics_recorded(frame, metrics)
-    datasets, fractions = frame["dataset"].tolist(), [float(f) for f in frame["fraction"]]
+    check_metrics_recorded(records, metrics)
+    datasets, fractions = records["dataset"], [float(f) for f in records["fraction"]]
     pairs = sorted(set(zip(datasets, fractions, strict=True)))
     columns = [Column(d, f, m) for d, f in pairs for m in metrics]
     first = {pair: index * len(metrics) for index, pair in enumerate(pairs)}
+    seeds, statuses = [int(seed) for seed in records["seed"]], records["status"]
+    values = [[_percent(value) for value in records[m]] for m in metrics]
     runs: Runs = {}
-    rows = zip(frame["method"], datasets, fractions, frame["seed"], frame["status"], strict=True)
-    values = {m: pd.to_numeric(frame[m], errors="coerce").to_numpy() * 100 for m in metrics}
-    for row, (method, dataset, fraction, seed, status) in enumerate(rows):
-        for offset, metric in enumerate(metrics):
-            column = first[(dataset, fraction)] + offset
-            value = float(values[metric][row])
-            runs.setdefault((method, column), []).append((int(seed), status, value))
-    table = _assemble_many("comparison", [(frame, columns, runs)], baseline)[0]
+    for (method, dataset, fraction), rows in records.groups(
+        "method", "dataset", "fraction"
+    ).items():
+        start = first[(dataset, float(fraction))]
+        for offset, metric_values in enumerate(values):
+            runs[(method, start + offset)] = [
+                (seeds[i], statuses[i], metric_values[i]) for i in rows
+            ]
+    table = _assemble_many("comparison", [(records, columns, runs)], baseline)[0]
     return replace(table, unreadable_records=unreadable)
 
 
 def per_class_table(
-    records: Iterable[dict[str, Any]] | pd.DataFrame,
+    records: Iterable[dict[str, Any]] | RecordColumns,
     dataset: str | None = None,
     fraction: float | None = None,
     baseline: str | None = AUTO,
     unreadable: int = 0,
 ) -> Table | None:
     """Per-class IoU of one dataset at one label fraction (each inferred when unique)."""
-    frame = _frame(records)
-    if frame.empty:
+    records = _columns(records)
+    if records.empty:
         return None
-    dataset = _pick(frame, "dataset", dataset, "--dataset")
-    frame = frame[frame["dataset"] == dataset]
-    fraction = _pick(frame, "fraction", fraction, "--fraction")
-    part = _per_class_part(frame[frame["fraction"] == fraction], dataset, fraction)
+    dataset = _pick(records, "dataset", dataset, "--dataset")
+    records = records.where("dataset", dataset)
+    fraction = _pick(records, "fraction", fraction, "--fraction")
+    part = _per_class_part(records.where("fraction", fraction), dataset, fraction)
     table = _assemble_many("per-class", [part], baseline)[0]
     return replace(table, unreadable_records=unreadable)
 
 
-def per_class_tables(frame: pd.DataFrame, baseline: str | None = AUTO) -> list[Table]:
+def per_class_tables(records: RecordColumns, baseline: str | None = AUTO) -> list[Table]:
     """The per-class IoU table (:func:`per_class_table`) of every (dataset, fraction) with
-    finished runs, datasets and fractions sorted; the frame split in one grouping and the
+    finished runs, datasets and fractions sorted; the records split in one pass and the
     cells of all tables compared with their baselines together (a report of 35 tables makes
     the few numpy and scipy calls of one)."""
-    finished = frame[frame["status"] == "ok"]
-    datasets, fractions = finished["dataset"].tolist(), finished["fraction"].tolist()
-    pairs = sorted(set(zip(datasets, fractions, strict=True)))
-    if not pairs:
-        return []
-    groups = frame.groupby(["dataset", "fraction"], sort=False).indices
-    parts = [_per_class_part(frame.iloc[groups[pair]], *pair) for pair in pairs]
-    return _assemble_many("per-class", parts, baseline)
+    groups = records.groups("dataset", "fraction")
+    statuses = records["status"]
+    pairs = sorted(pair for pair, rows in groups.items() if any(statuses[i] == "ok" for i in rows))
+    parts = [_per_class_part(records.take(groups[pair]), *pair) for pair in pairs]
+    return _assemble_many("per-class", parts, baseline) if parts else []
 
 
-Part = tuple[pd.DataFrame, list[Column], "Runs"]  # a table's records, columns and runs
+Part = tuple[RecordColumns, list[Column], "Runs"]  # a table's records, columns and runs
 
 
-def _per_class_part(frame: pd.DataFrame, dataset: str, fraction: float) -> Part:
-    """The columns (one per class) and runs of the per-class table of ``frame``, the
-    records of one dataset at one label fraction."""
-    finished = frame[(frame["status"] == "ok") & frame["class_names"].notna()]
-    if finished.empty:
-        raise ConfigError(f"no finished fine-tuning runs on {dataset} at {fraction:g}")
-    names = list(finished["class_names"].iloc[0])
-    columns = [Column(dataset, float(fraction), "iou", name) for name in names]
-    runs: Runs = {}
+def _per_class_part(records: RecordColumns, dataset: str, fraction: float) -> Part:
+    """The columns (one per class) and runs of the per-class table of ``records``, those of
+    one dataset at one label fraction."""
     fields = ("job_id", "method", "seed", "status", "per_class_iou", "class_names")
-    for job_id, method, seed, status, ious, classes in zip(
-        *(frame[f].tolist() for f in fields), strict=True
-    ):
+    rows = list(zip(*(records[f] for f in fields), strict=True))
+    finished = [names for *_, status, _, names in rows if status == "ok" and names is not None]
+    if not finished:
+        raise ConfigError(f"no finished fine-tuning runs on {dataset} at {fraction:g}")
+    names = list(finished[0])
+    columns = [Column(dataset, float(fraction), "iou", name) for name in names]
+    by_method: dict[str, list[tuple[int, str, list[float | None] | None]]] = {}
+    for job_id, method, seed, status, ious, classes in rows:
         ious = ious if status == "ok" else None
         if ious is not None and list(classes) != names:
             raise ConfigError(f"run {job_id} has classes {classes}, others {names}")
+        by_method.setdefault(method, []).append((int(seed), status, ious))
+    runs: Runs = {}
+    for method, method_runs in by_method.items():
         for index in range(len(names)):
-            value = ious[index] if ious is not None else None
-            value = math.nan if value is None else 100 * float(value)
-            runs.setdefault((method, index), []).append((int(seed), status, value))
-    return frame, columns, runs
+            runs[(method, index)] = [
+                (seed, status, _class_percent(ious, index)) for seed, status, ious in method_runs
+            ]
+    return records, columns, runs
 
 
-def _pick(frame: pd.DataFrame, field: str, wanted: Any, option: str) -> Any:
-    choices = sorted(frame[field].unique())
+def _class_percent(ious: list[float | None] | None, index: int) -> float:
+    """Class ``index``'s IoU in percent; NaN for a run without per-class IoU or a class it
+    could not score."""
+    value = ious[index] if ious is not None else None
+    return math.nan if value is None else 100 * float(value)
+
+
+def _pick(records: RecordColumns, field: str, wanted: Any, option: str) -> Any:
+    choices = sorted(set(records[field]))
     if wanted is None:
         if len(choices) == 1:
             return choices[0]
@@ -532,8 +607,8 @@ def _assemble_many(kind: str, parts: list[Part], baseline: str | None) -> list[T
     """The table of each (records, columns, runs) of ``parts``: its cells ranked in each
     column and compared with its baseline (all tables' comparisons computed together)."""
     grids, baselines, orders = [], [], []
-    for frame, columns, runs in parts:
-        methods = method_order(frame["method"].unique())
+    for records, columns, runs in parts:
+        methods = method_order(set(records["method"]))
         chosen = _resolve_baseline(baseline, methods)
         grids.append([[_cell(runs.get((m, j), [])) for j in range(len(columns))] for m in methods])
         baselines.append(None if chosen is None else methods.index(chosen))
@@ -547,34 +622,35 @@ def _assemble_many(kind: str, parts: list[Part], baseline: str | None) -> list[T
         grids[g][i][j] = replace(grids[g][i][j], **fields)
     tables = zip(parts, orders, grids, baselines, strict=True)
     return [
-        _table(kind, frame, columns, methods, grid, None if b is None else methods[b])
-        for (frame, columns, _), methods, grid, b in tables
+        _table(kind, records, columns, methods, grid, None if b is None else methods[b])
+        for (records, columns, _), methods, grid, b in tables
     ]
 
 
 def _table(
     kind: str,
-    frame: pd.DataFrame,
+    records: RecordColumns,
     columns: list[Column],
     methods: list[str],
     grid: list[list[Cell]],
     baseline: str | None,
 ) -> Table:
-    """The table of ``grid`` (rows ``methods``, ``columns``) with what ``frame``, its
-    records, says of the runs (seeds, failures, presets, captions)."""
+    """The table of ``grid`` (rows ``methods``, ``columns``) with what its ``records`` say
+    of the runs (seeds, failures, presets, captions)."""
+    statuses, presets = records["status"], set(records["preset"])
     return Table(
         kind=kind,
         methods=tuple(methods),
         columns=tuple(columns),
         cells=tuple(tuple(row) for row in grid),
         baseline=baseline,
-        seeds=tuple(sorted(int(s) for s in frame["seed"].unique())),
-        failed_runs=int((frame["status"] == "failed").sum()),
-        skipped_runs=int((frame["status"] == "skipped").sum()),
-        presets=tuple(sorted(p for p in frame["preset"].dropna().unique())),
-        protocols=protocol_captions(frame),
-        preset_captions=preset_captions(frame),
-        conventions=convention_captions(frame),
+        seeds=tuple(sorted({int(s) for s in records["seed"]})),
+        failed_runs=statuses.count("failed"),
+        skipped_runs=statuses.count("skipped"),
+        presets=tuple(sorted(p for p in presets if p is not None and p == p)),  # not NaN
+        protocols=protocol_captions(records),
+        preset_captions=preset_captions(records),
+        conventions=convention_captions(records),
     )
 
 
