@@ -33,6 +33,7 @@ from bench.datasets.loveda import LOVEDA_CLASSES
 from bench.datasets.synthetic_scene import CLASS_NAMES
 from bench.report import (
     MIN_PAIRED_SEEDS,
+    Cell,
     build_table,
     comparison_table,
     latex_escape,
@@ -297,6 +298,21 @@ def test_latex_escapes_specials_and_balances_braces(results):
     assert "\\textbf{" in text and "\\underline{" in text
     for line in text.splitlines()[1:]:  # unescaped % would comment out the rest of a line
         assert "%" not in line.replace("\\%", "")
+
+
+def test_each_cells_mean_and_std_are_numpys_of_its_own_values_bit_for_bit(results):
+    table = build_table(_records(results), ("miou", "kappa"), "random")
+    cells = [cell for row in table.cells for cell in row if cell.values]
+    assert {cell.n for cell in cells} >= {1, 2, 3}  # cells reduced together, by count
+    for cell in cells:
+        assert cell.mean == float(np.mean(cell.values))
+        assert cell.std == (float(np.std(cell.values, ddof=1)) if cell.n > 1 else None)
+    alone = Cell(seeds=(0, 1, 2), values=(30.5, 31.25, 29.0))  # computed when not given
+    assert (alone.mean, alone.std) == (
+        float(np.mean(alone.values)),
+        float(np.std(alone.values, ddof=1)),
+    )
+    assert Cell().mean is None and Cell(values=(1.0,)).std is None
 
 
 def test_one_run_per_seed_is_required(results):

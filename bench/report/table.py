@@ -112,19 +112,20 @@ class Cell:
     gap: float | None = None  # mean paired difference over those seeds, points
     mdd: float | None = None  # minimum detectable difference at those seeds; None: < 2 pairs
     seeds_needed: int | None = None  # pairs to detect ``gap``; None: no gap, or beyond reach
+    # of ``values``, computed from them when not given (a table computes those of all its
+    # cells together: :func:`_cells`); None without values
+    mean: float | None = None
+    std: float | None = None  # sample standard deviation (ddof=1); None below two values
+
+    def __post_init__(self) -> None:
+        if self.values and self.mean is None:
+            object.__setattr__(self, "mean", float(np.mean(self.values)))
+        if len(self.values) > 1 and self.std is None:
+            object.__setattr__(self, "std", float(np.std(self.values, ddof=1)))
 
     @property
     def n(self) -> int:
         return len(self.values)
-
-    @cached_property
-    def mean(self) -> float | None:
-        return float(np.mean(self.values)) if self.values else None
-
-    @cached_property
-    def std(self) -> float | None:
-        """Sample standard deviation (ddof=1); None for fewer than two seeds."""
-        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else None
 
     @property
     def significant(self) -> bool:
@@ -606,13 +607,16 @@ def _resolve_baseline(baseline: str | None, methods: list[str]) -> str | None:
 def _assemble_many(kind: str, parts: list[Part], baseline: str | None) -> list[Table]:
     """The table of each (records, columns, runs) of ``parts``: its cells ranked in each
     column and compared with its baseline (all tables' comparisons computed together)."""
-    grids, baselines, orders = [], [], []
+    baselines, orders, observations = [], [], []
     for records, columns, runs in parts:
         methods = method_order(set(records["method"]))
         chosen = _resolve_baseline(baseline, methods)
-        grids.append([[_cell(runs.get((m, j), [])) for j in range(len(columns))] for m in methods])
+        observations += [runs.get((m, j), []) for m in methods for j in range(len(columns))]
         baselines.append(None if chosen is None else methods.index(chosen))
         orders.append(methods)
+    cells, grids = iter(_cells(observations)), []
+    for (_, columns, _), methods in zip(parts, orders, strict=True):
+        grids.append([[next(cells) for _ in columns] for _ in methods])
     updates = _compared_with_baselines(grids, baselines)
     for g, grid in enumerate(grids):
         for j, ranks in enumerate(map(_ranks, zip(*grid, strict=True))):
@@ -654,8 +658,27 @@ def _table(
     )
 
 
-def _cell(runs: list[tuple[int, str, float]]) -> Cell:
-    """A cell from its (seed, status, value in percent) observations."""
+def _cells(observations: list[list[tuple[int, str, float]]]) -> list[Cell]:
+    """The cell of each list of (seed, status, value in percent) observations; the means and
+    standard deviations of all cells with the same number of values reduced in one numpy
+    call (numpy reduces each row of an array as it reduces it alone: each cell's numbers)."""
+    fields = [_cell_fields(runs) for runs in observations]
+    by_count: dict[int, list[int]] = {}
+    for k, cell in enumerate(fields):
+        if cell["values"]:
+            by_count.setdefault(len(cell["values"]), []).append(k)
+    for n, members in by_count.items():
+        values = np.array([fields[k]["values"] for k in members], dtype=float)
+        means = np.mean(values, axis=1).tolist()
+        stds = np.std(values, axis=1, ddof=1).tolist() if n > 1 else [None] * len(members)
+        for k, mean, std in zip(members, means, stds, strict=True):
+            fields[k].update(mean=mean, std=std)
+    return [Cell(**cell) for cell in fields]
+
+
+def _cell_fields(runs: list[tuple[int, str, float]]) -> dict[str, Any]:
+    """A cell's values and why it has none, from its (seed, status, value in percent)
+    observations."""
     good = sorted(
         (seed, value) for seed, status, value in runs if status == "ok" and value == value
     )
@@ -673,13 +696,13 @@ def _cell(runs: list[tuple[int, str, float]]) -> Cell:
             missing = NOT_RESCORABLE
         else:
             missing = "not run"
-    return Cell(
-        seeds=tuple(seed for seed, _ in good),
-        values=tuple(value for _, value in good),
-        missing=missing,
-        failed=failed,
-        skipped=skipped,
-    )
+    return {
+        "seeds": tuple(seed for seed, _ in good),
+        "values": tuple(value for _, value in good),
+        "missing": missing,
+        "failed": failed,
+        "skipped": skipped,
+    }
 
 
 def shown(value: float) -> float:
