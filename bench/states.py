@@ -121,10 +121,10 @@ def count_states(states: Iterable[JobState | JobStatus]) -> dict[JobState, int]:
 
 
 def summary(states: Iterable[JobState | JobStatus]) -> str:
-    """``5 jobs: 3 done, 2 planned``."""
+    """``5 jobs: 3 done, 2 planned`` (``10,000 jobs: 9,899 done, 101 failed``)."""
     counts = count_states(states)
     total = sum(counts.values())
-    return f"{total} jobs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+    return f"{total:,} jobs: " + ", ".join(f"{n:,} {state}" for state, n in counts.items())
 
 
 def last_line(text: str | None) -> str:

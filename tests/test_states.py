@@ -42,6 +42,8 @@ def test_derive_status(record, submission, slurm_state, state, detail):
 def test_summary_counts_in_the_order_of_the_states():
     states = [JobState.FAILED, JobState.DONE, JobState.PLANNED, JobState.DONE]
     assert summary(states) == "4 jobs: 1 planned, 2 done, 1 failed"
+    many = [JobState.DONE] * 9899 + [JobState.FAILED] * 101
+    assert summary(many) == "10,000 jobs: 9,899 done, 101 failed"  # as the record count
 
 
 @pytest.mark.parametrize("name", ["inline", "local", "debug"])
