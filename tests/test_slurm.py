@@ -261,6 +261,8 @@ def test_two_process_pretraining_runs_as_two_tasks_of_one_job(
     assert "2 jobs: 2 done" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 87 s of two-process training on 2 cores; the one-process requeue test
+# and tests/test_distributed.py's two-process resume stay in the default suite
 def test_usr2_requeues_a_two_process_pretraining_that_resumes(dirs, tiny_overrides, cluster):
     """Both tasks get USR2 and stop at the same step, rank 0 checkpoints and submitit
     requeues the job (rank 0's handler); both tasks resume from that checkpoint."""
