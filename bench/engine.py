@@ -256,11 +256,13 @@ class Trainer:
                 if outcome.stop:
                     self.preempted(where)
 
-    def stop_everywhere(self) -> bool:
-        """Whether a stop signal reached any process (one all-reduce)."""
-        return (
-            distributed.mean_over_processes([float(bool(self.stop.requested))], self.device)[0] > 0
-        )
+    def pending_everywhere(self) -> tuple[bool, bool]:
+        """Whether a stop signal reached any process, and whether any process is due a
+        checkpoint (``checkpoint_seconds`` passed): one all-reduce, so every process acts
+        alike."""
+        local = [float(bool(self.stop.requested)), float(self._due())]
+        stop, due = distributed.mean_over_processes(local, self.device)
+        return stop > 0, due > 0
 
     def preempted(self, where: str) -> None:
         """Stop after checkpointing: every process raises, whichever received the signal."""

@@ -3,7 +3,8 @@
 
 Each epoch draws the training images in a seeded order and reseeds torch's generator from
 (seed, epoch), so a resumed run computes the same weights as an uninterrupted one on CPU; a
-checkpoint is written after every epoch (and mid-epoch when a stop signal arrives); one JSON
+checkpoint is written when ``pretrain.checkpoint_minutes`` have passed since the last one (at
+an epoch's end, or mid-epoch when an epoch is longer) and when a stop signal arrives; one JSON
 line of metrics per epoch goes to log.jsonl, plus one per step for methods that report their
 own scalars (FALSE's selected pairs, GraSS's crop area, ...).
 
@@ -279,6 +280,7 @@ def pretraining_trainer(
         checkpoint_path=run_dir / CHECKPOINT if run_dir is not None else None,
         what="pretraining",
         stop=stop or StopSignals(),
+        checkpoint_seconds=60 * job.pretrain.checkpoint_minutes,
     )
 
 
@@ -446,8 +448,9 @@ def run_pretraining(
     device: torch.device | None = None,
 ) -> dict[str, Any]:
     """Pretrain ``job.method`` on ``device`` (default: this process's GPU, else the CPU);
-    write checkpoint.pt each epoch, and at the end backbone.pt (plus decoder.pt for methods
-    that pretrain smp's ASPP/decoder). ``stop`` is what makes it checkpoint and stop
+    write checkpoint.pt as ``pretrain.checkpoint_minutes`` says, and at the end backbone.pt
+    (plus decoder.pt for methods that pretrain smp's ASPP/decoder). ``stop`` is what makes
+    it checkpoint and stop
     (:class:`Preempted`) mid-run, by default SIGTERM/SIGUSR2.
 
     Inside a process group (:mod:`bench.distributed`) every process trains on its shard of
@@ -563,15 +566,16 @@ def train_epoch(job, trainer: Trainer, train, epoch: int, progress, resume, watc
         for index, (images, _) in enumerate(loader)
         if index >= skip  # the same seeded order: these batches were trained on already
     )
-    trainer.run(batches, train_step, position)
-    stopping = trainer.stop_everywhere()
+    trainer.run(batches, train_step, position, last_checkpoint=total_steps - 1)
+    stopping, due = trainer.pending_everywhere()
     lr = float(trainer.schedule[(epoch + 1) * steps_per_epoch - 1])
     progress.epoch(epoch, totals, lr, time.perf_counter() - epoch_start)
     reason = watch.after_epoch(job, method, trainer.device, epoch, progress)
     if reason is not None:
         raise CollapseError(reason)
-    if epoch + 1 < cfg.epochs or stopping:  # after the last epoch the weights follow
-        done = {"epoch": epoch + 1, "batch": 0, "totals": {}}
+    every_epoch = not cfg.checkpoint_minutes
+    if (epoch + 1 < cfg.epochs and (due or every_epoch)) or stopping:  # after the last
+        done = {"epoch": epoch + 1, "batch": 0, "totals": {}}  # epoch the weights follow
         trainer.save({**done, "collapsed_epochs": list(watch.collapsed_epochs)})
     if stopping:
         trainer.preempted(f"after epoch {epoch + 1}")

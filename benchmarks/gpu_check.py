@@ -189,6 +189,8 @@ COLUMNS = {  # section -> (heading, key) of its table; a missing value is left b
         ("images/s, all steps", "images_per_s"),
         ("images/s, after warm-up", "steady_images_per_s"),
         ("peak MiB", "peak_memory_mib"),
+        ("checkpoint s", "checkpoint_s"),
+        ("checkpoint MB", "checkpoint_mb"),
         ("warm-up s", "warmup_s"),
         ("wall s", "wall_s"),
         ("note", "note"),

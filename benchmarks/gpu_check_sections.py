@@ -375,8 +375,9 @@ def pretraining_steps(setup, job) -> Iterator[StepOutcome]:
 
 
 def bare_pretraining(s: Session, case: PretrainCase) -> dict[str, Any]:
-    """Images/s of the bare loop (all steps, and after the warm-up), its final loss and the
-    peak memory; channels_last off converts the placed model back to NCHW."""
+    """Images/s of the bare loop (all steps, and after the warm-up), its final loss, the
+    peak memory and what one checkpoint costs; channels_last off converts the placed model
+    back to NCHW."""
     if case.compile and s.device.type != "cuda":
         reason = "cpu: torch.compile is not run in --dry-run (an inductor build takes minutes)"
         return {"status": "skipped", "reason": reason}
@@ -396,10 +397,12 @@ def bare_pretraining(s: Session, case: PretrainCase) -> dict[str, Any]:
     note = f"{cfg.backbone}, batch {cfg.batch_size}, {cfg.view_size} px views"
     if s.device.type != "cuda":
         note += "; cpu: no autocast, the harness places no model channels_last"
+    peak = peak_mib(s.device)  # before the checkpoint's copies to the host
     return {
         **rates,
+        **checkpoint_cost(setup.trainer),  # what pretrain.checkpoint_minutes weighs
         "final_loss": outcome.loss,
-        "peak_memory_mib": peak_mib(s.device),
+        "peak_memory_mib": peak,
         "note": note,
     }
 

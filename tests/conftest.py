@@ -16,6 +16,9 @@ TINY = (
     "pretrain.batch_size=16",
     "pretrain.view_size=32",
     "pretrain.epochs=2",
+    # a checkpoint after every epoch, as tests of resuming and of the cluster path expect
+    # (by default one only every 10 minutes: tests/test_reliability.py checks that)
+    "pretrain.checkpoint_minutes=0",
     "finetune.steps=3",
     "finetune.batch_size=4",
 )

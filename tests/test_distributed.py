@@ -508,6 +508,7 @@ LOOP = (
     "pretrain.batch_size=8",
     "pretrain.view_size=32",
     "pretrain.epochs=2",
+    "pretrain.checkpoint_minutes=0",  # a checkpoint each epoch (checked below)
     "pretrain.log_every=1",
 )
 

@@ -24,6 +24,7 @@ SMALL = (
     "synthetic.n_test=64",
     "pretrain.batch_size=32",
     "pretrain.epochs=4",
+    "pretrain.checkpoint_minutes=0",  # a checkpoint each epoch: the kill below waits for one
     "finetune.steps=20",
 )
 

@@ -104,6 +104,8 @@ def test_dry_run_reaches_every_section_and_every_method(tmp_path):
     assert harness == {(m, p) for m in methods for p in ("common", "paper")}
     (compiled,) = [r for r in rows if r["compile"]]
     assert compiled["status"] == "skipped" and compiled["reason"].startswith("cpu:")
+    bare = [r for r in rows if r["loop"] == "bare" and not r["compile"]]
+    assert bare and all(r["checkpoint_s"] > 0 and r["checkpoint_mb"] > 1 for r in bare)
     checks = {r["name"]: r for r in sections["cuda_paths"]["rows"]}
     assert len(checks) == 5 and all(r["status"] == "passed" for r in checks.values())
     assert len(sections["roofline"]["rows"]) == 2 * len(methods) + 1

@@ -7,9 +7,11 @@ import signal
 import pytest
 import torch
 
+import bench.checkpoint
 import bench.methods.simclr
 from bench import SweepSpec, plan, run_sweep
 from bench.cli import main
+from bench.jobs import execute
 from bench.preemption import Preempted
 from bench.store import BACKBONE, MARKER, RECORD, RunStore
 
@@ -99,6 +101,59 @@ def test_periodic_finetune_checkpoints_survive_a_crash(dirs, tiny_overrides, mon
     record = run_sweep(spec, results / "crashed", data).finetune_records()[0]
     assert record["resumed_from_step"] == 4  # the checkpoint after step 4
     assert record["miou"] == reference["miou"]
+
+
+def _pretraining_with_checkpoint_minutes(tiny_overrides, minutes: str | None):
+    """The simclr pretraining job of a 3-epoch tiny sweep (3 steps an epoch) with
+    ``pretrain.checkpoint_minutes`` at ``minutes`` (None: the default)."""
+    kept = [o for o in tiny_overrides if not o.startswith("pretrain.checkpoint_minutes=")]
+    chosen = [f"pretrain.checkpoint_minutes={minutes}"] if minutes is not None else []
+    overrides = (*kept, "pretrain.epochs=3", *chosen)
+    return plan(SweepSpec(methods=("simclr",), fractions=(1.0,), overrides=overrides))[0]
+
+
+def _positions_saved(monkeypatch, die_at: int | None = None) -> list[tuple[int, int]]:
+    """The (epoch, batch) of each checkpoint written from now on; the ``die_at``-th
+    write is the last: a kill right after it."""
+    real = bench.checkpoint.save
+    saved: list[tuple[int, int]] = []
+
+    def save(path, state):
+        real(path, state)
+        saved.append((state["epoch"], state["batch"]))
+        if len(saved) == die_at:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(bench.checkpoint, "save", save)
+    return saved
+
+
+def test_pretraining_checkpoints_by_time_mid_epoch_and_resumes_exactly(
+    dirs, tiny_overrides, monkeypatch
+):
+    results, data = dirs
+    job = _pretraining_with_checkpoint_minutes(tiny_overrides, None)
+    saved = _positions_saved(monkeypatch)
+    assert execute(job, results / "default", data)["status"] == "ok"
+    assert saved == []  # three short epochs: no 10 minutes passed, the weights follow
+    expected = torch.load(results / "default" / job.job_id / BACKBONE, weights_only=True)
+
+    # an interval that has passed after every step: a checkpoint after each step but the
+    # run's last (mid-epoch), and at each epoch's end but the last (after its health pass)
+    due = _pretraining_with_checkpoint_minutes(tiny_overrides, "1e-9")
+    assert due.job_id == job.job_id  # an execution choice, not part of the id
+    assert execute(due, results / "every-step", data)["status"] == "ok"
+    assert saved == [(0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2)]
+
+    monkeypatch.undo()
+    _positions_saved(monkeypatch, die_at=5)  # killed after the checkpoint at epoch 2, batch 1
+    with pytest.raises(KeyboardInterrupt):
+        execute(due, results / "killed", data)
+    monkeypatch.undo()
+    record = execute(due, results / "killed", data)
+    assert (record["resumed_from_epoch"], record["resumed_from_batch"]) == (1, 1)
+    weights = torch.load(results / "killed" / job.job_id / BACKBONE, weights_only=True)
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
 
 
 @pytest.mark.parametrize(
