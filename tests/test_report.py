@@ -45,7 +45,7 @@ from bench.report import (
     records_frame,
     render,
 )
-from bench.report.table import FRAME_COLUMNS
+from bench.report.columns import FRAME_COLUMNS
 from bench.store import RunStore, failed_record
 
 GOLDEN = Path(__file__).parent / "golden"

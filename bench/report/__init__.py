@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.config import ConfigError
 from bench.conventions import check_conventions, rescore_records
+from bench.report.columns import RecordColumns, record_columns, records_frame
 from bench.report.formats import (
     FORMATS,
     SUFFIXES,
@@ -37,7 +38,6 @@ from bench.report.table import (
     MIN_PAIRED_SEEDS,
     Cell,
     Column,
-    RecordColumns,
     Table,
     build_table,
     check_baseline,
@@ -45,8 +45,6 @@ from bench.report.table import (
     method_order,
     paired_test,
     per_class_table,
-    record_columns,
-    records_frame,
 )
 from bench.store import RunStore, UnreadableRecord
 

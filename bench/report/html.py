@@ -30,18 +30,17 @@ from bench.collapse import health_note
 from bench.config import ConfigError
 from bench.conventions import check_conventions, rescore_records
 from bench.execution.status import job_statuses
+from bench.report.columns import RecordColumns, record_columns
 from bench.report.formats import DETAILS, HTML, LEGEND, caption_lines, to_html
 from bench.report.records import Scan, ScannedStore, scan_results
 from bench.report.svg import fraction_svg, health_svg, loss_svg
 from bench.report.table import (
     AUTO,
     METRIC_LABELS,
-    RecordColumns,
     Table,
     build_table,
     method_order,
     per_class_tables,
-    record_columns,
 )
 from bench.states import JobState, JobStatus, summary
 from bench.store import (
