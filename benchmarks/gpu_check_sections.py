@@ -489,12 +489,14 @@ def bare_finetuning(s: Session, job) -> dict[str, Any]:
 def checkpoint_cost(trainer) -> dict[str, Any]:
     """Seconds and MB of one checkpoint of ``trainer`` (weights, optimiser state, random
     states: what a periodic checkpoint writes) from the device into a temporary folder."""
+    kept = trainer.checkpoint_path
     with tempfile.TemporaryDirectory() as tmp:
         trainer.checkpoint_path = Path(tmp) / CHECKPOINT
         started = time.perf_counter()
         trainer.save({"step": 0})
         seconds = time.perf_counter() - started
         size = trainer.checkpoint_path.stat().st_size
+    trainer.checkpoint_path = kept  # the trainer's own, not the folder just removed
     return {"checkpoint_s": round(seconds, 3), "checkpoint_mb": round(size / 1e6, 1)}
 
 

@@ -31,6 +31,7 @@ from bench.config import ConfigError
 from bench.execution.cluster import Profile, layout_parameters, load_profile, pretrain_layout
 from bench.execution.status import job_statuses
 from bench.execution.submission import JobSubmission
+from bench.execution.submitit_adapter import make_executor, set_array_parameters
 from bench.jobs import Job, execute, job_spec
 from bench.registry import Registry
 from bench.states import JobState, count_states, is_done, record_status, summary
@@ -167,8 +168,6 @@ class SubmititExecutor(Executor):
         self.poll_s = poll_s
 
     def run(self, jobs, results_root, data_root=None, timeout_s=None) -> Records:
-        from bench.execution.submitit_adapter import make_executor
-
         self.check_layouts(jobs)
         results_root = Path(results_root).resolve()
         store = RunStore(results_root)
@@ -234,8 +233,6 @@ class SlurmExecutor(SubmititExecutor):
     def submit(self, jobs, results_root, data_root=None, only_failed=False) -> SubmitReport:
         """Submit every job that is not queued, running or done (with ``only_failed``, only
         those that failed) and return at once."""
-        from bench.execution.submitit_adapter import make_executor
-
         self.check_layouts(jobs)
         results_root = Path(results_root).resolve()
         store = RunStore(results_root)
@@ -318,8 +315,6 @@ class SlurmArrays:
     report: SubmitReport
 
     def array(self, name: str, jobs: list[Job], after: str | None, layout=(1, 1)) -> None:
-        from bench.execution.submitit_adapter import set_array_parameters
-
         if not jobs:
             return
         set_array_parameters(self.executor, self.executor_.profile, name, layout, after)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from bench.execution.submitit_adapter import scheduler_states
 from bench.states import JobStatus, derive_status, record_status
 from bench.store import RunStore, read_submission
 
@@ -22,7 +23,7 @@ def job_statuses(
     slurm_ids = [
         s["scheduler_job_id"] for s in submissions.values() if s and s.get("executor") == "slurm"
     ]
-    slurm = _scheduler_states(slurm_ids) if slurm_ids else {}
+    slurm = scheduler_states(slurm_ids)
     statuses = {}
     for job_id, submission in submissions.items():
         scheduler_id = submission.get("scheduler_job_id") if submission else None
@@ -31,12 +32,3 @@ def job_statuses(
         attempt = store.read_attempt(job_id) if record is None else None
         statuses[job_id] = derive_status(record, submission, scheduler_state, attempt)
     return statuses
-
-
-def _scheduler_states(slurm_ids: list[str]) -> dict[str, str]:
-    """SLURM's accounting of ``slurm_ids``; submitit is imported only here, so reading the
-    states of a sweep that never used SLURM (every ``table`` and ``report``) spares its
-    import."""
-    from bench.execution.submitit_adapter import scheduler_states
-
-    return scheduler_states(slurm_ids)

@@ -20,6 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.execution.submitit_adapter import (
+    export_distributed_environment,
+    resubmission,
+    task_rank,
+)
 from bench.jobs import Job, execute
 from bench.preemption import Preempted
 
@@ -54,8 +59,6 @@ class JobSubmission:
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         if self.processes > 1 and not all(name in os.environ for name in TORCH_ENVIRONMENT):
-            from bench.execution.submitit_adapter import export_distributed_environment
-
             export_distributed_environment()  # for bench.distributed's env:// start
         try:
             record = execute(self.job, self.results_root, self.data_root, self.processes)
@@ -69,8 +72,6 @@ class JobSubmission:
     def checkpoint(self) -> Any:
         """Called by submitit on preemption or time-out: the same job again; it resumes from
         the checkpoint the training loop has just written."""
-        from bench.execution.submitit_adapter import resubmission
-
         return resubmission(JobSubmission(*self._args()))
 
     def _args(self) -> tuple[Job, str, str | None, int]:
@@ -90,8 +91,6 @@ class JobSubmission:
         from_submitit = callable(handler) and getattr(handler, "__module__", "").startswith(
             "submitit"
         )
-        from bench.execution.submitit_adapter import task_rank
-
         if self.processes > 1 and task_rank() != 0:
             if from_submitit or stop.signum is None:
                 log.info("%s: waiting up to %ds for task 0 to requeue", stop, REQUEUE_GRACE_S)

@@ -13,13 +13,21 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import submitit
-from submitit.slurm.slurm import SlurmInfoWatcher
 
 from bench.config import ConfigError
 from bench.execution.cluster import Profile, executor_parameters, layout_parameters
+
+
+def _submitit() -> ModuleType:
+    """submitit, imported at its first use rather than with this module: with asyncio it
+    is 58 ms of every command that imports it (``-X importtime``), and ``table``, ``report``
+    and ``status`` of a sweep that never used SLURM call none of it. The rest of the
+    harness imports this module at its top, so the dependency stays one-way and visible."""
+    import submitit
+
+    return submitit
 
 
 # ---------------------------------------------------------------------------- submitting
@@ -29,7 +37,7 @@ def make_executor(cluster: str, folder: Path, profile: Profile, name: str = "ben
     python = profile.settings.get("python")
     kwargs = {f"{cluster}_python": python} if python and cluster != "debug" else {}
     try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **kwargs)
+        executor = _submitit().AutoExecutor(folder=folder, cluster=cluster, **kwargs)
     except RuntimeError as error:  # e.g. no srun on this machine
         raise ConfigError(f"cannot submit to {cluster}: {error}") from None
     executor.update_parameters(name=name, **executor_parameters(profile))
@@ -98,6 +106,8 @@ def scheduler_states(job_ids: list[str], timeout_s: float = 60) -> dict[str, str
         return {}
     if done.returncode != 0:
         return {}
+    from submitit.slurm.slurm import SlurmInfoWatcher  # as _submitit: at first use
+
     info = SlurmInfoWatcher(delay_s=0).read_info(done.stdout)
     return {job_id: info[job_id]["State"] for job_id in job_ids if job_id in info}
 
@@ -106,7 +116,7 @@ def scheduler_states(job_ids: list[str], timeout_s: float = 60) -> dict[str, str
 def task_rank() -> int:
     """This task's global rank in a submitit job (0 outside one)."""
     try:
-        return submitit.JobEnvironment().global_rank
+        return _submitit().JobEnvironment().global_rank
     except RuntimeError:
         return 0
 
@@ -114,14 +124,16 @@ def task_rank() -> int:
 def resubmission(callable_: Any) -> Any:
     """What a checkpointable job's ``checkpoint()`` returns: ``callable_`` submitted again
     (submitit requeues it)."""
-    return submitit.helpers.DelayedSubmission(callable_)
+    return _submitit().helpers.DelayedSubmission(callable_)
 
 
 def export_distributed_environment() -> tuple[int, int, int]:
     """Rank, world size and local rank of this task of a submitit job, with MASTER_ADDR/PORT,
     RANK, WORLD_SIZE and LOCAL_RANK exported for torch's ``env://`` initialisation
     (submitit's values replace stale ones, except MASTER_PORT, which submitit chooses)."""
-    env = submitit.helpers.TorchDistributedEnvironment().export(
-        set_cuda_visible_devices=False, overwrite=True
+    env = (
+        _submitit()
+        .helpers.TorchDistributedEnvironment()
+        .export(set_cuda_visible_devices=False, overwrite=True)
     )
     return env.rank, env.world_size, env.local_rank
