@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import tempfile
 import time
@@ -373,9 +374,13 @@ class Steady:
 
     @classmethod
     def of(cls, short: Run, long: Run, short_steps: int, steady_steps: int, batch: int):
-        step = max(long.wall - short.wall, 1e-9) / steady_steps
-        cpu_step = (long.cpu - short.cpu) / steady_steps
+        """The slope and intercept are NaN when the long run took no longer than the short
+        one: the steady steps were shorter than the runs' noise (raise ``--steady``)."""
         inside, between = long.step_times(short_steps) or (None, None)
+        if long.wall <= short.wall:
+            return cls(math.nan, math.nan, math.nan, inside, between, batch)
+        step = (long.wall - short.wall) / steady_steps
+        cpu_step = (long.cpu - short.cpu) / steady_steps
         fixed = short.wall - short_steps * step
         return cls(batch / step, fixed, cpu_step / step, inside, between, batch)
 
@@ -420,7 +425,8 @@ def steady_row(measure: str, steady: dict[str, list[Steady]], note: str) -> dict
     # per round: the harness's step, and that step with the bare loop's work between steps
     ratios = [(h.inside + b.between) / h.period for h, b in pairs]
     periods = [b.period / h.period for h, b in pairs]
-    slopes = [h.rate / b.rate for h, b in pairs]
+    # rounds whose runs were both longer than their short runs (NaN rates otherwise)
+    slopes = [h.rate / b.rate for h, b in pairs if not math.isnan(h.rate / b.rate)]
     ratio = float(np.median(ratios))
     out = row(measure, _median(harness, "step_rate"), _median(bare, "step_rate"),
               f">= {HARNESS_GOAL}", ratio >= HARNESS_GOAL, note)  # fmt: skip
@@ -432,8 +438,8 @@ def steady_row(measure: str, steady: dict[str, list[Steady]], note: str) -> dict
         "inside_ms": {side: 1e3 * _median(steady[side], "inside") for side in steady},
         "period_ratio": float(np.median(periods)),
         "period_spread": [min(periods), max(periods)],
-        "slope_ratio": float(np.median(slopes)),
-        "slope_spread": [min(slopes), max(slopes)],
+        "slope_ratio": float(np.median(slopes)) if slopes else math.nan,
+        "slope_spread": [min(slopes), max(slopes)] if slopes else [math.nan, math.nan],
         "slope_rounds": slopes,
         "fixed_seconds": {"harness": _median(harness, "fixed"), "bare": _median(bare, "fixed")},
         "cpu_per_wall": {side: _median(steady[side], "cpu_per_wall") for side in steady},
@@ -442,7 +448,9 @@ def steady_row(measure: str, steady: dict[str, list[Steady]], note: str) -> dict
 
 
 def _median(values: list[Steady], name: str) -> float:
-    return float(np.median([getattr(value, name) for value in values]))
+    """The median over the rounds that measured ``name`` (NaN in none: :meth:`Steady.of`)."""
+    measured = [value for value in (getattr(one, name) for one in values) if not math.isnan(value)]
+    return float(np.median(measured)) if measured else math.nan
 
 
 # -- all -----------------------------------------------------------------------------------
