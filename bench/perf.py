@@ -17,7 +17,9 @@ steps and ``short + steady`` steps. The slope between the two is the steady-stat
 set-up, model build, health pass, record); both are reported apart, with the process CPU
 time per wall second of the steady steps. The two sides alternate in ``rounds`` (harness
 first in even rounds, bare first in odd ones), a ratio per round; the report gives the
-median ratio and its spread (lowest, highest).
+median ratio and its spread (lowest, highest). A round whose long run ended no later than
+its short one measured no slope (its steady steps were within the runs' noise): its rate,
+fixed cost and CPU/wall are NaN and left out of the medians, ``nan`` where no round had one.
 
 The slope of whole runs carries the machine's drift: on this 2-core machine the same run
 took 20% longer a few minutes later, so harness and bare runs taken in turn differ by +-20%
@@ -375,7 +377,7 @@ class Steady:
     @classmethod
     def of(cls, short: Run, long: Run, short_steps: int, steady_steps: int, batch: int):
         """The slope and intercept are NaN when the long run took no longer than the short
-        one: the steady steps were shorter than the runs' noise (raise ``--steady``)."""
+        one: the steady steps were shorter than the runs' noise (raise ``bench perf --steps``)."""
         inside, between = long.step_times(short_steps) or (None, None)
         if long.wall <= short.wall:
             return cls(math.nan, math.nan, math.nan, inside, between, batch)
