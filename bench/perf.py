@@ -427,8 +427,8 @@ def steady_row(measure: str, steady: dict[str, list[Steady]], note: str) -> dict
     # per round: the harness's step, and that step with the bare loop's work between steps
     ratios = [(h.inside + b.between) / h.period for h, b in pairs]
     periods = [b.period / h.period for h, b in pairs]
-    # rounds whose runs were both longer than their short runs (NaN rates otherwise)
-    slopes = [h.rate / b.rate for h, b in pairs if not math.isnan(h.rate / b.rate)]
+    # the rounds that measured a slope on both sides (NaN rates otherwise: Steady.of)
+    slopes = [h.rate / b.rate for h, b in pairs if not math.isnan(h.rate + b.rate)]
     ratio = float(np.median(ratios))
     out = row(measure, _median(harness, "step_rate"), _median(bare, "step_rate"),
               f">= {HARNESS_GOAL}", ratio >= HARNESS_GOAL, note)  # fmt: skip

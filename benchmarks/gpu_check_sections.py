@@ -492,11 +492,13 @@ def checkpoint_cost(trainer) -> dict[str, Any]:
     kept = trainer.checkpoint_path
     with tempfile.TemporaryDirectory() as tmp:
         trainer.checkpoint_path = Path(tmp) / CHECKPOINT
-        started = time.perf_counter()
-        trainer.save({"step": 0})
-        seconds = time.perf_counter() - started
-        size = trainer.checkpoint_path.stat().st_size
-    trainer.checkpoint_path = kept  # the trainer's own, not the folder just removed
+        try:
+            started = time.perf_counter()
+            trainer.save({"step": 0})
+            seconds = time.perf_counter() - started
+            size = trainer.checkpoint_path.stat().st_size
+        finally:  # the trainer's own path, not the folder about to be removed
+            trainer.checkpoint_path = kept
     return {"checkpoint_s": round(seconds, 3), "checkpoint_mb": round(size / 1e6, 1)}
 
 
